@@ -1,0 +1,160 @@
+//! The scheduler: [`Engine`] takes commits from a [`CommitSource`], records runs in
+//! a [`RunStore`] and drives their steps through a [`StepRunner`].
+//!
+//! One task owns all scheduling state (in `scheduler`), so the rules are plain
+//! sequential code: a step is dispatched when its needs have succeeded, its
+//! concurrency class has a free permit and the global cap allows; among ready
+//! steps the oldest commit goes first. Runner calls run in spawned tasks and come
+//! back to the owner as results. Every state change is written to the store
+//! before it is announced as an [`EngineEvent`].
+
+mod config;
+mod events;
+mod scheduler;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use config::EngineConfig;
+pub use events::EngineEvent;
+
+use crate::model::{CommitId, Pipeline};
+use crate::runner::StepRunner;
+use crate::source::CommitSource;
+use crate::store::{RunStore, StoreError};
+
+/// Why the engine stopped, or why a request to it failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The store failed; the engine stops rather than run steps it cannot record.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine is not running (not started yet, or stopped).
+    #[error("the engine is not running")]
+    NotRunning,
+    /// No run for that commit.
+    #[error("no run for commit {0}")]
+    UnknownRun(CommitId),
+}
+
+/// What [`EngineHandle::cancel`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The run was unfinished and is now `cancelled`.
+    Cancelled,
+    /// The run had already finished; nothing changed.
+    AlreadyFinished,
+}
+
+pub(crate) enum Command {
+    Cancel {
+        commit: CommitId,
+        reply: oneshot::Sender<Result<CancelOutcome, EngineError>>,
+    },
+}
+
+/// A cheap, cloneable way to talk to a running [`Engine`]: subscribe to events,
+/// cancel runs.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    events: broadcast::Sender<EngineEvent>,
+}
+
+impl EngineHandle {
+    /// A receiver of every event sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+
+    /// Cancels the run of `commit`: pending steps never start, in-flight requests
+    /// are dropped, the run ends `cancelled`.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownRun`] when the commit has no run,
+    /// [`EngineError::NotRunning`] when the engine has stopped.
+    pub async fn cancel(&self, commit: &CommitId) -> Result<CancelOutcome, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Cancel {
+                commit: commit.clone(),
+                reply,
+            })
+            .map_err(|_| EngineError::NotRunning)?;
+        answer.await.map_err(|_| EngineError::NotRunning)?
+    }
+}
+
+/// The CI engine: a pipeline, a runner and a store, ready to take commits.
+pub struct Engine {
+    pipeline: Arc<Pipeline>,
+    runner: Arc<dyn StepRunner>,
+    store: Arc<dyn RunStore>,
+    config: EngineConfig,
+    handle: EngineHandle,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Engine {
+    /// An engine that runs `pipeline` on `runner` and records in `store`.
+    pub fn new(
+        pipeline: Pipeline,
+        runner: Arc<dyn StepRunner>,
+        store: Arc<dyn RunStore>,
+        config: EngineConfig,
+    ) -> Self {
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        Self {
+            pipeline: Arc::new(pipeline),
+            runner,
+            store,
+            config,
+            handle: EngineHandle {
+                commands: commands_tx,
+                events,
+            },
+            commands,
+        }
+    }
+
+    /// A handle for events and cancellation; valid before and while [`run`](Self::run) runs.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// The pipeline the engine runs.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Runs until `shutdown` completes or the source is exhausted and every run has
+    /// finished.
+    ///
+    /// At start, runs the store holds as queued or running are taken up again; an
+    /// attempt that was in flight is recorded as interrupted and retried without
+    /// counting against the limit. At shutdown the engine stops taking commits and
+    /// starting steps, lets in-flight steps finish for up to
+    /// [`EngineConfig::shutdown_grace`], and returns; what it did not finish is
+    /// taken up at the next start.
+    ///
+    /// # Errors
+    /// [`EngineError::Store`] when the store fails; the engine stops at once.
+    pub async fn run(
+        self,
+        source: Box<dyn CommitSource>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), EngineError> {
+        let scheduler = scheduler::Scheduler::new(
+            self.pipeline,
+            self.runner,
+            self.store,
+            self.config,
+            self.handle.events.clone(),
+        );
+        scheduler.run(source, shutdown, self.commands).await
+    }
+}

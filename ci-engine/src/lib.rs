@@ -1,0 +1,37 @@
+//! `ci-engine`: a continuous-integration engine to embed.
+//!
+//! The pieces, and where they live:
+//!
+//! - [`model`]: commits, [`Pipeline`]s (steps, needs, concurrency classes), runs,
+//!   steps and attempts with their statuses.
+//! - [`CommitSource`] ([`source`]): yields new commits, parents first.
+//! - [`StepRunner`] ([`runner`]): runs one step of one commit; its
+//!   [`RunnerError`] tells *unreachable*, *lost*, *rejected* and *protocol* apart.
+//! - [`RunStore`] ([`store`]): the durable record of runs; [`MemoryStore`] is the
+//!   in-memory reference implementation.
+//! - [`Engine`] ([`engine`]): the scheduler that takes commits from a source,
+//!   records runs in a store and drives steps through a runner, overlapping
+//!   commits while it keeps every concurrency class within its limit.
+//! - `testing` (feature `test-util`): mockall mocks of the three traits, a
+//!   deterministic simulated runner and a scripted source, for tests and benchmarks.
+//!
+//! The crate has no HTTP, git or SQL in it; `ci-server` brings those.
+
+pub mod engine;
+pub mod memory_store;
+pub mod model;
+pub mod runner;
+pub mod source;
+pub mod store;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
+pub use memory_store::MemoryStore;
+pub use model::{
+    Attempt, AttemptOutcome, Commit, CommitId, Concurrency, Pipeline, PipelineError, Run,
+    RunStatus, StepRecord, StepSpec, StepStatus,
+};
+pub use runner::{RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
+pub use source::{BoxError, CommitSource, SourceError};
+pub use store::{RunPage, RunQuery, RunStore, StoreError};

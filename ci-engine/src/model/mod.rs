@@ -1,0 +1,11 @@
+//! The engine's vocabulary: commits, pipelines, runs, steps and attempts.
+
+mod commit;
+mod pipeline;
+mod run;
+
+pub use commit::{Commit, CommitId};
+pub use pipeline::{ClassSpec, Concurrency, Pipeline, PipelineError, StepSpec};
+pub use run::{
+    Attempt, AttemptOutcome, Run, RunStatus, StepRecord, StepStatus, UnixMillis, now_millis,
+};

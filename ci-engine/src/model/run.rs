@@ -1,0 +1,451 @@
+//! Runs, steps and attempts: the record the engine keeps of every commit it ran.
+//!
+//! A [`Run`] is keyed by its commit id (one run per commit). Its status and
+//! `failed_steps` are always derived from its steps by [`Run::settle`], so the
+//! three can never disagree.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::commit::{Commit, CommitId};
+use super::pipeline::Pipeline;
+
+/// Milliseconds since the Unix epoch (wall clock), used for times shown to people.
+pub type UnixMillis = i64;
+
+/// The wall clock now, in [`UnixMillis`].
+pub fn now_millis() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Status of a whole run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Created; no step has started yet.
+    Queued,
+    /// At least one step started and the run is not finished.
+    Running,
+    /// Every step succeeded.
+    Success,
+    /// At least one step ran and failed: the commit is bad.
+    Failure,
+    /// No step failed, but infrastructure gave out for at least one (retries
+    /// exhausted, runner rejected the request or stayed unreachable too long).
+    Error,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Whether the run is finished for good.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+
+    /// The lowercase name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Error => "error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str)'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "success" => Self::Success,
+            "failure" => Self::Failure,
+            "error" => Self::Error,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Every status, in declaration order.
+    pub const ALL: [RunStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Success,
+        Self::Failure,
+        Self::Error,
+        Self::Cancelled,
+    ];
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Status of one step of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started (waiting for its needs, a permit, a backoff or the runner).
+    Pending,
+    /// An attempt is in flight.
+    Running,
+    /// The runner reported success.
+    Success,
+    /// The runner reported failure.
+    Failure,
+    /// Infrastructure gave out (see [`RunStatus::Error`]).
+    Error,
+    /// A step it needs did not succeed, so it never ran.
+    Skipped,
+    /// The run was cancelled before the step finished.
+    Cancelled,
+}
+
+impl StepStatus {
+    /// Whether the step is finished for good.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending | Self::Running)
+    }
+
+    /// Whether the step counts in `failed_steps`.
+    pub fn is_failed(self) -> bool {
+        matches!(self, Self::Failure | Self::Error)
+    }
+
+    /// The lowercase name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Error => "error",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str)'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "success" => Self::Success,
+            "failure" => Self::Failure,
+            "error" => Self::Error,
+            "skipped" => Self::Skipped,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one attempt at a step ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Still in flight.
+    Running,
+    /// The step ran and succeeded.
+    Success,
+    /// The step ran and failed.
+    Failure,
+    /// The runner died, dropped the connection or timed out mid-step; retried
+    /// within the attempt limit.
+    Lost,
+    /// The runner refused the request (a configuration error); not retried.
+    Rejected,
+    /// The engine itself stopped (restart, kill, shutdown) while the attempt was in
+    /// flight; retried, and never counted against the attempt limit.
+    Interrupted,
+    /// The run was cancelled while the attempt was in flight.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// The lowercase name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Lost => "lost",
+            Self::Rejected => "rejected",
+            Self::Interrupted => "interrupted",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str)'s output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => Self::Running,
+            "success" => Self::Success,
+            "failure" => Self::Failure,
+            "lost" => Self::Lost,
+            "rejected" => Self::Rejected,
+            "interrupted" => Self::Interrupted,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the attempt counts against the attempt limit.
+    pub fn counts_against_limit(self) -> bool {
+        !matches!(self, Self::Interrupted | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One request of a step to the runner, whatever became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt, then 2, 3, …
+    pub number: u32,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// Why it ended so, in words, when that is not plain success or failure.
+    pub reason: Option<String>,
+    /// Logs the runner returned (empty when it returned nothing).
+    pub logs: String,
+    /// When the request was sent (wall clock).
+    pub started_at: UnixMillis,
+    /// When the answer came (wall clock); `None` while running.
+    pub finished_at: Option<UnixMillis>,
+    /// Duration measured by the engine, milliseconds.
+    pub duration_ms: Option<u64>,
+    /// Duration reported by the runner, milliseconds.
+    pub runner_duration_ms: Option<u64>,
+}
+
+/// One step of a run and every attempt at it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step name, as in the pipeline.
+    pub name: String,
+    /// Current status.
+    pub status: StepStatus,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// Why the step ended as it did when that is not in its last attempt
+    /// (skipped, cancelled, runner unreachable too long).
+    pub reason: Option<String>,
+}
+
+impl StepRecord {
+    /// A pending step with no attempts.
+    pub fn pending(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: StepStatus::Pending,
+            attempts: Vec::new(),
+            reason: None,
+        }
+    }
+
+    /// Attempts that count against the attempt limit.
+    pub fn counted_attempts(&self) -> u32 {
+        let n = self
+            .attempts
+            .iter()
+            .filter(|a| a.outcome.counts_against_limit())
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// The last attempt's logs, if any attempt was made.
+    pub fn logs(&self) -> Option<&str> {
+        self.attempts.last().map(|a| a.logs.as_str())
+    }
+}
+
+/// The record of one commit's pass through the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// The commit, and so the run's id.
+    pub commit: Commit,
+    /// Order in which the engine received commits: lower is older. Unique per store.
+    pub seq: u64,
+    /// Derived from the steps by [`settle`](Self::settle).
+    pub status: RunStatus,
+    /// Steps whose final status is `failure` or `error`, in pipeline order. Derived.
+    pub failed_steps: Vec<String>,
+    /// One record per pipeline step, in pipeline order.
+    pub steps: Vec<StepRecord>,
+    /// When the run was created (wall clock).
+    pub created_at: UnixMillis,
+    /// When its first step started.
+    pub started_at: Option<UnixMillis>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<UnixMillis>,
+}
+
+impl Run {
+    /// A queued run of `commit` through `pipeline`.
+    pub fn new(commit: Commit, seq: u64, pipeline: &Pipeline) -> Self {
+        Self {
+            commit,
+            seq,
+            status: RunStatus::Queued,
+            failed_steps: Vec::new(),
+            steps: pipeline
+                .steps()
+                .iter()
+                .map(|s| StepRecord::pending(s.name.clone()))
+                .collect(),
+            created_at: now_millis(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// The run's id: its commit id.
+    pub fn id(&self) -> &CommitId {
+        &self.commit.id
+    }
+
+    /// The step called `name`.
+    pub fn step(&self, name: &str) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// Status the steps imply: `cancelled` if any step was cancelled; otherwise,
+    /// while any step is pending or running, `running` once something started and
+    /// `queued` before; otherwise `failure` if a step failed, else `error` if a
+    /// step errored, else `success`. Skipped steps follow from another step's
+    /// result and add nothing.
+    pub fn derived_status(&self) -> RunStatus {
+        let any = |f: fn(StepStatus) -> bool| self.steps.iter().any(|s| f(s.status));
+        if any(|s| s == StepStatus::Cancelled) {
+            RunStatus::Cancelled
+        } else if any(|s| !s.is_terminal()) {
+            if self
+                .steps
+                .iter()
+                .any(|s| !s.attempts.is_empty() || s.status.is_terminal())
+            {
+                RunStatus::Running
+            } else {
+                RunStatus::Queued
+            }
+        } else if any(|s| s == StepStatus::Failure) {
+            RunStatus::Failure
+        } else if any(|s| s == StepStatus::Error) {
+            RunStatus::Error
+        } else {
+            RunStatus::Success
+        }
+    }
+
+    /// Recomputes `status` and `failed_steps` from the steps and stamps
+    /// `started_at`/`finished_at`. Returns whether the status changed.
+    pub fn settle(&mut self) -> bool {
+        let before = self.status;
+        self.status = self.derived_status();
+        self.failed_steps = self
+            .steps
+            .iter()
+            .filter(|s| s.status.is_failed())
+            .map(|s| s.name.clone())
+            .collect();
+        if self.status != RunStatus::Queued && self.started_at.is_none() {
+            self.started_at = Some(now_millis());
+        }
+        if self.status.is_terminal() && self.finished_at.is_none() {
+            self.finished_at = Some(now_millis());
+        }
+        before != self.status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> Run {
+        Run::new(Commit::bare("abc"), 0, &Pipeline::standard())
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_names() {
+        for s in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(RunStatus::parse("Success"), None);
+        assert_eq!(StepStatus::parse("skipped"), Some(StepStatus::Skipped));
+        assert_eq!(
+            AttemptOutcome::parse("interrupted"),
+            Some(AttemptOutcome::Interrupted)
+        );
+    }
+
+    #[test]
+    fn derived_status_follows_the_steps() {
+        let mut r = run();
+        assert!(!r.settle());
+        assert_eq!(r.status, RunStatus::Queued);
+
+        r.steps[0].status = StepStatus::Success;
+        r.settle();
+        assert_eq!(r.status, RunStatus::Running);
+        assert!(r.started_at.is_some());
+
+        r.steps[1].status = StepStatus::Error;
+        r.steps[2].status = StepStatus::Skipped;
+        r.settle();
+        assert_eq!(r.status, RunStatus::Error);
+        assert_eq!(r.failed_steps, ["build"]);
+        assert!(r.finished_at.is_some());
+
+        r.steps[0].status = StepStatus::Failure;
+        r.settle();
+        assert_eq!(r.status, RunStatus::Failure, "a failure outranks an error");
+        assert_eq!(r.failed_steps, ["lint", "build"]);
+    }
+
+    #[test]
+    fn cancelled_outranks_everything() {
+        let mut r = run();
+        r.steps[0].status = StepStatus::Failure;
+        r.steps[1].status = StepStatus::Cancelled;
+        r.steps[2].status = StepStatus::Cancelled;
+        r.settle();
+        assert_eq!(r.status, RunStatus::Cancelled);
+    }
+
+    #[test]
+    fn interrupted_attempts_do_not_count() {
+        let mut s = StepRecord::pending("test");
+        for outcome in [AttemptOutcome::Interrupted, AttemptOutcome::Lost] {
+            s.attempts.push(Attempt {
+                number: 1,
+                outcome,
+                reason: None,
+                logs: String::new(),
+                started_at: 0,
+                finished_at: None,
+                duration_ms: None,
+                runner_duration_ms: None,
+            });
+        }
+        assert_eq!(s.counted_attempts(), 1);
+    }
+}

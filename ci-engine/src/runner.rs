@@ -1,0 +1,81 @@
+//! Who runs steps: the [`StepRunner`] trait and the ways a run can go wrong.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::CommitId;
+
+/// One step of one commit, to be run once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepRequest {
+    /// Step name, as in the pipeline (`lint`, `build`, `test`, …).
+    pub step: String,
+    /// The commit to run it on.
+    pub commit: CommitId,
+    /// Attempt number, from 1; for logs and request ids.
+    pub attempt: u32,
+}
+
+/// What the runner said about a step that ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepVerdict {
+    /// The step succeeded.
+    Success,
+    /// The step ran and failed.
+    Failure,
+}
+
+/// A step that ran to completion on the runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepOutput {
+    /// Whether it succeeded.
+    pub verdict: StepVerdict,
+    /// What it printed.
+    pub logs: String,
+    /// How long the runner says it took, if it says.
+    pub duration: Option<Duration>,
+}
+
+/// Why a step did not produce a verdict. The engine treats each kind differently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// Nothing was sent: the runner could not be reached (connection refused, no
+    /// route). The engine waits for the runner and spends no attempt.
+    #[error("runner unreachable: {0}")]
+    Unreachable(String),
+    /// The request was sent and the runner died, dropped the connection or timed
+    /// out before answering. An infrastructure error: retried within a limit.
+    #[error("step lost: {0}")]
+    Lost(String),
+    /// The runner refused the request (it does not know the step, the request is
+    /// malformed): a configuration error. Not retried.
+    #[error("runner rejected the request: {0}")]
+    Rejected(String),
+    /// The runner answered something that is not the protocol. Treated like
+    /// [`Lost`](Self::Lost): retried within the limit.
+    #[error("runner protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Runs one step of one commit and says what happened.
+///
+/// # Contract
+///
+/// - `Ok` means the step ran: its verdict is a result about the commit.
+/// - `Err(Unreachable)` must only be returned when the request surely did not reach
+///   the runner; the engine may send it again at once when the runner is back.
+/// - `Err(Lost | Protocol)` when the request may have been started; the engine
+///   retries with backoff up to its attempt limit.
+/// - `Err(Rejected)` when retrying cannot help.
+/// - The engine enforces concurrency rules and its own per-step timeout; a runner
+///   need not. Implementations must be safe to call concurrently.
+/// - Cancel safety: the engine may drop the future (cancel, shutdown timeout).
+#[cfg_attr(any(test, feature = "test-util"), mockall::automock)]
+#[async_trait]
+pub trait StepRunner: Send + Sync {
+    /// Runs `request` once.
+    async fn run(&self, request: &StepRequest) -> Result<StepOutput, RunnerError>;
+}

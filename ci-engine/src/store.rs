@@ -1,0 +1,101 @@
+//! The engine's memory: the [`RunStore`] trait, its queries and errors.
+
+use async_trait::async_trait;
+
+use crate::model::{CommitId, Run, RunStatus};
+use crate::source::BoxError;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No run matches the id or prefix.
+    #[error("no run for commit {0:?}")]
+    NotFound(String),
+    /// More than one run matches a prefix.
+    #[error("commit prefix {prefix:?} is ambiguous: it matches {matches} runs")]
+    Ambiguous {
+        /// The prefix asked for.
+        prefix: String,
+        /// How many runs it matches (at least 2).
+        matches: usize,
+    },
+    /// The backend failed (I/O, corruption, a full disk). Nothing was changed.
+    #[error("store backend: {0}")]
+    Backend(#[source] BoxError),
+}
+
+/// Filters and paging for [`RunStore::list_runs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Only runs with this status.
+    pub status: Option<RunStatus>,
+    /// Only runs whose commit lists this branch.
+    pub branch: Option<String>,
+    /// At most this many runs.
+    pub limit: usize,
+    /// Skip this many (after filtering, newest first).
+    pub offset: usize,
+}
+
+impl Default for RunQuery {
+    fn default() -> Self {
+        Self {
+            status: None,
+            branch: None,
+            limit: 100,
+            offset: 0,
+        }
+    }
+}
+
+/// A page of runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunPage {
+    /// How many runs match the filters in all.
+    pub total: u64,
+    /// The runs of this page, newest (highest `seq`) first.
+    pub runs: Vec<Run>,
+}
+
+/// Durable record of runs, steps and attempts.
+///
+/// # Contract
+///
+/// - One run per commit id: [`insert_run`](Self::insert_run) of a commit that
+///   already has a run changes nothing and returns `Ok(false)`.
+/// - [`update_run`](Self::update_run) replaces the whole stored state of a run;
+///   once it returns, a crash of the process loses none of it.
+/// - Lookups by prefix: a full id or a prefix that matches exactly one run; several
+///   matches are [`StoreError::Ambiguous`], none [`StoreError::NotFound`].
+/// - Implementations are safe to share between tasks (`Arc<dyn RunStore>`).
+#[cfg_attr(any(test, feature = "test-util"), mockall::automock)]
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Stores a new run; `Ok(false)` (and no change) if the commit already has one.
+    async fn insert_run(&self, run: &Run) -> Result<bool, StoreError>;
+
+    /// Replaces the stored state of an existing run; `NotFound` if it has none.
+    async fn update_run(&self, run: &Run) -> Result<(), StoreError>;
+
+    /// The run of the commit whose full id is, or starts with, `id_or_prefix`.
+    async fn get_run(&self, id_or_prefix: &str) -> Result<Run, StoreError>;
+
+    /// Runs matching `query`, newest first, with the total that match.
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
+
+    /// Runs whose status is `queued` or `running`, oldest (lowest `seq`) first.
+    async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError>;
+
+    /// Whether `id` has a run.
+    async fn has_run(&self, id: &CommitId) -> Result<bool, StoreError>;
+
+    /// The highest `seq` of any run, `None` when the store is empty.
+    async fn max_seq(&self) -> Result<Option<u64>, StoreError>;
+
+    /// A small named value a component keeps across restarts (a source's cursor).
+    async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Saves a value for [`load_state`](Self::load_state), replacing the old one.
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,1 @@
+//! ci-server (under construction).

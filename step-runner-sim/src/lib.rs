@@ -1,0 +1,1 @@
+//! step-runner-sim (under construction).
