@@ -1,0 +1,1 @@
+//! The behaviour every `RunStore` must show (under construction).

@@ -1,0 +1,1 @@
+//! A `CommitSource` on gix (under construction).

@@ -1,0 +1,1 @@
+//! A `StepRunner` over HTTP (under construction).

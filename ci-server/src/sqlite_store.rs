@@ -1,0 +1,1 @@
+//! A `RunStore` on SQLite (under construction).

@@ -1,0 +1,1 @@
+//! Starts and restarts the bundled simulator (under construction).
