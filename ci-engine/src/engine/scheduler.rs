@@ -64,6 +64,9 @@ struct InFlight {
     seq: u64,
     step: usize,
     probe: bool,
+    /// The run was cancelled: the task was aborted and its result is ignored;
+    /// the permit stays taken until the task has really ended.
+    cancelled: bool,
     abort: AbortHandle,
 }
 
@@ -189,6 +192,7 @@ impl Scheduler {
         let deadline = Instant::now() + self.config.shutdown_grace;
         while !self.tasks.is_empty() {
             tokio::select! {
+                biased;
                 Some(joined) = self.tasks.join_next_with_id() => self.on_joined(joined).await?,
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(abandoned = self.tasks.len(), "shutdown grace expired; in-flight steps resume at next start");
@@ -428,6 +432,7 @@ impl Scheduler {
                 seq,
                 step,
                 probe,
+                cancelled: false,
                 abort,
             },
         );
@@ -447,24 +452,23 @@ impl Scheduler {
         joined: Result<(tokio::task::Id, Finished), JoinError>,
     ) -> Result<(), EngineError> {
         let (id, finished) = match joined {
-            Ok(ok) => ok,
-            // Aborted by a cancel, which already settled the step.
-            Err(e) if e.is_cancelled() => return Ok(()),
-            Err(e) => {
-                let id = e.id();
-                (
-                    id,
-                    Finished {
-                        result: Err(RunnerError::Lost(format!("the runner call panicked: {e}"))),
-                        elapsed: Duration::ZERO,
-                    },
-                )
-            }
+            Ok((id, finished)) => (id, Some(finished)),
+            Err(e) => (e.id(), None),
         };
         let Some(flight) = self.task_index.remove(&id) else {
             return Ok(());
         };
+        // The task has ended for good: only now is its permit free.
         self.release(flight.step);
+        if flight.cancelled {
+            return Ok(());
+        }
+        let finished = finished.unwrap_or_else(|| Finished {
+            result: Err(RunnerError::Lost(
+                "the runner call panicked or was aborted".into(),
+            )),
+            elapsed: Duration::ZERO,
+        });
         self.on_result(flight, finished).await
     }
 
@@ -739,21 +743,13 @@ impl Scheduler {
                 false => Err(EngineError::UnknownRun(commit.clone())),
             };
         };
-        let flights: Vec<tokio::task::Id> = self
-            .task_index
-            .iter()
-            .filter(|(_, f)| f.seq == seq)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in flights {
-            if let Some(flight) = self.task_index.remove(&id) {
-                flight.abort.abort();
-                self.release(flight.step);
-                if flight.probe
-                    && let Some(o) = &mut self.outage
-                {
-                    o.probe_in_flight = false;
-                }
+        for flight in self.task_index.values_mut().filter(|f| f.seq == seq) {
+            flight.abort.abort();
+            flight.cancelled = true;
+            if flight.probe
+                && let Some(o) = &mut self.outage
+            {
+                o.probe_in_flight = false;
             }
         }
         let slot = self.runs.get_mut(&seq).expect("indexed runs are live");

@@ -2,6 +2,7 @@
 //! deterministic simulated runner and a scripted source (`sim`), and the
 //! contract every `RunStore` must meet (`store_contract`).
 
+pub mod sim;
 pub mod store_contract;
 
 pub use crate::runner::MockStepRunner;

@@ -1,0 +1,281 @@
+//! Property tests of the scheduler's invariants (DESIGN.md), each over at
+//! least 256 random scenarios: random pipelines (DAGs, unlimited / exclusive /
+//! limited classes, shared groups), random arrivals, durations, failures,
+//! crashes, rejections, outages and cancels, all in paused tokio time.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ci_engine::testing::sim::{SimRunnerConfig, StepBehaviour};
+use ci_engine::{Commit, CommitId, Concurrency, EngineConfig, Pipeline, StepSpec};
+use common::{Scenario, simulate};
+use proptest::prelude::*;
+
+fn cases() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn concurrency(code: u8) -> Concurrency {
+    match code {
+        0 => Concurrency::Unlimited,
+        1 => Concurrency::Exclusive,
+        n => Concurrency::Limit(u32::from(n)),
+    }
+}
+
+/// A random valid pipeline of 1–5 steps: needs only on earlier steps (a DAG),
+/// each step in its own class or in the shared group `g`.
+fn pipeline() -> impl Strategy<Value = Pipeline> {
+    (1usize..=5).prop_flat_map(|n| {
+        (
+            proptest::collection::vec(proptest::collection::vec(prop::bool::weighted(0.35), 5), n),
+            proptest::collection::vec(0u8..4, n),
+            proptest::collection::vec(prop::bool::weighted(0.25), n),
+            0u8..4,
+        )
+            .prop_map(move |(needs, conc, grouped, group_conc)| {
+                let steps = (0..n)
+                    .map(|i| {
+                        let mut s = if grouped[i] {
+                            StepSpec::new(format!("s{i}"), concurrency(group_conc)).group("g")
+                        } else {
+                            StepSpec::new(format!("s{i}"), concurrency(conc[i]))
+                        };
+                        for (j, &need) in needs[i].iter().enumerate().take(i) {
+                            if need {
+                                s = s.needs(format!("s{j}"));
+                            }
+                        }
+                        s
+                    })
+                    .collect();
+                Pipeline::new(steps).unwrap()
+            })
+    })
+}
+
+/// Batches of a commit chain: (gap before the batch in ms, batch size).
+fn arrivals(max_commits: usize) -> impl Strategy<Value = Vec<(Duration, Vec<Commit>)>> {
+    proptest::collection::vec((0u64..600, 1usize..=4), 1..=max_commits).prop_map(|batches| {
+        let mut at = Duration::ZERO;
+        let mut next = 0usize;
+        batches
+            .into_iter()
+            .map(|(gap, size)| {
+                at += Duration::from_millis(gap);
+                let commits = (0..size)
+                    .map(|_| {
+                        let c = Commit::bare(format!("{next:08x}"));
+                        next += 1;
+                        c
+                    })
+                    .collect();
+                (at, commits)
+            })
+            .collect()
+    })
+}
+
+#[derive(Clone, Debug)]
+struct Faults {
+    crash_rate: f64,
+    reject_rate: f64,
+    timeout: bool,
+    outages: Vec<(Duration, Duration)>,
+}
+
+fn faults() -> impl Strategy<Value = Faults> {
+    (
+        0.0f64..0.3,
+        prop_oneof![3 => Just(0.0f64), 1 => 0.0f64..0.1],
+        prop::bool::weighted(0.2),
+        proptest::collection::vec((0u64..8_000, 100u64..6_000), 0..3),
+    )
+        .prop_map(|(crash_rate, reject_rate, timeout, outages)| Faults {
+            crash_rate,
+            reject_rate,
+            timeout,
+            outages: outages
+                .into_iter()
+                .map(|(a, l)| (Duration::from_millis(a), Duration::from_millis(l)))
+                .collect(),
+        })
+}
+
+fn no_faults() -> Faults {
+    Faults {
+        crash_rate: 0.0,
+        reject_rate: 0.0,
+        timeout: false,
+        outages: Vec::new(),
+    }
+}
+
+fn scenario(
+    pipeline: Pipeline,
+    batches: Vec<(Duration, Vec<Commit>)>,
+    seed: u64,
+    max_ms: u64,
+    fail_rate: f64,
+    faults: &Faults,
+    engine: EngineConfig,
+) -> Scenario {
+    let behaviour = StepBehaviour {
+        min_ms: 0,
+        max_ms,
+        fail_rate,
+        crash_rate: faults.crash_rate,
+        reject_rate: faults.reject_rate,
+    };
+    Scenario {
+        pipeline,
+        runner: SimRunnerConfig {
+            seed,
+            steps: HashMap::new(),
+            default_step: behaviour,
+            downtime_ms: (50, 2_000),
+        },
+        engine: EngineConfig {
+            step_timeout: if faults.timeout {
+                Duration::from_millis(max_ms / 2 + 1)
+            } else {
+                engine.step_timeout
+            },
+            ..engine
+        },
+        batches,
+        outages: faults.outages.clone(),
+        cancels: Vec::new(),
+    }
+}
+
+fn engine_config() -> impl Strategy<Value = EngineConfig> {
+    (1u32..=4, 10u64..500, 1usize..=8, prop::bool::ANY, prop::bool::weighted(0.3)).prop_map(
+        |(max_attempts, backoff, cap, capped, short_unreachable)| EngineConfig {
+            max_attempts,
+            retry_backoff: Duration::from_millis(backoff),
+            retry_backoff_max: Duration::from_millis(backoff * 8),
+            max_in_flight: if capped { cap } else { 1_000 },
+            unreachable_limit: if short_unreachable {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_secs(600)
+            },
+            probe_interval: Duration::from_millis(20),
+            probe_interval_max: Duration::from_millis(500),
+            ..EngineConfig::default()
+        },
+    )
+}
+
+/// Scenarios with every kind of fault.
+fn faulty() -> impl Strategy<Value = Scenario> {
+    (pipeline(), arrivals(12), any::<u64>(), 0u64..300, 0.0f64..0.6, faults(), engine_config()).prop_map(
+        |(p, a, seed, max_ms, fail, f, e)| scenario(p, a, seed, max_ms, fail, &f, e),
+    )
+}
+
+/// Scenarios without crashes, rejections, timeouts, outages or a binding cap,
+/// where every step gets exactly one attempt: for the timing invariants.
+fn clean() -> impl Strategy<Value = Scenario> {
+    (pipeline(), arrivals(12), any::<u64>(), 0u64..300, 0.0f64..0.6).prop_map(|(p, a, seed, max_ms, fail)| {
+        let engine = EngineConfig {
+            max_in_flight: usize::MAX,
+            ..EngineConfig::default()
+        };
+        scenario(p, a, seed, max_ms, fail, &no_faults(), engine)
+    })
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// Invariant 1: never more in flight per class than its limit, nor overall
+    /// than the global cap, whatever the faults.
+    #[test]
+    fn class_limits_are_never_exceeded(s in faulty()) {
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_class_limits(), Ok(()));
+    }
+
+    /// Invariant 2: no step starts before every step it needs has succeeded.
+    #[test]
+    fn needs_succeed_before_a_step_starts(s in faulty()) {
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_needs_before_start(), Ok(()));
+    }
+
+    /// Invariant 3: every commit ends in exactly one terminal run; no step is
+    /// in flight twice; every attempt recorded matches a request the runner
+    /// saw (so nothing is lost at a crash and no attempt is spent while the
+    /// runner is unreachable).
+    #[test]
+    fn every_commit_ends_exactly_once(s in faulty()) {
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_one_terminal_run_each(), Ok(()));
+    }
+
+    /// Invariant 4: status and failed_steps agree with the steps; a lost
+    /// attempt never turns into a step failure; attempt limits hold.
+    #[test]
+    fn status_agrees_with_step_results(s in faulty()) {
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_status_consistency(), Ok(()));
+    }
+
+    /// Invariant 5: work-conserving — while a permit is free, no ready step of
+    /// its class waits.
+    #[test]
+    fn free_permits_never_idle_while_steps_wait(s in clean()) {
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_always(), Ok(()));
+        prop_assert_eq!(o.check_work_conserving(), Ok(()));
+    }
+
+    /// Invariant 6: oldest commit first among ready steps of an exclusive class.
+    #[test]
+    fn exclusive_classes_serve_the_oldest_commit_first(s in clean()) {
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_oldest_first(), Ok(()));
+    }
+
+    /// Cancelling runs at random moments ends exactly those runs `cancelled`
+    /// (unless they had finished) and leaves every other invariant intact.
+    #[test]
+    fn cancels_end_only_their_runs(
+        s in faulty(),
+        picks in proptest::collection::vec((0u64..5_000, 0usize..48), 1..4),
+    ) {
+        let mut s = s;
+        let ids: Vec<CommitId> = s.batches.iter().flat_map(|(_, b)| b.iter().map(|c| c.id.clone())).collect();
+        s.cancels = picks
+            .into_iter()
+            .map(|(at, i)| (Duration::from_millis(at), ids[i % ids.len()].clone()))
+            .collect();
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_always(), Ok(()));
+    }
+
+    /// The same seed gives the same history: statuses and attempt outcomes.
+    #[test]
+    fn a_seed_determines_the_outcome(s in faulty()) {
+        let summary = |o: &common::Outcome| -> Vec<(CommitId, String, Vec<String>)> {
+            o.runs.iter().map(|r| (
+                r.id().clone(),
+                r.status.to_string(),
+                r.steps.iter().flat_map(|st| st.attempts.iter().map(|a| format!("{}:{}", st.name, a.outcome))).collect(),
+            )).collect()
+        };
+        let a = simulate(&s);
+        let b = simulate(&s);
+        prop_assert_eq!(summary(&a), summary(&b));
+    }
+}
