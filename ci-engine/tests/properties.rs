@@ -158,41 +158,62 @@ fn scenario(
 }
 
 fn engine_config() -> impl Strategy<Value = EngineConfig> {
-    (1u32..=4, 10u64..500, 1usize..=8, prop::bool::ANY, prop::bool::weighted(0.3)).prop_map(
-        |(max_attempts, backoff, cap, capped, short_unreachable)| EngineConfig {
-            max_attempts,
-            retry_backoff: Duration::from_millis(backoff),
-            retry_backoff_max: Duration::from_millis(backoff * 8),
-            max_in_flight: if capped { cap } else { 1_000 },
-            unreachable_limit: if short_unreachable {
-                Duration::from_secs(2)
-            } else {
-                Duration::from_secs(600)
-            },
-            probe_interval: Duration::from_millis(20),
-            probe_interval_max: Duration::from_millis(500),
-            ..EngineConfig::default()
-        },
+    (
+        1u32..=4,
+        10u64..500,
+        1usize..=8,
+        prop::bool::ANY,
+        prop::bool::weighted(0.3),
     )
+        .prop_map(
+            |(max_attempts, backoff, cap, capped, short_unreachable)| EngineConfig {
+                max_attempts,
+                retry_backoff: Duration::from_millis(backoff),
+                retry_backoff_max: Duration::from_millis(backoff * 8),
+                max_in_flight: if capped { cap } else { 1_000 },
+                unreachable_limit: if short_unreachable {
+                    Duration::from_secs(2)
+                } else {
+                    Duration::from_secs(600)
+                },
+                probe_interval: Duration::from_millis(20),
+                probe_interval_max: Duration::from_millis(500),
+                ..EngineConfig::default()
+            },
+        )
 }
 
 /// Scenarios with every kind of fault.
 fn faulty() -> impl Strategy<Value = Scenario> {
-    (pipeline(), arrivals(12), any::<u64>(), 0u64..300, 0.0f64..0.6, faults(), engine_config()).prop_map(
-        |(p, a, seed, max_ms, fail, f, e)| scenario(p, a, seed, max_ms, fail, &f, e),
+    (
+        pipeline(),
+        arrivals(12),
+        any::<u64>(),
+        0u64..300,
+        0.0f64..0.6,
+        faults(),
+        engine_config(),
     )
+        .prop_map(|(p, a, seed, max_ms, fail, f, e)| scenario(p, a, seed, max_ms, fail, &f, e))
 }
 
 /// Scenarios without crashes, rejections, timeouts, outages or a binding cap,
 /// where every step gets exactly one attempt: for the timing invariants.
 fn clean() -> impl Strategy<Value = Scenario> {
-    (pipeline(), arrivals(12), any::<u64>(), 0u64..300, 0.0f64..0.6).prop_map(|(p, a, seed, max_ms, fail)| {
-        let engine = EngineConfig {
-            max_in_flight: usize::MAX,
-            ..EngineConfig::default()
-        };
-        scenario(p, a, seed, max_ms, fail, &no_faults(), engine)
-    })
+    (
+        pipeline(),
+        arrivals(12),
+        any::<u64>(),
+        0u64..300,
+        0.0f64..0.6,
+    )
+        .prop_map(|(p, a, seed, max_ms, fail)| {
+            let engine = EngineConfig {
+                max_in_flight: usize::MAX,
+                ..EngineConfig::default()
+            };
+            scenario(p, a, seed, max_ms, fail, &no_faults(), engine)
+        })
 }
 
 proptest! {
@@ -277,5 +298,38 @@ proptest! {
         let a = simulate(&s);
         let b = simulate(&s);
         prop_assert_eq!(summary(&a), summary(&b));
+    }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// Stopping the engine at random moments (in-flight steps abandoned when
+    /// the grace period is short) and starting it again on the same store loses
+    /// nothing and repeats nothing: every invariant still holds.
+    #[test]
+    fn restarts_lose_nothing_and_repeat_nothing(
+        s in faulty(),
+        stops in proptest::collection::vec(0u64..15_000, 1..4),
+        grace in 0u64..400,
+    ) {
+        let stops: Vec<Duration> = stops.into_iter().map(Duration::from_millis).collect();
+        let o = common::simulate_with_restarts(&s, &stops, Duration::from_millis(grace));
+        prop_assert_eq!(o.check_always(), Ok(()));
+    }
+
+    /// Without infrastructure faults, restarts alone never turn a run into
+    /// `error`, and interrupted attempts are recorded and not counted.
+    #[test]
+    fn a_restart_alone_never_makes_an_error(
+        s in clean(),
+        stops in proptest::collection::vec(0u64..15_000, 1..4),
+    ) {
+        let stops: Vec<Duration> = stops.into_iter().map(Duration::from_millis).collect();
+        let o = common::simulate_with_restarts(&s, &stops, Duration::ZERO);
+        prop_assert_eq!(o.check_always(), Ok(()));
+        for r in &o.runs {
+            prop_assert!(r.status != ci_engine::RunStatus::Error, "run {} ended error: {:?}", r.id(), r.steps);
+        }
     }
 }

@@ -569,15 +569,14 @@ impl Scheduler {
             .runs
             .get(&seq)
             .map_or(StepStatus::Pending, |s| s.run.steps[step].status);
-        self.commit_change(seq).await?;
-        self.emit(EngineEvent::StepFinished {
+        let event = EngineEvent::StepFinished {
             commit,
             step: name,
             attempt: number,
             outcome,
             status,
-        });
-        Ok(())
+        };
+        self.commit_change_then(seq, Some(event)).await
     }
 
     /// Ends step `step` of run `seq` with a terminal `status`: on success its
@@ -789,11 +788,27 @@ impl Scheduler {
     /// Settles run `seq`'s status, writes it to the store, and if it finished
     /// announces that and forgets it.
     async fn commit_change(&mut self, seq: u64) -> Result<(), EngineError> {
+        self.commit_change_then(seq, None).await
+    }
+
+    /// [`commit_change`](Self::commit_change), announcing `event` once the
+    /// change is stored and before the run's end, if it ended.
+    async fn commit_change_then(
+        &mut self,
+        seq: u64,
+        event: Option<EngineEvent>,
+    ) -> Result<(), EngineError> {
         let Some(slot) = self.runs.get_mut(&seq) else {
             return Ok(());
         };
         slot.run.settle();
         self.store.update_run(&slot.run).await?;
+        if let Some(event) = event {
+            self.emit(event);
+        }
+        let Some(slot) = self.runs.get(&seq) else {
+            return Ok(());
+        };
         if slot.run.status.is_terminal() {
             let slot = self.runs.remove(&seq).expect("present above");
             self.by_commit.remove(slot.run.id());

@@ -97,7 +97,10 @@ pub async fn simulate_async(scenario: &Scenario) -> Outcome {
         engine.run(Box::new(source), std::future::pending()),
     )
     .await;
-    assert!(result.is_ok(), "the engine did not finish within a virtual week");
+    assert!(
+        result.is_ok(),
+        "the engine did not finish within a virtual week"
+    );
     result.unwrap().unwrap();
     for task in cancel_tasks {
         if let Ok((commit, Ok(ci_engine::engine::CancelOutcome::Cancelled))) = task.await {
@@ -138,10 +141,16 @@ impl Outcome {
                 counts[class] += 1;
                 total += 1;
                 if limit.is_some_and(|l| counts[class] > l) {
-                    return Err(format!("event {k}: {} of class {class} in flight, limit {limit:?}", counts[class]));
+                    return Err(format!(
+                        "event {k}: {} of class {class} in flight, limit {limit:?}",
+                        counts[class]
+                    ));
                 }
                 if total > self.engine.max_in_flight {
-                    return Err(format!("event {k}: {total} in flight, cap {}", self.engine.max_in_flight));
+                    return Err(format!(
+                        "event {k}: {total} in flight, cap {}",
+                        self.engine.max_in_flight
+                    ));
                 }
             } else {
                 counts[class] -= 1;
@@ -164,7 +173,10 @@ impl Outcome {
                     for &n in self.pipeline.needs_of(i) {
                         let need = &self.pipeline.steps()[n].name;
                         if !succeeded.contains(&(e.commit.clone(), need.clone())) {
-                            return Err(format!("event {k}: {} of {} started before {need} succeeded", e.step, e.commit));
+                            return Err(format!(
+                                "event {k}: {} of {} started before {need} succeeded",
+                                e.step, e.commit
+                            ));
                         }
                     }
                 }
@@ -200,7 +212,10 @@ impl Outcome {
             let key = (e.commit.clone(), e.step.clone());
             if e.kind == TraceKind::Start {
                 if !open.insert(key.clone()) {
-                    return Err(format!("event {k}: {} of {} in flight twice", e.step, e.commit));
+                    return Err(format!(
+                        "event {k}: {} of {} in flight twice",
+                        e.step, e.commit
+                    ));
                 }
                 starts.entry(key).or_default().push(e.attempt);
             } else {
@@ -210,12 +225,26 @@ impl Outcome {
         for r in &self.runs {
             for s in &r.steps {
                 let recorded: Vec<u32> = s.attempts.iter().map(|a| a.number).collect();
-                let seen = starts.get(&(r.id().clone(), s.name.clone())).cloned().unwrap_or_default();
+                let seen = starts
+                    .get(&(r.id().clone(), s.name.clone()))
+                    .cloned()
+                    .unwrap_or_default();
                 if recorded != seen {
-                    return Err(format!("{} of {}: store has attempts {recorded:?}, runner saw {seen:?}", s.name, r.id()));
+                    return Err(format!(
+                        "{} of {}: store has attempts {recorded:?}, runner saw {seen:?}",
+                        s.name,
+                        r.id()
+                    ));
                 }
-                if s.attempts.iter().any(|a| a.outcome == AttemptOutcome::Running) {
-                    return Err(format!("{} of {} has an attempt still running", s.name, r.id()));
+                if s.attempts
+                    .iter()
+                    .any(|a| a.outcome == AttemptOutcome::Running)
+                {
+                    return Err(format!(
+                        "{} of {} has an attempt still running",
+                        s.name,
+                        r.id()
+                    ));
                 }
             }
         }
@@ -226,16 +255,34 @@ impl Outcome {
     /// never becomes a failure; a step ends error only with reason.
     pub fn check_status_consistency(&self) -> Result<(), String> {
         for r in &self.runs {
-            let failed: Vec<String> = r.steps.iter().filter(|s| s.status.is_failed()).map(|s| s.name.clone()).collect();
+            let failed: Vec<String> = r
+                .steps
+                .iter()
+                .filter(|s| s.status.is_failed())
+                .map(|s| s.name.clone())
+                .collect();
             if failed != r.failed_steps {
-                return Err(format!("{}: failed_steps {:?} but steps say {failed:?}", r.id(), r.failed_steps));
+                return Err(format!(
+                    "{}: failed_steps {:?} but steps say {failed:?}",
+                    r.id(),
+                    r.failed_steps
+                ));
             }
             if r.status != r.derived_status() {
-                return Err(format!("{}: status {} but steps imply {}", r.id(), r.status, r.derived_status()));
+                return Err(format!(
+                    "{}: status {} but steps imply {}",
+                    r.id(),
+                    r.status,
+                    r.derived_status()
+                ));
             }
             let cancelled = self.cancelled.contains(r.id());
             if cancelled != (r.status == RunStatus::Cancelled) {
-                return Err(format!("{}: cancelled={cancelled} but status {}", r.id(), r.status));
+                return Err(format!(
+                    "{}: cancelled={cancelled} but status {}",
+                    r.id(),
+                    r.status
+                ));
             }
             for (i, s) in r.steps.iter().enumerate() {
                 let last = s.attempts.last().map(|a| a.outcome);
@@ -245,7 +292,9 @@ impl Outcome {
                     StepStatus::Error => {
                         last == Some(AttemptOutcome::Rejected)
                             || s.counted_attempts() >= self.engine.max_attempts
-                            || s.reason.as_deref().is_some_and(|r| r.contains("unreachable"))
+                            || s.reason
+                                .as_deref()
+                                .is_some_and(|r| r.contains("unreachable"))
                     }
                     StepStatus::Skipped => {
                         s.attempts.is_empty()
@@ -258,12 +307,28 @@ impl Outcome {
                     StepStatus::Pending | StepStatus::Running => false,
                 };
                 if !ok {
-                    return Err(format!("{}: step {} is {} with attempts {:?}", r.id(), s.name, s.status, s.attempts.iter().map(|a| a.outcome).collect::<Vec<_>>()));
+                    return Err(format!(
+                        "{}: step {} is {} with attempts {:?}",
+                        r.id(),
+                        s.name,
+                        s.status,
+                        s.attempts.iter().map(|a| a.outcome).collect::<Vec<_>>()
+                    ));
                 }
                 if s.counted_attempts() > self.engine.max_attempts {
-                    return Err(format!("{}: step {} made {} attempts", r.id(), s.name, s.counted_attempts()));
+                    return Err(format!(
+                        "{}: step {} made {} attempts",
+                        r.id(),
+                        s.name,
+                        s.counted_attempts()
+                    ));
                 }
-                if s.attempts.iter().filter(|a| a.outcome == AttemptOutcome::Success).count() > 1 {
+                if s.attempts
+                    .iter()
+                    .filter(|a| a.outcome == AttemptOutcome::Success)
+                    .count()
+                    > 1
+                {
                     return Err(format!("{}: step {} succeeded twice", r.id(), s.name));
                 }
             }
@@ -301,7 +366,12 @@ impl Outcome {
                     }
                 }
                 if all_needs {
-                    out.push((seq[r.id()], i, ready, start.get(&(r.id().clone(), spec.name.clone())).copied()));
+                    out.push((
+                        seq[r.id()],
+                        i,
+                        ready,
+                        start.get(&(r.id().clone(), spec.name.clone())).copied(),
+                    ));
                 }
             }
         }
@@ -313,7 +383,8 @@ impl Outcome {
     /// waits for any positive length of time.
     pub fn check_work_conserving(&self) -> Result<(), String> {
         // Per class: (time, in-flight count after the last event at that time).
-        let mut timeline: Vec<BTreeMap<Instant, u32>> = vec![BTreeMap::new(); self.pipeline.classes().len()];
+        let mut timeline: Vec<BTreeMap<Instant, u32>> =
+            vec![BTreeMap::new(); self.pipeline.classes().len()];
         let mut counts = vec![0u32; self.pipeline.classes().len()];
         for e in &self.trace {
             let (c, _) = self.limit_of(&e.step);
@@ -326,7 +397,9 @@ impl Outcome {
         }
         for (seq, i, ready, start) in self.ready_and_start() {
             let Some(start) = start else {
-                return Err(format!("step {i} of run {seq} became ready and never started"));
+                return Err(format!(
+                    "step {i} of run {seq} became ready and never started"
+                ));
             };
             if start <= ready {
                 continue;
@@ -343,7 +416,8 @@ impl Outcome {
                 if lo < hi && limit.is_none_or(|l| prev_n < l) {
                     return Err(format!(
                         "step {i} of run {seq} ready at {:?} waited until {:?} while its class had {prev_n} of {limit:?} in flight",
-                        ready - self.t0(), start - self.t0()
+                        ready - self.t0(),
+                        start - self.t0()
                     ));
                 }
                 if t >= start {
@@ -371,7 +445,9 @@ impl Outcome {
                 }
                 let Some(start_b) = start_b else { continue };
                 if ready_a < start_b && start_a.is_none_or(|s| s > start_b) {
-                    return Err(format!("step {ia} of run {sa} was ready before step {ib} of newer run {sb} started, but went later"));
+                    return Err(format!(
+                        "step {ia} of run {sa} was ready before step {ib} of newer run {sb} started, but went later"
+                    ));
                 }
             }
         }
@@ -379,7 +455,11 @@ impl Outcome {
     }
 
     fn t0(&self) -> Instant {
-        self.arrivals.values().min().copied().unwrap_or_else(Instant::now)
+        self.arrivals
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(Instant::now)
     }
 
     /// All invariants that hold in every scenario.
@@ -389,4 +469,79 @@ impl Outcome {
         self.check_one_terminal_run_each()?;
         self.check_status_consistency()
     }
+}
+
+/// Runs `scenario` with the engine stopped (graceful shutdown with `grace`) at
+/// each offset in `stops` and started again at once on the same store and
+/// runner, as a restarted server would be. Each new engine's source hands out
+/// again every batch due by then (the store knows which have runs), then the
+/// rest on schedule.
+pub fn simulate_with_restarts(scenario: &Scenario, stops: &[Duration], grace: Duration) -> Outcome {
+    paused_runtime().block_on(async {
+        let store = Arc::new(MemoryStore::new());
+        let runner = SimRunner::new(scenario.runner.clone());
+        let t0 = Instant::now();
+        let mut arrivals = HashMap::new();
+        let mut handed = Vec::new();
+        for (at, batch) in &scenario.batches {
+            for c in batch {
+                arrivals.insert(c.id.clone(), t0 + *at);
+                handed.push(c.id.clone());
+            }
+        }
+        let config = EngineConfig {
+            shutdown_grace: grace,
+            ..scenario.engine.clone()
+        };
+        let mut stops: Vec<Duration> = stops.to_vec();
+        stops.sort();
+        let mut segments: Vec<Option<Duration>> = stops.into_iter().map(Some).collect();
+        segments.push(None);
+        for stop in segments {
+            let elapsed = Instant::now() - t0;
+            let mut due = Vec::new();
+            let mut later = Vec::new();
+            for (at, batch) in &scenario.batches {
+                if *at <= elapsed {
+                    due.extend(batch.iter().cloned());
+                } else {
+                    later.push((*at - elapsed, batch.clone()));
+                }
+            }
+            let mut batches = vec![(Duration::ZERO, due)];
+            batches.extend(later);
+            let engine = Engine::new(
+                scenario.pipeline.clone(),
+                runner.clone(),
+                store.clone(),
+                config.clone(),
+            );
+            let shutdown = async move {
+                match stop {
+                    Some(at) => tokio::time::sleep_until(t0 + at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let result = tokio::time::timeout(
+                Duration::from_secs(7 * 24 * 3600),
+                engine.run(Box::new(ScriptedSource::new(batches)), shutdown),
+            )
+            .await;
+            assert!(
+                result.is_ok(),
+                "the engine did not finish within a virtual week"
+            );
+            result.unwrap().unwrap();
+        }
+        Outcome {
+            pipeline: scenario.pipeline.clone(),
+            engine: config,
+            runs: store.all_runs(),
+            trace: runner.trace(),
+            arrivals,
+            handed,
+            crashes: runner.crashes(),
+            cancelled: HashSet::new(),
+        }
+    })
 }
