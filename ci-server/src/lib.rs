@@ -1,13 +1,23 @@
-//! `ci-server`: the reference CI server built on `ci-engine` (under construction).
+//! `ci-server`: the reference CI server built on `ci-engine`. It watches a git
+//! repository, runs every new commit of every branch through lint, build and test
+//! on a step runner, and serves the runs over HTTP.
 //!
+//! The components, from the outside in:
+//!
+//! - [`cli`]: the command line, turned into a [`server::ServerConfig`].
+//! - [`server`]: wires everything together and runs it until shutdown
+//!   ([`server::Server::start`], [`server::Server::serve`], [`server::run`]).
+//! - [`api`]: the poem-openapi HTTP API (`/runs`, `/run/{commit}`, step logs),
+//!   `/openapi.json`, Swagger UI at `/docs`, the live page at `/` and `/events`.
 //! - [`git`]: `GitSource`, a `CommitSource` on gix.
 //! - [`http_runner`]: `HttpStepRunner`, a `StepRunner` on reqwest.
 //! - [`supervisor`]: starts and restarts the bundled step-runner simulator.
 //! - [`sqlite_store`]: `SqliteStore`, a durable `RunStore`.
-//! - [`api`]: the poem-openapi HTTP API.
 
 pub mod api;
+pub mod cli;
 pub mod git;
 pub mod http_runner;
+pub mod server;
 pub mod sqlite_store;
 pub mod supervisor;

@@ -1,0 +1,400 @@
+//! The HTTP API: runs, their steps and logs, as JSON described by an OpenAPI
+//! document, with Swagger UI at `/docs`.
+//!
+//! The API only reads the [`RunStore`]; the engine writes it. Every answer that is
+//! not a success is a JSON [`ErrorBody`] with the right status code (400 for a
+//! malformed request, 404 for an unknown run, 409 for an ambiguous commit prefix,
+//! 500 when the store fails), never `200 null`.
+//!
+//! [`app`] assembles the whole HTTP application (API, `/openapi.json`, `/docs`);
+//! `docs/api.md` describes every endpoint with examples.
+
+pub mod events;
+pub mod model;
+pub mod page;
+
+use std::sync::Arc;
+
+use std::time::Duration;
+
+use ci_engine::{EngineHandle, RunQuery, RunStatus, RunStore, StoreError};
+use futures::stream::BoxStream;
+use poem::http::StatusCode;
+use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::{EventStream, Html, Json, PlainText};
+use poem_openapi::{ApiResponse, OpenApi, OpenApiService};
+
+pub use model::{
+    AttemptInfo, AttemptOutcomeDto, CommitInfo, ErrorBody, RunDetail, RunList, RunStatusDto,
+    RunSummary, StepInfo, StepStatusDto,
+};
+
+/// Default page size of `GET /runs`.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size `GET /runs` accepts.
+pub const MAX_LIMIT: u32 = 1000;
+/// Shortest commit prefix the API looks up.
+pub const MIN_PREFIX: usize = 4;
+/// Longest commit id (a full SHA-1 hash).
+pub const MAX_COMMIT_LEN: usize = 40;
+
+/// How often an idle event stream sends a keep-alive comment.
+const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The OpenAPI operations, over a store of runs and (optionally) the engine's
+/// events.
+pub struct Api {
+    store: Arc<dyn RunStore>,
+    engine: Option<EngineHandle>,
+}
+
+impl Api {
+    /// An API that answers from `store`; `/events` streams `engine`'s events
+    /// (and answers 503 without an engine).
+    pub fn new(store: Arc<dyn RunStore>, engine: Option<EngineHandle>) -> Self {
+        Self { store, engine }
+    }
+}
+
+/// Answers of `GET /events`.
+#[derive(ApiResponse)]
+pub enum EventsResponse {
+    /// Server-sent events: first `connected`, then one per engine event
+    /// (`run_queued`, `step_started`, `step_finished`, `run_finished`,
+    /// `runner_down`, `runner_up`), or `lagged` when the client fell behind. The
+    /// data is JSON with a `type` field naming the event.
+    #[oai(status = 200)]
+    Ok(EventStream<BoxStream<'static, serde_json::Value>>),
+    /// No engine runs behind this API.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// Answers of `GET /runs`.
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "list_bad_request")]
+pub enum ListRunsResponse {
+    /// A page of runs, newest first.
+    #[oai(status = 200)]
+    Ok(Json<RunList>),
+    /// A query parameter is malformed (unknown status, limit out of range, ...).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The store failed.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+/// Answers of `GET /run/{commit}`.
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "run_bad_request")]
+pub enum GetRunResponse {
+    /// The run, its steps and their attempts.
+    #[oai(status = 200)]
+    Ok(Json<Box<RunDetail>>),
+    /// The commit is not 4 to 40 hexadecimal digits.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No run for that commit.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The prefix matches several runs; give more digits.
+    #[oai(status = 409)]
+    Ambiguous(Json<ErrorBody>),
+    /// The store failed.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+/// Answers of `GET /run/{commit}/steps/{step}/log`.
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "log_bad_request")]
+pub enum StepLogResponse {
+    /// The step's logs as plain text (empty when no attempt was made yet).
+    #[oai(status = 200)]
+    Ok(PlainText<String>),
+    /// The commit is not 4 to 40 hexadecimal digits, or `attempt` is malformed.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No run for that commit, no such step in it, or no such attempt.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The prefix matches several runs; give more digits.
+    #[oai(status = 409)]
+    Ambiguous(Json<ErrorBody>),
+    /// The store failed.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+fn bad_request_message(err: &poem::Error) -> String {
+    if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseParamError>()
+        && e.name == "status"
+    {
+        return format!("{err}; valid statuses are: {}", valid_statuses());
+    }
+    err.to_string()
+}
+
+fn list_bad_request(err: poem::Error) -> ListRunsResponse {
+    ListRunsResponse::BadRequest(Json(ErrorBody::new(bad_request_message(&err))))
+}
+
+fn run_bad_request(err: poem::Error) -> GetRunResponse {
+    GetRunResponse::BadRequest(Json(ErrorBody::new(bad_request_message(&err))))
+}
+
+fn log_bad_request(err: poem::Error) -> StepLogResponse {
+    StepLogResponse::BadRequest(Json(ErrorBody::new(bad_request_message(&err))))
+}
+
+fn valid_statuses() -> String {
+    RunStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that `raw` is 4 to 40 hexadecimal digits and returns it in lowercase.
+///
+/// # Errors
+/// A message for the client when it is not.
+pub fn parse_commit(raw: &str) -> Result<String, String> {
+    let len_ok = (MIN_PREFIX..=MAX_COMMIT_LEN).contains(&raw.len());
+    if !len_ok || !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "invalid commit {raw:?}: expected {MIN_PREFIX} to {MAX_COMMIT_LEN} hexadecimal digits"
+        ));
+    }
+    Ok(raw.to_ascii_lowercase())
+}
+
+/// How a lookup of a run by commit went wrong, already in the client's words.
+enum LookupError {
+    BadRequest(String),
+    NotFound(String),
+    Ambiguous(String),
+    Internal(String),
+}
+
+impl Api {
+    async fn lookup(&self, raw: &str) -> Result<ci_engine::Run, LookupError> {
+        let commit = parse_commit(raw).map_err(LookupError::BadRequest)?;
+        self.store.get_run(&commit).await.map_err(|e| match e {
+            StoreError::NotFound(_) => LookupError::NotFound(format!("no run for commit {commit}")),
+            StoreError::Ambiguous { matches, .. } => LookupError::Ambiguous(format!(
+                "commit prefix {commit} is ambiguous: it matches {matches} runs; give more digits"
+            )),
+            other => {
+                tracing::error!(error = %other, commit, "store failed to look up a run");
+                LookupError::Internal(format!("the store failed: {other}"))
+            }
+        })
+    }
+}
+
+/// The API's operations. Paths use poem's `:name` syntax.
+#[OpenApi]
+impl Api {
+    /// List runs, newest first.
+    ///
+    /// Each item has the commit's full hash (`id`), the run's `status` and
+    /// `failed_steps` (always present; empty when nothing failed), plus branches,
+    /// the commit's summary and times. `total` counts every run that matches the
+    /// filters, so `offset` and `limit` page through them.
+    #[oai(path = "/runs", method = "get", operation_id = "list_runs")]
+    async fn list_runs(
+        &self,
+        /// Only runs with this status.
+        status: Query<Option<RunStatusDto>>,
+        /// Only runs whose commit was found on this branch (e.g. `main`).
+        branch: Query<Option<String>>,
+        /// At most this many runs (1 to 1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Skip this many runs first (default 0).
+        offset: Query<Option<u64>>,
+    ) -> ListRunsResponse {
+        let query = RunQuery {
+            status: status.0.map(RunStatusDto::to_engine),
+            branch: branch.0,
+            limit: usize::try_from(limit.0.unwrap_or(DEFAULT_LIMIT)).unwrap_or(usize::MAX),
+            offset: usize::try_from(offset.0.unwrap_or(0)).unwrap_or(usize::MAX),
+        };
+        match self.store.list_runs(&query).await {
+            Ok(page) => ListRunsResponse::Ok(Json(RunList {
+                total: page.total,
+                data: page.runs.iter().map(RunSummary::from).collect(),
+            })),
+            Err(e) => {
+                tracing::error!(error = %e, "store failed to list runs");
+                ListRunsResponse::Internal(Json(ErrorBody::new(format!("the store failed: {e}"))))
+            }
+        }
+    }
+
+    /// One run: its status, steps, every attempt and durations.
+    ///
+    /// `commit` is the full hash or an abbreviation of at least 4 hexadecimal
+    /// digits that matches exactly one run.
+    #[oai(path = "/run/:commit", method = "get", operation_id = "get_run")]
+    async fn get_run(
+        &self,
+        /// Full or abbreviated (at least 4 hex digits) commit hash.
+        commit: Path<String>,
+    ) -> GetRunResponse {
+        match self.lookup(&commit.0).await {
+            Ok(run) => GetRunResponse::Ok(Json(Box::new(RunDetail::from(&run)))),
+            Err(LookupError::BadRequest(m)) => GetRunResponse::BadRequest(Json(ErrorBody::new(m))),
+            Err(LookupError::NotFound(m)) => GetRunResponse::NotFound(Json(ErrorBody::new(m))),
+            Err(LookupError::Ambiguous(m)) => GetRunResponse::Ambiguous(Json(ErrorBody::new(m))),
+            Err(LookupError::Internal(m)) => GetRunResponse::Internal(Json(ErrorBody::new(m))),
+        }
+    }
+
+    /// The logs of one step, as plain text.
+    ///
+    /// Without `attempt`: every attempt's logs, oldest first, each after a header
+    /// line `=== attempt N: OUTCOME ===` (with the reason, when there is one). With
+    /// `attempt=N`: that attempt's logs exactly as the runner returned them.
+    #[oai(
+        path = "/run/:commit/steps/:step/log",
+        method = "get",
+        operation_id = "get_step_log"
+    )]
+    async fn step_log(
+        &self,
+        /// Full or abbreviated (at least 4 hex digits) commit hash.
+        commit: Path<String>,
+        /// Step name (`lint`, `build`, `test`).
+        step: Path<String>,
+        /// Only this attempt (from 1).
+        #[oai(validator(minimum(value = "1")))]
+        attempt: Query<Option<u32>>,
+    ) -> StepLogResponse {
+        let run = match self.lookup(&commit.0).await {
+            Ok(run) => run,
+            Err(LookupError::BadRequest(m)) => {
+                return StepLogResponse::BadRequest(Json(ErrorBody::new(m)));
+            }
+            Err(LookupError::NotFound(m)) => {
+                return StepLogResponse::NotFound(Json(ErrorBody::new(m)));
+            }
+            Err(LookupError::Ambiguous(m)) => {
+                return StepLogResponse::Ambiguous(Json(ErrorBody::new(m)));
+            }
+            Err(LookupError::Internal(m)) => {
+                return StepLogResponse::Internal(Json(ErrorBody::new(m)));
+            }
+        };
+        let Some(record) = run.step(&step.0) else {
+            let names: Vec<&str> = run.steps.iter().map(|s| s.name.as_str()).collect();
+            return StepLogResponse::NotFound(Json(ErrorBody::new(format!(
+                "run {} has no step {:?}; its steps are: {}",
+                run.commit.id,
+                step.0,
+                names.join(", ")
+            ))));
+        };
+        match attempt.0 {
+            Some(n) => match record.attempts.iter().find(|a| a.number == n) {
+                Some(a) => StepLogResponse::Ok(PlainText(a.logs.clone())),
+                None => StepLogResponse::NotFound(Json(ErrorBody::new(format!(
+                    "step {} of run {} has no attempt {n}; it has {}",
+                    record.name,
+                    run.commit.id,
+                    record.attempts.len()
+                )))),
+            },
+            None => StepLogResponse::Ok(PlainText(all_attempt_logs(record))),
+        }
+    }
+
+    /// The live page for people (HTML); not part of the API.
+    #[oai(path = "/", method = "get", hidden)]
+    async fn page(&self) -> Html<&'static str> {
+        Html(page::LIVE_PAGE)
+    }
+
+    /// The engine's events as they happen (server-sent events).
+    #[oai(path = "/events", method = "get", operation_id = "events")]
+    async fn events(&self) -> EventsResponse {
+        match &self.engine {
+            Some(handle) => EventsResponse::Ok(
+                EventStream::new(futures::StreamExt::boxed(events::engine_events(handle)))
+                    .keep_alive(EVENTS_KEEP_ALIVE)
+                    .to_event(events::to_sse),
+            ),
+            None => EventsResponse::Unavailable(Json(ErrorBody::new(
+                "no engine runs behind this API, so there are no events",
+            ))),
+        }
+    }
+}
+
+/// Every attempt's logs, each after a header line.
+fn all_attempt_logs(record: &ci_engine::StepRecord) -> String {
+    let mut out = String::new();
+    for a in &record.attempts {
+        out.push_str(&format!("=== attempt {}: {}", a.number, a.outcome));
+        if let Some(reason) = &a.reason {
+            out.push_str(&format!(" ({reason})"));
+        }
+        out.push_str(" ===\n");
+        out.push_str(&a.logs);
+        if !a.logs.is_empty() && !a.logs.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The OpenAPI service over `store` and `engine`, titled and versioned for this crate.
+pub fn openapi_service(
+    store: Arc<dyn RunStore>,
+    engine: Option<EngineHandle>,
+) -> OpenApiService<Api, ()> {
+    OpenApiService::new(
+        Api::new(store, engine),
+        "ci-server",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Runs of every commit of a git repository through lint, build and test. \
+         Errors are JSON objects with a `message`.",
+    )
+}
+
+/// The whole HTTP application: the API, the OpenAPI document at
+/// `/openapi.json`, Swagger UI (embedded, no network needed) at `/docs`, the live
+/// page at `/` and its event stream at `/events` (`engine`'s events; 503 when
+/// `engine` is `None`).
+///
+/// Any error poem itself produces (an unknown path, a wrong method) is turned into
+/// the same JSON [`ErrorBody`] as the API's own errors.
+pub fn app(store: Arc<dyn RunStore>, engine: Option<EngineHandle>) -> impl Endpoint + 'static {
+    let service = openapi_service(store, engine);
+    let spec = service.spec_endpoint();
+    let ui = service.swagger_ui();
+    Route::new()
+        .nest("/docs", ui)
+        .at("/openapi.json", spec)
+        .nest("/", service)
+        .catch_all_error(json_error)
+}
+
+async fn json_error(err: poem::Error) -> poem::Response {
+    let status = err.status();
+    let message = if status == StatusCode::NOT_FOUND {
+        "no such endpoint; see /docs".to_owned()
+    } else {
+        err.to_string()
+    };
+    (
+        status,
+        poem::web::Json(serde_json::json!({ "message": message })),
+    )
+        .into_response()
+}

@@ -1,0 +1,401 @@
+//! The command line: `ci-server <REPO_PATH> [RUNNER_ADDR] [OPTIONS]`, turned into a
+//! [`ServerConfig`].
+//!
+//! It lives in the library (not in `main.rs`) so that every rule about arguments
+//! is unit-tested here, and `main.rs` stays a thin shell: parse, set up logging,
+//! bind, call [`server`](crate::server).
+//!
+//! Values clap can check alone (numbers, durations, the initial policy) are
+//! checked by clap. The runner address, the simulator's arguments and the
+//! combination of options are checked by [`Cli::into_config`], which reports a
+//! single line so that `main` can print it and exit with code 2.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::git::InitialPolicy;
+use crate::http_runner::{RunnerAddr, RunnerAddrError};
+use crate::server::{RunnerChoice, ServerConfig, StoreChoice};
+
+/// The hidden first argument that makes the binary run the bundled step-runner
+/// simulator instead of the server (see `main.rs`). Not shown in `--help`.
+pub const SIM_SUBCOMMAND: &str = crate::supervisor::BUNDLED_SIM_ARG;
+
+/// The `--db` value that selects the in-memory store.
+pub const MEMORY_DB: &str = ":memory:";
+
+/// Default listen address: every interface, port 9000 (as the original server).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9000";
+
+const AFTER_HELP: &str = "\
+Examples:
+  ci-server /path/to/repo                 # runs the bundled simulator itself
+  ci-server /path/to/repo :8080           # uses a step runner on port 8080
+  ci-server /path/to/repo http://runner:8080 --listen 127.0.0.1:9000
+  curl http://localhost:9000/runs         # then see the runs (or open /docs)
+
+Durations are written like 500ms, 2s, 1.5s, 3m or 1h (a bare number is seconds).
+
+Environment:
+  RUST_LOG   log filter for the log on stderr (default: info)
+
+Exit codes: 0 after Ctrl-C or SIGTERM, 1 when the server fails while running,
+2 when it cannot start (bad arguments, missing path, not a git repository,
+unparsable runner address, port in use, unusable database).";
+
+/// Watches a git repository and runs lint, build and test on every new commit of
+/// every branch through a step runner; serves the runs over HTTP (JSON API,
+/// OpenAPI document at /openapi.json, Swagger UI at /docs).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ci-server", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Path of the git repository to watch (a work tree or a bare repository).
+    #[arg(value_name = "REPO_PATH")]
+    pub repo_path: PathBuf,
+
+    /// Address of the step runner: `:8080` (this machine), `host:port` or a URL
+    /// such as `http://host:8080`. When omitted, the server starts the bundled
+    /// step-runner simulator as a child process on a free loopback port and
+    /// restarts it whenever it dies.
+    #[arg(value_name = "RUNNER_ADDR")]
+    pub runner_addr: Option<String>,
+
+    /// Address the HTTP API listens on, as `IP:PORT` or `:PORT` (every
+    /// interface). Port 0 picks a free port; the startup line tells which.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+
+    /// Where runs are stored: a SQLite file, or `:memory:` to keep them in memory
+    /// only (lost at exit). Default: `<git-dir>/ci-server/runs.db` inside the
+    /// watched repository (the folder is created).
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<String>,
+
+    /// What to build the first time the server sees the repository: `tips` (the
+    /// tip of each branch), `all` (every commit) or `none` (only new commits).
+    /// Ignored once the store remembers the repository.
+    #[arg(long, value_name = "POLICY", default_value = "tips")]
+    pub initial: InitialPolicy,
+
+    /// How often branch tips are read even without a file-system notification.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Do not watch the repository for changes; rely on --poll-interval only.
+    #[arg(long)]
+    pub no_watch: bool,
+
+    /// A step that takes longer is abandoned as lost and retried.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub step_timeout: Duration,
+
+    /// Attempts per step (lost or rejected ones included) before the step ends
+    /// `error`. At least 1.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Wait before the first retry of a lost step; it doubles at each retry (up
+    /// to 60 s).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Requests in flight to the step runner at once, over all steps. At least 1.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+
+    /// A step that has waited this long for an unreachable runner ends `error`.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub unreachable_limit: Duration,
+
+    /// At shutdown (Ctrl-C, SIGTERM), how long steps in flight may take to
+    /// finish; the rest are taken up again at the next start.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Extra arguments for the bundled simulator, in one string (only without
+    /// RUNNER_ADDR), e.g. "--no-crash --test-ms 50". Its options: --no-crash,
+    /// --seed N, --fail-rate P, --crash-rate P, --lint-ms MS, --build-ms MS,
+    /// --test-ms MS.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub sim_args: Option<String>,
+}
+
+/// An argument that clap accepted but that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The runner address does not parse.
+    #[error(transparent)]
+    RunnerAddr(#[from] RunnerAddrError),
+    /// `--sim-args` is not understood by the simulator.
+    #[error("invalid --sim-args {input:?}: {reason}")]
+    SimArgs {
+        /// What was given.
+        input: String,
+        /// What the simulator's parser said (first line).
+        reason: String,
+    },
+    /// `--sim-args` with a RUNNER_ADDR: there is no simulator to pass them to.
+    #[error("--sim-args only applies to the bundled simulator; remove it or RUNNER_ADDR")]
+    SimArgsWithRunner,
+    /// The step timeout is too short for the HTTP client's connect timeout.
+    #[error("--step-timeout must be longer than {0:?}")]
+    StepTimeoutTooShort(Duration),
+}
+
+/// The longest the HTTP client waits to connect to the runner. A step timeout
+/// must be longer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The connect timeout used when the step timeout is shorter than
+/// [`CONNECT_TIMEOUT`] allows (tests with short steps).
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Only to parse `--sim-args` with the simulator's own rules.
+#[derive(Debug, Parser)]
+#[command(name = "--sim-args", no_binary_name = true, disable_help_flag = true)]
+struct SimArgsParser {
+    #[command(flatten)]
+    args: step_runner_sim::cli::SimArgs,
+}
+
+impl Cli {
+    /// Checks what clap could not and builds the server's configuration.
+    ///
+    /// `program` is the executable to start as the bundled simulator (normally
+    /// `std::env::current_exe()`); it is run with [`SIM_SUBCOMMAND`] first.
+    ///
+    /// # Errors
+    /// A [`CliError`] whose message is one line for the user.
+    pub fn into_config(self, program: PathBuf) -> Result<ServerConfig, CliError> {
+        let runner = match (&self.runner_addr, &self.sim_args) {
+            (Some(_), Some(_)) => return Err(CliError::SimArgsWithRunner),
+            (Some(addr), None) => RunnerChoice::External(parse_runner_addr(addr)?),
+            (None, sim_args) => {
+                let extra = match sim_args {
+                    Some(s) => check_sim_args(s)?,
+                    None => Vec::new(),
+                };
+                let mut args = vec![SIM_SUBCOMMAND.to_owned()];
+                args.extend(extra);
+                RunnerChoice::Embedded { program, args }
+            }
+        };
+        let store = match self.db.as_deref() {
+            None => StoreChoice::DefaultSqlite,
+            Some(MEMORY_DB) => StoreChoice::Memory,
+            Some(path) => StoreChoice::Sqlite(PathBuf::from(path)),
+        };
+        if self.step_timeout <= MIN_CONNECT_TIMEOUT {
+            return Err(CliError::StepTimeoutTooShort(MIN_CONNECT_TIMEOUT));
+        }
+        let mut config = ServerConfig::new(self.repo_path, runner);
+        config.store = store;
+        config.source.initial = self.initial;
+        config.source.poll_interval = self.poll_interval;
+        config.source.watch = !self.no_watch;
+        config.engine.step_timeout = self.step_timeout;
+        config.engine.max_attempts = self.max_attempts;
+        config.engine.retry_backoff = self.retry_backoff;
+        config.engine.max_in_flight = usize::try_from(self.max_in_flight).unwrap_or(usize::MAX);
+        config.engine.unreachable_limit = self.unreachable_limit;
+        config.engine.shutdown_grace = self.shutdown_grace;
+        // The HTTP client's own timeout is a backstop a little after the engine's,
+        // so the engine's (which records the attempt) normally fires first.
+        config.http_runner.step_timeout = self.step_timeout + Duration::from_secs(1);
+        config.http_runner.connect_timeout = CONNECT_TIMEOUT.min(self.step_timeout / 2);
+        Ok(config)
+    }
+}
+
+/// Parses a runner address, as `RUNNER_ADDR` is parsed.
+///
+/// # Errors
+/// [`CliError::RunnerAddr`] naming the input.
+pub fn parse_runner_addr(input: &str) -> Result<RunnerAddr, CliError> {
+    Ok(input.parse::<RunnerAddr>()?)
+}
+
+/// Splits `--sim-args` on whitespace and checks it with the simulator's parser.
+fn check_sim_args(input: &str) -> Result<Vec<String>, CliError> {
+    let words: Vec<String> = input.split_whitespace().map(str::to_owned).collect();
+    if let Err(e) = SimArgsParser::try_parse_from(&words) {
+        let rendered = e.to_string();
+        let reason = rendered
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("not understood")
+            .trim_start_matches("error: ")
+            .to_owned();
+        return Err(CliError::SimArgs {
+            input: input.to_owned(),
+            reason,
+        });
+    }
+    Ok(words)
+}
+
+/// Parses a duration: `500ms`, `2s`, `1.5s`, `3m`, `1h`, or a bare number of
+/// seconds.
+///
+/// # Errors
+/// A message naming the input when it is not one of those forms.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let bad = || format!("{input:?} is not a duration (examples: 500ms, 2s, 1.5s, 3m, 1h)");
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds_per_unit = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())
+}
+
+/// Parses a listen address: `IP:PORT`, or `:PORT` for every interface.
+///
+/// # Errors
+/// A message naming the input.
+pub fn parse_listen(input: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match input.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => input.to_owned(),
+    };
+    full.parse()
+        .map_err(|_| format!("invalid listen address {input:?}: expected IP:PORT or :PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["ci-server"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("arguments parse")
+    }
+
+    fn config(args: &[&str]) -> Result<ServerConfig, CliError> {
+        cli(args).into_config(PathBuf::from("/bin/self"))
+    }
+
+    #[test]
+    fn durations_parse_in_every_documented_form() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        for bad in ["", "s", "fast", "2x", "-1s", "1..2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn listen_addresses_accept_the_go_shorthand() {
+        assert_eq!(
+            parse_listen(":9000").map(|a| a.to_string()),
+            Ok("0.0.0.0:9000".to_owned())
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:0").map(|a| a.port()),
+            Ok(0),
+            "port 0 is allowed"
+        );
+        assert!(parse_listen("localhost").is_err());
+        assert!(parse_listen("nine-thousand").is_err());
+    }
+
+    #[test]
+    fn without_runner_addr_the_simulator_is_embedded() {
+        let c = config(&["/repo"]).expect("valid");
+        match c.runner {
+            RunnerChoice::Embedded { program, args } => {
+                assert_eq!(program, PathBuf::from("/bin/self"));
+                assert_eq!(args, [SIM_SUBCOMMAND]);
+            }
+            other => panic!("expected the embedded simulator, got {other:?}"),
+        }
+        assert_eq!(c.store, StoreChoice::DefaultSqlite);
+    }
+
+    #[test]
+    fn sim_args_are_checked_and_passed_on() {
+        let c = config(&["/repo", "--sim-args", "--no-crash --test-ms 50"]).expect("valid");
+        let RunnerChoice::Embedded { args, .. } = c.runner else {
+            panic!("expected the embedded simulator");
+        };
+        assert_eq!(args, [SIM_SUBCOMMAND, "--no-crash", "--test-ms", "50"]);
+
+        let err = config(&["/repo", "--sim-args", "--test-ms soon"]).unwrap_err();
+        assert!(matches!(err, CliError::SimArgs { .. }), "{err}");
+        assert!(!err.to_string().contains('\n'), "one line: {err}");
+        let err = config(&["/repo", "--sim-args", "--bogus"]).unwrap_err();
+        assert!(matches!(err, CliError::SimArgs { .. }), "{err}");
+    }
+
+    #[test]
+    fn sim_args_with_an_external_runner_is_an_error() {
+        let err = config(&["/repo", ":8080", "--sim-args", "--no-crash"]).unwrap_err();
+        assert_eq!(err, CliError::SimArgsWithRunner);
+    }
+
+    #[test]
+    fn runner_addresses_in_each_form() {
+        for ok in [":8080", "localhost:8080", "http://127.0.0.1:8080"] {
+            let c = config(&["/repo", ok]).expect(ok);
+            assert!(matches!(c.runner, RunnerChoice::External(_)), "{ok}");
+        }
+        let err = config(&["/repo", "not an address"]).unwrap_err();
+        assert!(matches!(err, CliError::RunnerAddr(_)), "{err}");
+    }
+
+    #[test]
+    fn options_reach_the_configuration() {
+        let c = config(&[
+            "/repo",
+            "--db",
+            ":memory:",
+            "--initial",
+            "all",
+            "--poll-interval",
+            "250ms",
+            "--step-timeout",
+            "30s",
+            "--max-attempts",
+            "3",
+            "--max-in-flight",
+            "4",
+            "--retry-backoff",
+            "50ms",
+        ])
+        .expect("valid");
+        assert_eq!(c.store, StoreChoice::Memory);
+        assert_eq!(c.source.initial, InitialPolicy::All);
+        assert_eq!(c.source.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.engine.step_timeout, Duration::from_secs(30));
+        assert!(c.http_runner.step_timeout > c.engine.step_timeout);
+        assert!(c.http_runner.connect_timeout < c.http_runner.step_timeout);
+        assert_eq!(c.engine.max_attempts, 3);
+        assert_eq!(c.engine.max_in_flight, 4);
+        assert_eq!(c.engine.retry_backoff, Duration::from_millis(50));
+        let c = config(&["/repo", "--db", "/tmp/x.db"]).expect("valid");
+        assert_eq!(c.store, StoreChoice::Sqlite(PathBuf::from("/tmp/x.db")));
+    }
+
+    #[test]
+    fn zero_attempts_and_tiny_timeouts_are_refused() {
+        let argv = ["ci-server", "/repo", "--max-attempts", "0"];
+        assert!(Cli::try_parse_from(argv).is_err());
+        let err = config(&["/repo", "--step-timeout", "10ms"]).unwrap_err();
+        assert!(matches!(err, CliError::StepTimeoutTooShort(_)), "{err}");
+    }
+}

@@ -1,0 +1,200 @@
+//! The `ci-server` binary: parses arguments, sets up logging to stderr, binds the
+//! listener and runs [`ci_server::server`] until Ctrl-C or SIGTERM.
+//!
+//! With the hidden first argument `__step-runner-sim` it runs the bundled
+//! step-runner simulator instead (`step_runner_sim::cli`), which is how the server
+//! starts its own runner as a child process with a single binary.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use ci_server::cli::{Cli, SIM_SUBCOMMAND, parse_listen};
+use ci_server::server::{LISTENING_PREFIX, Server, public_url};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code when the server cannot start.
+const EXIT_STARTUP: i32 = 2;
+/// Exit code when it fails while running.
+const EXIT_FAILED: i32 = 1;
+
+/// The simulator's flags, parsed exactly as `step-runner-sim` parses them.
+#[derive(Debug, Parser)]
+#[command(name = "ci-server __step-runner-sim")]
+struct SimCommand {
+    #[command(flatten)]
+    sim: step_runner_sim::cli::SimArgs,
+}
+
+fn main() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == SIM_SUBCOMMAND) {
+        run_simulator(&argv);
+    }
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(error) if error.use_stderr() => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let reason = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("ci-server: {reason} (see --help)");
+            std::process::exit(EXIT_STARTUP);
+        }
+        // --help and --version print to stdout and exit 0.
+        Err(help_or_version) => help_or_version.exit(),
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ci-server: cannot start the async runtime: {error}");
+            std::process::exit(EXIT_STARTUP);
+        }
+    };
+    let code = runtime.block_on(serve(cli));
+    // Do not wait for blocking tasks (a git scan, a file watcher) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+/// Runs the bundled simulator with the arguments after the hidden subcommand and
+/// exits with its code.
+fn run_simulator(argv: &[OsString]) -> ! {
+    let args = std::iter::once(OsString::from("ci-server __step-runner-sim"))
+        .chain(argv.iter().skip(2).cloned());
+    let sim = match SimCommand::try_parse_from(args) {
+        Ok(cmd) => cmd.sim,
+        Err(error) if error.use_stderr() => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("step-runner-sim: {}", first.trim_start_matches("error: "));
+            std::process::exit(step_runner_sim::cli::EXIT_BAD_CONFIG);
+        }
+        Err(help) => help.exit(),
+    };
+    init_tracing();
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(step_runner_sim::cli::run(sim)),
+        Err(error) => {
+            eprintln!("step-runner-sim: cannot start the async runtime: {error}");
+            step_runner_sim::cli::EXIT_BAD_CONFIG
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+}
+
+/// Starts the server and serves until a signal; returns the exit code.
+async fn serve(cli: Cli) -> i32 {
+    let listen = match parse_listen(&cli.listen) {
+        Ok(addr) => addr,
+        Err(reason) => return startup_failed(&reason),
+    };
+    let program = match (std::env::current_exe(), &cli.runner_addr) {
+        (Ok(path), _) => path,
+        // Only the bundled simulator needs this binary's path.
+        (Err(_), Some(_)) => PathBuf::from("ci-server"),
+        (Err(e), None) => {
+            return startup_failed(&format!(
+                "cannot find this executable to start the bundled simulator: {e}"
+            ));
+        }
+    };
+    let config = match cli.into_config(program) {
+        Ok(config) => config,
+        Err(e) => return startup_failed(&e.to_string()),
+    };
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(e) => return startup_failed(&format!("cannot listen on {listen}: {e}")),
+    };
+    let bound = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => return startup_failed(&format!("cannot listen on {listen}: {e}")),
+    };
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => return startup_failed(&e.to_string()),
+    };
+    print_startup_line(&server, bound);
+    match server.serve(listener, shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ci-server: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+fn startup_failed(reason: &str) -> i32 {
+    eprintln!("ci-server: {reason}");
+    EXIT_STARTUP
+}
+
+/// The one line a person (or a test) reads to know where the server is.
+#[allow(
+    clippy::print_stdout,
+    reason = "the startup line is the binary's output"
+)]
+fn print_startup_line(server: &Server, bound: std::net::SocketAddr) {
+    let url = public_url(bound);
+    let runner = if server.runner_is_embedded() {
+        format!("bundled simulator at {}", server.runner_addr())
+    } else {
+        format!("step runner at {}", server.runner_addr())
+    };
+    println!(
+        "{LISTENING_PREFIX}{bound} | runs: {url}/runs | docs: {url}/docs | live page: {url}/ | \
+         watching {} | {runner} | store: {}",
+        server.repo_path().display(),
+        server.db()
+    );
+}
+
+/// Completes at Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    () = ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c().await;
+    tracing::info!("signal received, shutting down");
+}
+
+/// Completes at Ctrl-C; never when Ctrl-C cannot be listened for.
+async fn ctrl_c() {
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+        std::future::pending::<()>().await;
+    }
+}

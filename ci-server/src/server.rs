@@ -1,0 +1,395 @@
+//! The server wired together: store, git source, step runner (external or the
+//! bundled simulator under a supervisor), engine and HTTP API, started from a
+//! [`ServerConfig`] and stopped by a shutdown future.
+//!
+//! Starting is split in two so that a caller can tell *cannot start* (exit code 2)
+//! from *failed while running* (exit code 1): [`Server::start`] opens everything
+//! and returns a [`StartupError`] for anything the user must fix; [`Server::serve`]
+//! then runs the engine and the API on a listener the caller bound, until
+//! `shutdown` completes. [`run`] does both, mini-redis style, for tests and
+//! embedders.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ci_engine::{Engine, EngineConfig, EngineError, MemoryStore, Pipeline, RunStore, StepRunner};
+use poem::listener::TcpAcceptor;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::git::{GitSource, GitSourceConfig, GitSourceError};
+use crate::http_runner::{HttpRunnerConfig, HttpRunnerError, HttpStepRunner, RunnerAddr};
+use crate::supervisor::{RunnerSupervisor, SupervisorConfig, SupervisorError};
+
+/// What the binary's startup line starts with; the bound address follows, then a
+/// space. See [`parse_listening_line`].
+pub const LISTENING_PREFIX: &str = "ci-server listening on ";
+
+/// Reads the bound address from the binary's startup line (for tests and scripts
+/// that start the server on port 0).
+pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    let rest = line.trim().strip_prefix(LISTENING_PREFIX)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// How long open HTTP connections get to finish at shutdown.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Which step runner the server drives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunnerChoice {
+    /// A runner someone else runs, at this address.
+    External(RunnerAddr),
+    /// The bundled simulator, started (and restarted when it dies) as a child
+    /// process `program args… --addr 127.0.0.1:PORT` on a free loopback port.
+    Embedded {
+        /// The executable (normally this binary).
+        program: PathBuf,
+        /// Its arguments (normally the hidden subcommand and simulator flags).
+        args: Vec<String>,
+    },
+}
+
+/// Where runs are kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// In memory: lost when the server stops.
+    Memory,
+    /// A SQLite file at this path (created if missing).
+    Sqlite(PathBuf),
+    /// A SQLite file at `<git-dir>/ci-server/runs.db` of the watched repository.
+    DefaultSqlite,
+}
+
+/// Everything the server needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The repository to watch.
+    pub repo_path: PathBuf,
+    /// The step runner.
+    pub runner: RunnerChoice,
+    /// The store.
+    pub store: StoreChoice,
+    /// The scheduler's settings.
+    pub engine: EngineConfig,
+    /// The git source's settings.
+    pub source: GitSourceConfig,
+    /// The HTTP client's settings for the runner.
+    pub http_runner: HttpRunnerConfig,
+}
+
+impl ServerConfig {
+    /// A configuration with default settings, an in-memory store, for `repo_path`
+    /// and `runner`.
+    pub fn new(repo_path: PathBuf, runner: RunnerChoice) -> Self {
+        Self {
+            repo_path,
+            runner,
+            store: StoreChoice::Memory,
+            engine: EngineConfig::default(),
+            source: GitSourceConfig::default(),
+            http_runner: HttpRunnerConfig::default(),
+        }
+    }
+}
+
+/// Why the server could not start: something the user must fix. Each message is
+/// one line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    /// The repository path is missing or not a git repository.
+    #[error(transparent)]
+    Repository(#[from] GitSourceError),
+    /// The database could not be opened or created.
+    #[error("cannot open the database {path}: {reason}")]
+    Store {
+        /// The database path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The HTTP client for the runner could not be built.
+    #[error(transparent)]
+    Runner(#[from] HttpRunnerError),
+    /// The bundled simulator could not be started.
+    #[error(transparent)]
+    Simulator(#[from] SupervisorError),
+}
+
+/// Why the server stopped other than by its shutdown signal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// It could not start.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// The engine stopped (its store failed).
+    #[error("the engine stopped: {0}")]
+    Engine(#[from] EngineError),
+    /// The HTTP server failed.
+    #[error("the HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+    /// A task of the server panicked or was aborted.
+    #[error("a server task failed: {0}")]
+    Task(String),
+}
+
+/// A server that has opened its repository, store and runner, ready to serve.
+pub struct Server {
+    store: Arc<dyn RunStore>,
+    source: GitSource,
+    runner: Arc<dyn StepRunner>,
+    runner_addr: RunnerAddr,
+    supervisor: Option<RunnerSupervisor>,
+    engine_config: EngineConfig,
+    repo_path: PathBuf,
+    db: String,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("repo_path", &self.repo_path)
+            .field("runner_addr", &self.runner_addr)
+            .field("embedded_runner", &self.supervisor.is_some())
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the repository, the store and the runner (starting the bundled
+    /// simulator when asked to).
+    ///
+    /// # Errors
+    /// A [`StartupError`] when the path is missing or not a repository, the
+    /// database cannot be opened, or the runner cannot be set up.
+    pub async fn start(config: ServerConfig) -> Result<Self, StartupError> {
+        let repo_path = tokio::fs::canonicalize(&config.repo_path)
+            .await
+            .map_err(|source| GitSourceError::Missing {
+                path: config.repo_path.clone(),
+                source,
+            })?;
+        let (store, db) = open_store(&config.store, &repo_path).await?;
+        let source = GitSource::open(&repo_path, Arc::clone(&store), config.source).await?;
+        // The runner is told where the repository is on its machine; for the
+        // bundled simulator and a local runner that is this path.
+        let repo_for_runner = repo_path.to_string_lossy().into_owned();
+        let (runner, runner_addr, supervisor) = match config.runner {
+            RunnerChoice::External(addr) => {
+                let runner =
+                    HttpStepRunner::new(addr.clone(), repo_for_runner, config.http_runner)?;
+                (runner, addr, None)
+            }
+            RunnerChoice::Embedded { program, args } => {
+                let supervisor =
+                    RunnerSupervisor::start(SupervisorConfig::new(program, args)).await?;
+                let runner = supervisor.step_runner(repo_for_runner, config.http_runner)?;
+                let addr = RunnerAddr::from_socket_addr(supervisor.addr());
+                (runner, addr, Some(supervisor))
+            }
+        };
+        Ok(Self {
+            store,
+            source,
+            runner: Arc::new(runner),
+            runner_addr,
+            supervisor,
+            engine_config: config.engine,
+            repo_path,
+            db,
+        })
+    }
+
+    /// The store the server records runs in.
+    pub fn store(&self) -> Arc<dyn RunStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// Where the step runner is (for the bundled simulator, where it listens now).
+    pub fn runner_addr(&self) -> &RunnerAddr {
+        &self.runner_addr
+    }
+
+    /// Whether the runner is the bundled simulator started by this server.
+    pub fn runner_is_embedded(&self) -> bool {
+        self.supervisor.is_some()
+    }
+
+    /// The watched repository, as an absolute path.
+    pub fn repo_path(&self) -> &Path {
+        &self.repo_path
+    }
+
+    /// Where runs are stored: a file path, or `:memory:`.
+    pub fn db(&self) -> &str {
+        &self.db
+    }
+
+    /// Runs the engine and serves the API on `listener` until `shutdown`
+    /// completes (or the engine fails). At shutdown the engine stops taking work
+    /// and lets steps in flight finish within its grace period; the HTTP server
+    /// stops accepting connections; the bundled simulator is stopped.
+    ///
+    /// # Errors
+    /// [`ServerError::Engine`] when the engine stops because its store failed,
+    /// [`ServerError::Http`] when the listener fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let engine = Engine::new(
+            Pipeline::standard(),
+            self.runner,
+            Arc::clone(&self.store),
+            self.engine_config,
+        );
+        let app = crate::api::app(Arc::clone(&self.store), Some(engine.handle()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let mut engine_task =
+            tokio::spawn(engine.run(Box::new(self.source), stopped(stop_rx.clone())));
+        let acceptor = TcpAcceptor::from_tokio(listener).map_err(ServerError::Http)?;
+        let http = poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+            app,
+            stopped(stop_rx),
+            Some(HTTP_SHUTDOWN_GRACE),
+        );
+        let mut http_task = tokio::spawn(http);
+
+        let mut outcome: Result<(), ServerError> = Ok(());
+        let mut engine_done = false;
+        let mut http_done = false;
+        tokio::select! {
+            () = shutdown => info!("shutting down"),
+            joined = &mut engine_task => {
+                engine_done = true;
+                match joined {
+                    Ok(Ok(())) => warn!("the engine stopped by itself; shutting down"),
+                    Ok(Err(e)) => {
+                        error!(error = %e, "the engine failed; shutting down");
+                        outcome = Err(ServerError::Engine(e));
+                    }
+                    Err(e) => outcome = Err(ServerError::Task(e.to_string())),
+                }
+            }
+            joined = &mut http_task => {
+                http_done = true;
+                match joined {
+                    Ok(Ok(())) => warn!("the HTTP server stopped by itself; shutting down"),
+                    Ok(Err(e)) => {
+                        error!(error = %e, "the HTTP server failed; shutting down");
+                        outcome = Err(ServerError::Http(e));
+                    }
+                    Err(e) => outcome = Err(ServerError::Task(e.to_string())),
+                }
+            }
+        }
+        // Tell the other half to stop (the receivers may be gone: nothing to do).
+        let _ = stop_tx.send(true);
+        if !engine_done {
+            match engine_task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    error!(error = %e, "the engine failed while stopping");
+                    outcome = outcome.and(Err(ServerError::Engine(e)));
+                }
+                Err(e) => outcome = outcome.and(Err(ServerError::Task(e.to_string()))),
+            }
+        }
+        if !http_done {
+            match http_task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => outcome = outcome.and(Err(ServerError::Http(e))),
+                Err(e) => outcome = outcome.and(Err(ServerError::Task(e.to_string()))),
+            }
+        }
+        if let Some(supervisor) = self.supervisor {
+            supervisor.shutdown().await;
+        }
+        info!("stopped");
+        outcome
+    }
+}
+
+/// Starts a server from `config` and serves on `listener` until `shutdown`.
+///
+/// # Errors
+/// [`ServerError::Startup`] when it cannot start; otherwise as [`Server::serve`].
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let server = Server::start(config).await?;
+    server.serve(listener, shutdown).await
+}
+
+/// The address a bound listener serves on, for the startup line: the URL a
+/// person on this machine can open (`0.0.0.0` becomes `localhost`).
+pub fn public_url(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://localhost:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    // A dropped sender also means stop.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The default database path of a repository: `<git-dir>/ci-server/runs.db`.
+async fn default_db_path(repo_path: &Path) -> Result<PathBuf, StartupError> {
+    let path = repo_path.to_owned();
+    let common_dir = tokio::task::spawn_blocking(move || {
+        gix::open(&path).map(|repo| repo.common_dir().to_owned())
+    })
+    .await
+    .map_err(|e| StartupError::Store {
+        path: repo_path.to_owned(),
+        reason: e.to_string(),
+    })?
+    .map_err(|e| GitSourceError::NotARepository {
+        path: repo_path.to_owned(),
+        source: e.into(),
+    })?;
+    Ok(common_dir.join("ci-server").join("runs.db"))
+}
+
+async fn open_store(
+    choice: &StoreChoice,
+    repo_path: &Path,
+) -> Result<(Arc<dyn RunStore>, String), StartupError> {
+    let path = match choice {
+        StoreChoice::Memory => {
+            return Ok((
+                Arc::new(MemoryStore::new()),
+                crate::cli::MEMORY_DB.to_owned(),
+            ));
+        }
+        StoreChoice::Sqlite(path) => path.clone(),
+        StoreChoice::DefaultSqlite => default_db_path(repo_path).await?,
+    };
+    let store_error = |reason: String| StartupError::Store {
+        path: path.clone(),
+        reason,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| store_error(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let store = crate::sqlite_store::SqliteStore::open(&path)
+        .await
+        .map_err(|e| store_error(e.to_string()))?;
+    Ok((Arc::new(store), path.display().to_string()))
+}

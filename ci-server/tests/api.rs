@@ -1,0 +1,578 @@
+//! In-process tests of the HTTP API (`poem::test::TestClient`) over a
+//! `MemoryStore` filled with runs of every kind: every status code, every body
+//! shape, and that no answer is ever `200 null`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ci_engine::testing::sim::{ScriptedSource, SimRunner, SimRunnerConfig, StepBehaviour};
+use ci_engine::{
+    Attempt, AttemptOutcome, Commit, CommitId, Engine, EngineConfig, MemoryStore, Pipeline, Run,
+    RunStore, StepStatus,
+};
+use futures::StreamExt;
+use poem::Endpoint;
+use poem::http::StatusCode;
+use poem::test::{TestClient, TestResponse};
+use serde_json::Value;
+
+const SUCCESS: &str = "aaaa000000000000000000000000000000000001";
+const FAILURE: &str = "bbbb000000000000000000000000000000000002";
+const ERROR: &str = "cccc000000000000000000000000000000000003";
+const TWIN_1: &str = "dddd000000000000000000000000000000000004";
+const TWIN_2: &str = "dddd100000000000000000000000000000000005";
+const RUNNING: &str = "eeee000000000000000000000000000000000006";
+
+fn attempt(number: u32, outcome: AttemptOutcome, reason: Option<&str>, logs: &str) -> Attempt {
+    Attempt {
+        number,
+        outcome,
+        reason: reason.map(str::to_owned),
+        logs: logs.to_owned(),
+        started_at: 1_700_000_000_000 + i64::from(number) * 1000,
+        finished_at: Some(1_700_000_000_500 + i64::from(number) * 1000),
+        duration_ms: Some(500),
+        runner_duration_ms: Some(480),
+    }
+}
+
+fn commit(id: &str, branch: &str, parents: &[&str]) -> Commit {
+    Commit {
+        id: CommitId::new(id),
+        branches: vec![branch.to_owned()],
+        parents: parents.iter().map(|p| CommitId::new(*p)).collect(),
+        summary: format!("commit {}", &id[..4]),
+        author: "Test Author <test@example.invalid>".to_owned(),
+        time: 1_700_000_000,
+    }
+}
+
+/// A run whose steps end as `statuses` (lint, build, test), each with one
+/// attempt of the matching outcome (none for skipped/pending).
+fn run(id: &str, seq: u64, branch: &str, statuses: [StepStatus; 3]) -> Run {
+    let mut run = Run::new(commit(id, branch, &[]), seq, &Pipeline::standard());
+    for (step, status) in run.steps.iter_mut().zip(statuses) {
+        step.status = status;
+        let outcome = match status {
+            StepStatus::Success => Some(AttemptOutcome::Success),
+            StepStatus::Failure => Some(AttemptOutcome::Failure),
+            StepStatus::Running => Some(AttemptOutcome::Running),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            let logs = format!("step '{}' ran\nStep completed", step.name);
+            step.attempts.push(attempt(1, outcome, None, &logs));
+        }
+    }
+    run.settle();
+    run
+}
+
+async fn filled_store() -> Arc<MemoryStore> {
+    use StepStatus::{Error, Failure, Pending, Running, Skipped, Success};
+    let store = Arc::new(MemoryStore::new());
+    let mut runs = vec![
+        run(SUCCESS, 1, "main", [Success, Success, Success]),
+        run(FAILURE, 2, "main", [Success, Failure, Skipped]),
+        run(TWIN_1, 4, "feature", [Success, Success, Success]),
+        run(TWIN_2, 5, "feature", [Success, Success, Success]),
+        run(RUNNING, 6, "main", [Success, Running, Pending]),
+    ];
+    // A run whose test was lost twice to runner crashes, then gave out.
+    let mut errored = run(ERROR, 3, "main", [Success, Success, Error]);
+    let test = &mut errored.steps[2];
+    test.attempts = vec![
+        attempt(1, AttemptOutcome::Lost, Some("runner died"), ""),
+        attempt(2, AttemptOutcome::Lost, Some("runner died"), "partial"),
+    ];
+    test.reason = Some("retries exhausted".to_owned());
+    errored.settle();
+    runs.push(errored);
+    for r in &runs {
+        assert!(store.insert_run(r).await.expect("insert"), "{}", r.id());
+    }
+    store
+}
+
+async fn client() -> TestClient<impl Endpoint> {
+    let store: Arc<dyn RunStore> = filled_store().await;
+    TestClient::new(ci_server::api::app(store, None))
+}
+
+async fn body_json(resp: TestResponse) -> Value {
+    let text = resp.0.into_body().into_string().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Asserts status and JSON content type, and returns the body, which is never `null`.
+async fn expect_json(resp: TestResponse, status: StatusCode) -> Value {
+    resp.assert_status(status);
+    let content_type = resp
+        .0
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{status} answer of type {content_type:?}"
+    );
+    let body = body_json(resp).await;
+    assert!(!body.is_null(), "a {status} answer with a null body");
+    body
+}
+
+/// Asserts an error answer: the status and a JSON body with a non-empty message.
+async fn expect_error(resp: TestResponse, status: StatusCode) -> String {
+    let body = expect_json(resp, status).await;
+    let message = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"));
+    assert!(!message.is_empty());
+    message.to_owned()
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body["data"]
+        .as_array()
+        .expect("data is an array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn runs_are_listed_newest_first_with_the_users_fields() {
+    let cli = client().await;
+    let body = expect_json(cli.get("/runs").send().await, StatusCode::OK).await;
+    assert_eq!(body["total"], 6);
+    assert_eq!(
+        ids(&body),
+        [RUNNING, TWIN_2, TWIN_1, ERROR, FAILURE, SUCCESS],
+        "newest (highest seq) first"
+    );
+    for item in body["data"].as_array().expect("array") {
+        let failed = item["failed_steps"]
+            .as_array()
+            .expect("failed_steps always present");
+        match item["status"].as_str().expect("status") {
+            "success" | "running" => assert!(failed.is_empty(), "{item}"),
+            "failure" | "error" => assert!(!failed.is_empty(), "{item}"),
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(item["branches"].is_array());
+        assert!(item["created_at"].is_i64());
+    }
+    let failure = &body["data"][4];
+    assert_eq!(failure["status"], "failure");
+    assert_eq!(failure["failed_steps"], serde_json::json!(["build"]));
+    assert_eq!(failure["summary"], "commit bbbb");
+    let error = &body["data"][3];
+    assert_eq!(error["status"], "error");
+    assert_eq!(error["failed_steps"], serde_json::json!(["test"]));
+}
+
+#[tokio::test]
+async fn runs_filter_by_status_and_branch_and_page() {
+    let cli = client().await;
+    let body = expect_json(
+        cli.get("/runs").query("status", &"failure").send().await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(body["total"], 1);
+    assert_eq!(ids(&body), [FAILURE]);
+
+    let body = expect_json(
+        cli.get("/runs").query("branch", &"feature").send().await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ids(&body), [TWIN_2, TWIN_1]);
+
+    let body = expect_json(
+        cli.get("/runs")
+            .query("limit", &2)
+            .query("offset", &1)
+            .send()
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(body["total"], 6, "total counts every match, not the page");
+    assert_eq!(ids(&body), [TWIN_2, TWIN_1]);
+
+    let body = expect_json(
+        cli.get("/runs").query("offset", &100).send().await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(body["total"], 6);
+    assert!(
+        ids(&body).is_empty(),
+        "an offset past the end is an empty page"
+    );
+
+    let body = expect_json(
+        cli.get("/runs").query("branch", &"nowhere").send().await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(body["total"], 0);
+}
+
+#[tokio::test]
+async fn bad_list_parameters_are_400_with_a_message() {
+    let cli = client().await;
+    let message = expect_error(
+        cli.get("/runs").query("status", &"green").send().await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    for valid in [
+        "queued",
+        "running",
+        "success",
+        "failure",
+        "error",
+        "cancelled",
+    ] {
+        assert!(message.contains(valid), "{message:?} does not list {valid}");
+    }
+    for (name, value) in [
+        ("limit", "0"),
+        ("limit", "1001"),
+        ("limit", "many"),
+        ("offset", "-1"),
+    ] {
+        let message = expect_error(
+            cli.get("/runs").query(name, &value).send().await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(message.contains(name), "{name}={value}: {message:?}");
+    }
+    // The edges of the limit are accepted.
+    for limit in [1, 1000] {
+        let body = expect_json(
+            cli.get("/runs").query("limit", &limit).send().await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(ids(&body).len(), limit.min(6));
+    }
+}
+
+#[tokio::test]
+async fn a_run_is_found_by_full_hash_or_prefix_with_steps_and_attempts() {
+    let cli = client().await;
+    let full = expect_json(
+        cli.get(format!("/run/{ERROR}")).send().await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(full["id"], ERROR);
+    assert_eq!(full["status"], "error");
+    assert_eq!(full["failed_steps"], serde_json::json!(["test"]));
+    assert_eq!(
+        full["commit"]["author"],
+        "Test Author <test@example.invalid>"
+    );
+    assert!(full["commit"]["parents"].is_array());
+    let steps = full["steps"].as_array().expect("steps");
+    let names: Vec<&str> = steps
+        .iter()
+        .map(|s| s["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["lint", "build", "test"]);
+    let test = &steps[2];
+    assert_eq!(test["status"], "error");
+    assert_eq!(test["reason"], "retries exhausted");
+    assert_eq!(test["duration_ms"], 1000, "sum of the attempts");
+    assert_eq!(test["log_url"], format!("/run/{ERROR}/steps/test/log"));
+    let attempts = test["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0]["number"], 1);
+    assert_eq!(attempts[0]["outcome"], "lost");
+    assert_eq!(attempts[0]["reason"], "runner died");
+    assert_eq!(attempts[0]["duration_ms"], 500);
+    assert_eq!(attempts[0]["runner_duration_ms"], 480);
+    assert!(attempts[0]["started_at"].is_i64());
+
+    for prefix in ["cccc", "cccc0000", "CCCC0000"] {
+        let body = expect_json(
+            cli.get(format!("/run/{prefix}")).send().await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(body["id"], ERROR, "prefix {prefix}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_malformed_and_ambiguous_commits_are_errors_not_null() {
+    let cli = client().await;
+    let m = expect_error(cli.get("/run/ffff").send().await, StatusCode::NOT_FOUND).await;
+    assert!(m.contains("ffff"), "{m}");
+    let unknown_full = "f".repeat(40);
+    expect_error(
+        cli.get(format!("/run/{unknown_full}")).send().await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+
+    let too_long = "a".repeat(41);
+    for bad in ["abc", "zzzz", "abcd-", "12345g", too_long.as_str()] {
+        let m = expect_error(
+            cli.get(format!("/run/{bad}")).send().await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(m.contains("hexadecimal"), "{bad}: {m}");
+    }
+
+    let m = expect_error(cli.get("/run/dddd").send().await, StatusCode::CONFLICT).await;
+    assert!(m.contains("ambiguous") && m.contains('2'), "{m}");
+    // One more digit tells the twins apart.
+    let body = expect_json(cli.get("/run/dddd1").send().await, StatusCode::OK).await;
+    assert_eq!(body["id"], TWIN_2);
+}
+
+#[tokio::test]
+async fn step_logs_are_plain_text() {
+    let cli = client().await;
+    let resp = cli
+        .get(format!("/run/{FAILURE}/steps/build/log"))
+        .send()
+        .await;
+    resp.assert_status_is_ok();
+    resp.assert_content_type("text/plain; charset=utf-8");
+    let text = resp.0.into_body().into_string().await.expect("text");
+    assert_eq!(
+        text,
+        "=== attempt 1: failure ===\nstep 'build' ran\nStep completed\n"
+    );
+
+    let resp = cli.get(format!("/run/{ERROR}/steps/test/log")).send().await;
+    resp.assert_status_is_ok();
+    let text = resp.0.into_body().into_string().await.expect("text");
+    assert_eq!(
+        text,
+        "=== attempt 1: lost (runner died) ===\n=== attempt 2: lost (runner died) ===\npartial\n"
+    );
+
+    let resp = cli
+        .get(format!("/run/{ERROR}/steps/test/log"))
+        .query("attempt", &2)
+        .send()
+        .await;
+    resp.assert_status_is_ok();
+    resp.assert_text("partial").await;
+
+    // A skipped step has no attempts: empty logs, still 200.
+    let resp = cli
+        .get(format!("/run/{FAILURE}/steps/test/log"))
+        .send()
+        .await;
+    resp.assert_status_is_ok();
+    resp.assert_text("").await;
+}
+
+#[tokio::test]
+async fn step_log_errors_are_json() {
+    let cli = client().await;
+    let m = expect_error(
+        cli.get(format!("/run/{FAILURE}/steps/deploy/log"))
+            .send()
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert!(
+        m.contains("deploy") && m.contains("lint, build, test"),
+        "{m}"
+    );
+    expect_error(
+        cli.get(format!("/run/{ERROR}/steps/test/log"))
+            .query("attempt", &3)
+            .send()
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    expect_error(
+        cli.get(format!("/run/{ERROR}/steps/test/log"))
+            .query("attempt", &0)
+            .send()
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    expect_error(
+        cli.get("/run/ffff/steps/test/log").send().await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    expect_error(
+        cli.get("/run/xyz/steps/test/log").send().await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    expect_error(
+        cli.get("/run/dddd/steps/test/log").send().await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_answer_json_errors() {
+    let cli = client().await;
+    expect_error(cli.get("/nothing/here").send().await, StatusCode::NOT_FOUND).await;
+    expect_error(cli.get("/run").send().await, StatusCode::NOT_FOUND).await;
+    expect_error(
+        cli.post("/runs").send().await,
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_endpoint_and_error() {
+    let cli = client().await;
+    let doc = expect_json(cli.get("/openapi.json").send().await, StatusCode::OK).await;
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_object().expect("paths");
+    let runs = &paths["/runs"]["get"];
+    for code in ["200", "400", "500"] {
+        assert!(runs["responses"].get(code).is_some(), "/runs lacks {code}");
+    }
+    let params: Vec<&str> = runs["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(params, ["status", "branch", "limit", "offset"]);
+    let run = &paths["/run/{commit}"]["get"];
+    for code in ["200", "400", "404", "409", "500"] {
+        assert!(run["responses"].get(code).is_some(), "/run lacks {code}");
+    }
+    let log = &paths["/run/{commit}/steps/{step}/log"]["get"];
+    assert!(log["responses"]["200"]["content"]["text/plain; charset=utf-8"].is_object());
+    assert!(paths.get("/events").is_some());
+    assert!(paths.get("/").is_none(), "the page is not part of the API");
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for name in [
+        "Error",
+        "RunList",
+        "RunSummary",
+        "RunDetail",
+        "StepInfo",
+        "AttemptInfo",
+    ] {
+        assert!(schemas.contains_key(name), "no schema {name}");
+    }
+    let statuses = &schemas["RunStatus"]["enum"];
+    assert_eq!(
+        statuses,
+        &serde_json::json!([
+            "queued",
+            "running",
+            "success",
+            "failure",
+            "error",
+            "cancelled"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn swagger_ui_and_the_live_page_are_served() {
+    let cli = client().await;
+    let resp = cli.get("/docs").send().await;
+    resp.assert_status_is_ok();
+    let html = resp.0.into_body().into_string().await.expect("html");
+    assert!(
+        html.contains("swagger"),
+        "not Swagger UI: {}",
+        &html[..html.len().min(200)]
+    );
+
+    let resp = cli.get("/").send().await;
+    resp.assert_status_is_ok();
+    resp.assert_content_type("text/html; charset=utf-8");
+    let html = resp.0.into_body().into_string().await.expect("html");
+    assert!(html.contains("EventSource(\"/events\")") && html.contains("/runs"));
+}
+
+#[tokio::test]
+async fn events_without_an_engine_are_503() {
+    let cli = client().await;
+    expect_error(
+        cli.get("/events").send().await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn events_stream_the_engines_progress() {
+    let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
+    let green = StepBehaviour::green(1, 5);
+    let runner = SimRunner::new(SimRunnerConfig {
+        seed: 1,
+        steps: HashMap::new(),
+        default_step: green,
+        downtime_ms: (0, 0),
+    });
+    let engine = Engine::new(
+        Pipeline::standard(),
+        runner,
+        Arc::clone(&store),
+        EngineConfig::default(),
+    );
+    let cli = TestClient::new(ci_server::api::app(
+        Arc::clone(&store),
+        Some(engine.handle()),
+    ));
+    let resp = cli.get("/events").send().await;
+    resp.assert_status_is_ok();
+    resp.assert_content_type("text/event-stream");
+    let mut events = resp.json_sse_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("an event in time")
+        .expect("the stream is open");
+    first
+        .value()
+        .object()
+        .get("type")
+        .assert_string("connected");
+
+    let source = ScriptedSource::chain(1, Duration::ZERO);
+    let engine_task = tokio::spawn(engine.run(Box::new(source), std::future::pending()));
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The engine may announce the run's end before its last step's end; wait for both.
+    let count = |seen: &[String], kind: &str| seen.iter().filter(|t| *t == kind).count();
+    while count(&seen, "run_finished") < 1 || count(&seen, "step_finished") < 3 {
+        let next = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no run_finished in time; saw {seen:?}"))
+            .expect("the stream stays open while the engine runs");
+        seen.push(next.value().object().get("type").string().to_owned());
+    }
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("run_queued"),
+        "{seen:?}"
+    );
+    assert_eq!(count(&seen, "step_started"), 3, "{seen:?}");
+    assert_eq!(count(&seen, "run_finished"), 1, "{seen:?}");
+    engine_task
+        .await
+        .expect("engine task")
+        .expect("engine ends when the source does");
+}
