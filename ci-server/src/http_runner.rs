@@ -1,1 +1,0 @@
-//! A `StepRunner` over HTTP (under construction).
