@@ -1,1 +1,0 @@
-//! A `RunStore` on SQLite (under construction).

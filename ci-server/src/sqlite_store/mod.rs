@@ -1,0 +1,272 @@
+//! [`SqliteStore`]: the durable [`RunStore`], one SQLite file with WAL.
+//!
+//! - [`schema`]: the tables, their versions, and the checks made at open.
+//! - `rows`: the SQL behind each store method.
+//! - [`SqliteStoreError`]: what can go wrong, each message naming the file.
+//!
+//! The store keeps two connections: one that writes and one that only reads, so
+//! the API's reads are not held up by the engine's writes (WAL lets a reader see
+//! the last committed state while a write is in progress). Each sits behind a
+//! `std::sync::Mutex` and is only used inside `tokio::task::spawn_blocking`, so
+//! no SQLite call runs on an async worker thread.
+
+mod error;
+mod rows;
+pub mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use ci_engine::{CommitId, Run, RunPage, RunQuery, RunStore, StoreError};
+use rusqlite::Connection;
+use rusqlite::types::Value;
+
+pub use error::SqliteStoreError;
+use rows::Fault;
+pub use schema::SCHEMA_VERSION;
+
+/// A [`RunStore`] in an SQLite database file.
+///
+/// # Durability
+///
+/// The file is in WAL mode with `synchronous = NORMAL`. A write transaction is
+/// committed once its pages are appended to the `-wal` file, that is, handed to
+/// the operating system; the `-wal` file is synced to disk at checkpoints only.
+///
+/// - **Process crash** (kill -9, panic, out of memory): nothing is lost. When
+///   [`update_run`](RunStore::update_run) returns, the kernel holds the bytes and
+///   the next open replays them. This is what the [`RunStore`] contract asks.
+/// - **Power loss or kernel crash**: the last transactions before the failure
+///   (those since the last checkpoint's sync) may be lost, but the database stays
+///   consistent, and what is lost is always a *suffix* of the history, never a
+///   transaction in the middle: WAL frames are checksummed in a chain and only
+///   replayed up to the first bad one. The engine then restarts from a slightly
+///   older but coherent state: a step whose result was lost is recorded as still
+///   running, marked interrupted and run again.
+///
+/// `synchronous = FULL` would sync the `-wal` at every commit so that power loss
+/// loses nothing, at the price of one `fsync` per step event (every attempt start
+/// and end). For a CI record whose lost tail is re-created by re-running steps,
+/// NORMAL is the better trade.
+///
+/// Each call runs in one transaction: an update replaces the run, its steps and
+/// attempts atomically, and a list's total and page come from one snapshot.
+///
+/// # `:memory:`
+///
+/// The path is always a file path (no URI, no `:memory:` special case): a server
+/// that wants an in-memory store uses [`ci_engine::MemoryStore`].
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating the file if it does not exist (its
+    /// directory must), applies the schema migrations it lacks (in one
+    /// transaction) and turns WAL on.
+    ///
+    /// Refuses, leaving the file exactly as it was: a missing directory
+    /// ([`MissingDirectory`](SqliteStoreError::MissingDirectory), nothing is
+    /// created), a directory, a file that is not SQLite, an SQLite file of another
+    /// program, a schema newer than [`SCHEMA_VERSION`], and a file or directory that
+    /// cannot be written ([`CannotWrite`](SqliteStoreError::CannotWrite)).
+    pub async fn open(path: &Path) -> Result<Self, SqliteStoreError> {
+        let owned = path.to_owned();
+        let (writer, reader) = tokio::task::spawn_blocking(move || schema::open(&owned))
+            .await
+            .map_err(|e| SqliteStoreError::TaskFailed {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })??;
+        tracing::info!(path = %path.display(), "opened run database");
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+            }),
+        })
+    }
+
+    /// The database file's path, as given to [`open`](Self::open).
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// SQLite's `EXPLAIN QUERY PLAN` lines for the two statements behind
+    /// [`list_runs`](RunStore::list_runs) with `query`: the page's, then the
+    /// total's. For diagnostics and tests: each should name an index and none
+    /// should need a temporary B-tree to sort.
+    pub async fn list_query_plan(
+        &self,
+        query: &RunQuery,
+    ) -> Result<(Vec<String>, Vec<String>), SqliteStoreError> {
+        let sql = rows::list_sql(query);
+        self.run(Side::Read, move |conn| {
+            Ok((
+                rows::explain(conn, &sql.page, &sql.page_params)?,
+                rows::explain(conn, &sql.count, &sql.count_params)?,
+            ))
+        })
+        .await
+        .map_err(|f| self.backend_error(f))
+    }
+
+    /// SQLite's `EXPLAIN QUERY PLAN` lines for the prefix lookup behind
+    /// [`get_run`](RunStore::get_run) (a range on the id index, not a scan).
+    pub async fn prefix_query_plan(&self, prefix: &str) -> Result<Vec<String>, SqliteStoreError> {
+        let upper = rows::prefix_upper_bound(prefix);
+        let mut params = vec![Value::Text(prefix.to_owned())];
+        params.extend(upper.clone().map(Value::Text));
+        let sql = rows::prefix_sql("count(*)", upper.is_some());
+        self.run(Side::Read, move |conn| rows::explain(conn, &sql, &params))
+            .await
+            .map_err(|f| self.backend_error(f))
+    }
+
+    /// Runs `f` on a blocking thread with the reading or the writing connection,
+    /// inside one transaction, committed if `f` succeeds.
+    async fn run<T, F>(&self, side: Side, f: F) -> Result<T, Fault>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let mutex = match side {
+                Side::Read => &shared.reader,
+                Side::Write => &shared.writer,
+            };
+            // A panic inside `f` drops its transaction, which rolls back, so a
+            // poisoned connection is still in a clean state.
+            let mut conn = mutex.lock().unwrap_or_else(PoisonError::into_inner);
+            let behavior = match side {
+                Side::Read => rusqlite::TransactionBehavior::Deferred,
+                Side::Write => rusqlite::TransactionBehavior::Immediate,
+            };
+            let tx = conn.transaction_with_behavior(behavior)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| Fault::Corrupt(format!("the database task failed: {e}")))?
+    }
+
+    fn backend_error(&self, fault: Fault) -> SqliteStoreError {
+        let path = self.shared.path.clone();
+        match fault {
+            Fault::Sqlite(source) => SqliteStoreError::Sqlite { path, source },
+            Fault::Corrupt(detail) => SqliteStoreError::Corrupt { path, detail },
+            Fault::OutOfRange { what, value } => SqliteStoreError::OutOfRange { path, what, value },
+            Fault::NotFound(id) => SqliteStoreError::Corrupt {
+                path,
+                detail: format!("run {id} vanished"),
+            },
+            Fault::Ambiguous { prefix, matches } => SqliteStoreError::Corrupt {
+                path,
+                detail: format!("{prefix} is ambiguous ({matches} runs)"),
+            },
+        }
+    }
+
+    fn store_error(&self, fault: Fault) -> StoreError {
+        match fault {
+            Fault::NotFound(id) => StoreError::NotFound(id),
+            Fault::Ambiguous { prefix, matches } => StoreError::Ambiguous { prefix, matches },
+            other => {
+                let error = self.backend_error(other);
+                tracing::warn!(%error, "run database operation failed");
+                StoreError::Backend(Box::new(error))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Read,
+    Write,
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
+        let run = run.clone();
+        self.run(Side::Write, move |c| rows::insert_run(c, &run))
+            .await
+            .map_err(|f| self.store_error(f))
+    }
+
+    async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
+        let run = run.clone();
+        self.run(Side::Write, move |c| rows::update_run(c, &run))
+            .await
+            .map_err(|f| self.store_error(f))
+    }
+
+    async fn get_run(&self, id_or_prefix: &str) -> Result<Run, StoreError> {
+        let id = id_or_prefix.to_owned();
+        self.run(Side::Read, move |c| rows::get_run(c, &id))
+            .await
+            .map_err(|f| self.store_error(f))
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        let query = query.clone();
+        let (total, runs) = self
+            .run(Side::Read, move |c| rows::list_runs(c, &query))
+            .await
+            .map_err(|f| self.store_error(f))?;
+        Ok(RunPage { total, runs })
+    }
+
+    async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
+        self.run(Side::Read, rows::unfinished_runs)
+            .await
+            .map_err(|f| self.store_error(f))
+    }
+
+    async fn has_run(&self, id: &CommitId) -> Result<bool, StoreError> {
+        let id = id.as_str().to_owned();
+        self.run(Side::Read, move |c| rows::has_run(c, &id))
+            .await
+            .map_err(|f| self.store_error(f))
+    }
+
+    async fn max_seq(&self) -> Result<Option<u64>, StoreError> {
+        self.run(Side::Read, rows::max_seq)
+            .await
+            .map_err(|f| self.store_error(f))
+    }
+
+    async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.run(Side::Read, move |c| rows::load_state(c, &key))
+            .await
+            .map_err(|f| self.store_error(f))
+    }
+
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.run(Side::Write, move |c| rows::save_state(c, &key, &value))
+            .await
+            .map_err(|f| self.store_error(f))
+    }
+}

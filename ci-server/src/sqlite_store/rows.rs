@@ -1,0 +1,501 @@
+//! Runs to rows and back: the SQL behind each [`RunStore`](ci_engine::RunStore)
+//! method, run on a connection the caller holds.
+
+use ci_engine::model::UnixMillis;
+use ci_engine::{
+    Attempt, AttemptOutcome, Commit, CommitId, Run, RunQuery, RunStatus, StepRecord, StepStatus,
+};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+
+/// What went wrong in a store operation, before it is given the database path.
+#[derive(Debug)]
+pub(super) enum Fault {
+    /// No run matches.
+    NotFound(String),
+    /// Several runs match a prefix.
+    Ambiguous { prefix: String, matches: usize },
+    /// A stored value could not be turned back into a run.
+    Corrupt(String),
+    /// A `u64` does not fit an SQLite integer.
+    OutOfRange { what: &'static str, value: u64 },
+    /// SQLite failed.
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, Fault>;
+
+fn to_i64(what: &'static str, value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Fault::OutOfRange { what, value })
+}
+
+fn opt_to_i64(what: &'static str, value: Option<u64>) -> Result<Option<i64>> {
+    value.map(|v| to_i64(what, v)).transpose()
+}
+
+fn to_u64(what: &str, value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| Fault::Corrupt(format!("{what} is negative ({value})")))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Fault::Corrupt(format!("cannot encode: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Fault::Corrupt(format!("{what}: {e}")))
+}
+
+// ----- writing ------------------------------------------------------------------
+
+/// Inserts `run` unless its commit has one; `false` (and no change) if it has.
+pub(super) fn insert_run(conn: &Connection, run: &Run) -> Result<bool> {
+    let seq = to_i64("seq", run.seq)?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO runs (seq, id, status, branches, parents, summary, author, commit_time,
+                               failed_steps, created_at, started_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            seq,
+            run.id().as_str(),
+            run.status.as_str(),
+            json(&run.commit.branches)?,
+            json(&run.commit.parents)?,
+            run.commit.summary,
+            run.commit.author,
+            run.commit.time,
+            json(&run.failed_steps)?,
+            run.created_at,
+            run.started_at,
+            run.finished_at,
+        ])?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    write_children(conn, seq, run)?;
+    Ok(true)
+}
+
+/// Replaces the stored state of `run`; `NotFound` if its commit has no run.
+///
+/// Rows that did not change are left alone (a run is updated at every attempt,
+/// and rewriting every log each time would be wasted I/O); the caller makes the
+/// whole replacement one transaction.
+pub(super) fn update_run(conn: &Connection, run: &Run) -> Result<()> {
+    let seq = to_i64("seq", run.seq)?;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE runs SET seq = ?1, status = ?3, branches = ?4, parents = ?5, summary = ?6,
+                author = ?7, commit_time = ?8, failed_steps = ?9, created_at = ?10,
+                started_at = ?11, finished_at = ?12
+             WHERE id = ?2",
+        )?
+        .execute(params![
+            seq,
+            run.id().as_str(),
+            run.status.as_str(),
+            json(&run.commit.branches)?,
+            json(&run.commit.parents)?,
+            run.commit.summary,
+            run.commit.author,
+            run.commit.time,
+            json(&run.failed_steps)?,
+            run.created_at,
+            run.started_at,
+            run.finished_at,
+        ])?;
+    if changed == 0 {
+        return Err(Fault::NotFound(run.id().to_string()));
+    }
+    write_children(conn, seq, run)
+}
+
+/// Brings the branch, step and attempt rows of run `seq` in line with `run`.
+fn write_children(conn: &Connection, seq: i64, run: &Run) -> Result<()> {
+    conn.prepare_cached("DELETE FROM run_branches WHERE seq = ?1")?
+        .execute([seq])?;
+    let mut add_branch =
+        conn.prepare_cached("INSERT OR IGNORE INTO run_branches (seq, branch) VALUES (?1, ?2)")?;
+    for branch in &run.commit.branches {
+        add_branch.execute(params![seq, branch])?;
+    }
+
+    let mut put_step = conn.prepare_cached(
+        "INSERT INTO steps (seq, position, name, status, reason) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (seq, position) DO UPDATE SET
+             name = excluded.name, status = excluded.status, reason = excluded.reason
+         WHERE name IS NOT excluded.name OR status IS NOT excluded.status
+            OR reason IS NOT excluded.reason",
+    )?;
+    let mut put_attempt = conn.prepare_cached(
+        "INSERT INTO attempts (seq, step, position, number, outcome, reason, logs, started_at,
+                               finished_at, duration_ms, runner_duration_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (seq, step, position) DO UPDATE SET
+             number = excluded.number, outcome = excluded.outcome, reason = excluded.reason,
+             logs = excluded.logs, started_at = excluded.started_at,
+             finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+             runner_duration_ms = excluded.runner_duration_ms
+         WHERE number IS NOT excluded.number OR outcome IS NOT excluded.outcome
+            OR reason IS NOT excluded.reason OR logs IS NOT excluded.logs
+            OR started_at IS NOT excluded.started_at OR finished_at IS NOT excluded.finished_at
+            OR duration_ms IS NOT excluded.duration_ms
+            OR runner_duration_ms IS NOT excluded.runner_duration_ms",
+    )?;
+    let mut trim_attempts = conn
+        .prepare_cached("DELETE FROM attempts WHERE seq = ?1 AND step = ?2 AND position >= ?3")?;
+    for (i, step) in run.steps.iter().enumerate() {
+        let position = to_i64("step position", i as u64)?;
+        put_step.execute(params![
+            seq,
+            position,
+            step.name,
+            step.status.as_str(),
+            step.reason
+        ])?;
+        for (j, a) in step.attempts.iter().enumerate() {
+            put_attempt.execute(params![
+                seq,
+                position,
+                to_i64("attempt position", j as u64)?,
+                a.number,
+                a.outcome.as_str(),
+                a.reason,
+                a.logs,
+                a.started_at,
+                a.finished_at,
+                opt_to_i64("duration_ms", a.duration_ms)?,
+                opt_to_i64("runner_duration_ms", a.runner_duration_ms)?,
+            ])?;
+        }
+        trim_attempts.execute(params![
+            seq,
+            position,
+            to_i64("attempt count", step.attempts.len() as u64)?
+        ])?;
+    }
+    // Deleting a step deletes its attempts (ON DELETE CASCADE).
+    conn.prepare_cached("DELETE FROM steps WHERE seq = ?1 AND position >= ?2")?
+        .execute(params![seq, to_i64("step count", run.steps.len() as u64)?])?;
+    Ok(())
+}
+
+/// Saves a named value, replacing the old one.
+pub(super) fn save_state(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO engine_state (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])?;
+    Ok(())
+}
+
+// ----- reading ------------------------------------------------------------------
+
+/// The `runs` columns [`read_run`] expects, from a table aliased `r`.
+const RUN_COLUMNS: &str = "r.seq, r.id, r.status, r.branches, r.parents, r.summary, r.author, \
+                           r.commit_time, r.failed_steps, r.created_at, r.started_at, r.finished_at";
+
+/// A `runs` row, before its steps are read.
+fn read_head(row: &Row<'_>) -> Result<Run> {
+    let seq: i64 = row.get(0)?;
+    let id: String = row.get(1)?;
+    let status: String = row.get(2)?;
+    let branches: String = row.get(3)?;
+    let parents: String = row.get(4)?;
+    let failed: String = row.get(8)?;
+    Ok(Run {
+        commit: Commit {
+            branches: from_json(&format!("branches of run {id}"), &branches)?,
+            parents: from_json::<Vec<CommitId>>(&format!("parents of run {id}"), &parents)?,
+            summary: row.get(5)?,
+            author: row.get(6)?,
+            time: row.get(7)?,
+            id: CommitId::new(id.clone()),
+        },
+        seq: to_u64("seq", seq)?,
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| Fault::Corrupt(format!("run {id} has unknown status {status:?}")))?,
+        failed_steps: from_json(&format!("failed steps of run {id}"), &failed)?,
+        steps: Vec::new(),
+        created_at: row.get(9)?,
+        started_at: row.get(10)?,
+        finished_at: row.get(11)?,
+    })
+}
+
+/// Fills in the steps and attempts of a run read by [`read_head`].
+fn read_steps(conn: &Connection, run: &mut Run) -> Result<()> {
+    let seq = to_i64("seq", run.seq)?;
+    let mut steps = conn.prepare_cached(
+        "SELECT position, name, status, reason FROM steps WHERE seq = ?1 ORDER BY position",
+    )?;
+    let mut rows = steps.query([seq])?;
+    while let Some(row) = rows.next()? {
+        let status: String = row.get(2)?;
+        run.steps.push(StepRecord {
+            name: row.get(1)?,
+            status: StepStatus::parse(&status).ok_or_else(|| {
+                Fault::Corrupt(format!("run {} has a step of status {status:?}", run.id()))
+            })?,
+            attempts: Vec::new(),
+            reason: row.get(3)?,
+        });
+    }
+    let mut attempts = conn.prepare_cached(
+        "SELECT step, number, outcome, reason, logs, started_at, finished_at, duration_ms,
+                runner_duration_ms
+         FROM attempts WHERE seq = ?1 ORDER BY step, position",
+    )?;
+    let mut rows = attempts.query([seq])?;
+    while let Some(row) = rows.next()? {
+        let step: i64 = row.get(0)?;
+        let outcome: String = row.get(2)?;
+        let id = run.id().clone();
+        let corrupt = |what: String| Fault::Corrupt(format!("run {id}: {what}"));
+        let attempt = Attempt {
+            number: row.get(1)?,
+            outcome: AttemptOutcome::parse(&outcome)
+                .ok_or_else(|| corrupt(format!("unknown attempt outcome {outcome:?}")))?,
+            reason: row.get(3)?,
+            logs: row.get(4)?,
+            started_at: row.get::<_, UnixMillis>(5)?,
+            finished_at: row.get(6)?,
+            duration_ms: row
+                .get::<_, Option<i64>>(7)?
+                .map(|v| to_u64("duration_ms", v))
+                .transpose()?,
+            runner_duration_ms: row
+                .get::<_, Option<i64>>(8)?
+                .map(|v| to_u64("runner_duration_ms", v))
+                .transpose()?,
+        };
+        usize::try_from(step)
+            .ok()
+            .and_then(|i| run.steps.get_mut(i))
+            .ok_or_else(|| corrupt(format!("an attempt belongs to missing step {step}")))?
+            .attempts
+            .push(attempt);
+    }
+    Ok(())
+}
+
+/// Runs the query (whose columns are [`RUN_COLUMNS`]) and reads each run whole.
+fn read_runs(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Run>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params_from_iter(params))?;
+    let mut runs = Vec::new();
+    while let Some(row) = rows.next()? {
+        runs.push(read_head(row)?);
+    }
+    for run in &mut runs {
+        read_steps(conn, run)?;
+    }
+    Ok(runs)
+}
+
+/// The smallest string greater than every string that starts with `prefix`, or
+/// `None` when there is none. SQLite compares text bytewise and UTF-8 keeps
+/// code-point order, so "starts with `prefix`" is `id >= prefix AND id < bound`.
+pub(super) fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(u32::from(c) + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// SQL that counts (`COUNT`) or selects (`SELECT`) the runs whose id starts with
+/// the first parameter (the second is the upper bound, when there is one).
+pub(super) fn prefix_sql(select: &str, bounded: bool) -> String {
+    let upper = if bounded { " AND r.id < ?2" } else { "" };
+    format!("SELECT {select} FROM runs r WHERE r.id >= ?1{upper}")
+}
+
+/// The run of the commit whose id is, or uniquely starts with, `id_or_prefix`.
+pub(super) fn get_run(conn: &Connection, id_or_prefix: &str) -> Result<Run> {
+    let exact = format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?1");
+    if let Some(run) = read_runs(conn, &exact, &[Value::Text(id_or_prefix.to_owned())])?.pop() {
+        return Ok(run);
+    }
+    let upper = prefix_upper_bound(id_or_prefix);
+    let mut params = vec![Value::Text(id_or_prefix.to_owned())];
+    params.extend(upper.clone().map(Value::Text));
+    let count: i64 = conn
+        .prepare_cached(&prefix_sql("count(*)", upper.is_some()))?
+        .query_row(params_from_iter(&params), |r| r.get(0))?;
+    match count {
+        0 => Err(Fault::NotFound(id_or_prefix.to_owned())),
+        1 => {
+            let sql = prefix_sql(RUN_COLUMNS, upper.is_some());
+            read_runs(conn, &sql, &params)?
+                .pop()
+                .ok_or_else(|| Fault::NotFound(id_or_prefix.to_owned()))
+        }
+        n => Err(Fault::Ambiguous {
+            prefix: id_or_prefix.to_owned(),
+            matches: usize::try_from(n).unwrap_or(usize::MAX),
+        }),
+    }
+}
+
+/// The two statements behind a [`RunQuery`]: the page and the total.
+pub(super) struct ListSql {
+    /// Selects the page: [`RUN_COLUMNS`], newest first, `LIMIT`/`OFFSET` last.
+    pub page: String,
+    /// Parameters of `page`.
+    pub page_params: Vec<Value>,
+    /// Counts every match.
+    pub count: String,
+    /// Parameters of `count`.
+    pub count_params: Vec<Value>,
+}
+
+/// Builds the SQL for `query`. Each filter has an index that yields runs newest
+/// first, so no variant sorts: all runs walk `runs` by rowid, a status walks
+/// `runs_by_status`, a branch walks `run_branches_by_branch` (and checks the
+/// status on the run's row).
+pub(super) fn list_sql(query: &RunQuery) -> ListSql {
+    let mut filters = Vec::new();
+    let mut params = Vec::new();
+    let (from, order) = if let Some(branch) = &query.branch {
+        filters.push("b.branch = ?");
+        params.push(Value::Text(branch.clone()));
+        ("FROM run_branches b JOIN runs r ON r.seq = b.seq", "b.seq")
+    } else {
+        ("FROM runs r", "r.seq")
+    };
+    if let Some(status) = query.status {
+        filters.push("r.status = ?");
+        params.push(Value::Text(status.as_str().to_owned()));
+    }
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    };
+    let count_from = if query.branch.is_some() && query.status.is_none() {
+        "FROM run_branches b"
+    } else {
+        from
+    };
+    let count = format!("SELECT count(*) {count_from}{filter}");
+    let page =
+        format!("SELECT {RUN_COLUMNS} {from}{filter} ORDER BY {order} DESC LIMIT ? OFFSET ?");
+    let count_params = params.clone();
+    params.push(Value::Integer(
+        i64::try_from(query.limit).unwrap_or(i64::MAX),
+    ));
+    params.push(Value::Integer(
+        i64::try_from(query.offset).unwrap_or(i64::MAX),
+    ));
+    ListSql {
+        page,
+        page_params: params,
+        count,
+        count_params,
+    }
+}
+
+/// The page of runs `query` asks for, and how many match in all.
+pub(super) fn list_runs(conn: &Connection, query: &RunQuery) -> Result<(u64, Vec<Run>)> {
+    let sql = list_sql(query);
+    let total: i64 = conn
+        .prepare_cached(&sql.count)?
+        .query_row(params_from_iter(&sql.count_params), |r| r.get(0))?;
+    let runs = if query.limit == 0 {
+        Vec::new()
+    } else {
+        read_runs(conn, &sql.page, &sql.page_params)?
+    };
+    Ok((to_u64("count", total)?, runs))
+}
+
+/// Queued and running runs, oldest first.
+pub(super) fn unfinished_runs(conn: &Connection) -> Result<Vec<Run>> {
+    let sql =
+        format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.status IN (?1, ?2) ORDER BY r.seq ASC");
+    read_runs(
+        conn,
+        &sql,
+        &[
+            Value::Text(RunStatus::Queued.as_str().to_owned()),
+            Value::Text(RunStatus::Running.as_str().to_owned()),
+        ],
+    )
+}
+
+/// Whether commit `id` (a full id) has a run.
+pub(super) fn has_run(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The highest `seq`, if any run exists.
+pub(super) fn max_seq(conn: &Connection) -> Result<Option<u64>> {
+    let max: Option<i64> = conn
+        .prepare_cached("SELECT max(seq) FROM runs")?
+        .query_row([], |r| r.get(0))?;
+    max.map(|m| to_u64("seq", m)).transpose()
+}
+
+/// A named value saved by [`save_state`].
+pub(super) fn load_state(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM engine_state WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+/// The lines of SQLite's `EXPLAIN QUERY PLAN` for `sql`.
+pub(super) fn explain(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+    let lines = stmt
+        .query_map(params_from_iter(params), |r| r.get::<_, String>(3))?
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn upper_bound_is_the_next_string_after_every_extension() {
+        assert_eq!(prefix_upper_bound("abc").as_deref(), Some("abd"));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+        assert_eq!(prefix_upper_bound(""), None);
+        for (prefix, inside) in [
+            ("ab", "ab\u{10FFFF}\u{10FFFF}"),
+            ("é", "éz"),
+            ("a\u{7F}", "a\u{7F}\u{80}"),
+        ] {
+            let bound = prefix_upper_bound(prefix).expect("bound");
+            assert!(
+                inside.as_bytes() < bound.as_bytes(),
+                "{inside:?} < {bound:?}"
+            );
+            assert!(prefix.as_bytes() < bound.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The database's schema, its versions, and the checks made before anything is
+//! written to a file that is opened.
+//!
+//! The schema version lives in `PRAGMA user_version` and the file is marked as
+//! ours with `PRAGMA application_id`. [`open`] refuses (and leaves untouched) a
+//! file that is not SQLite, belongs to another program, comes from a newer
+//! ci-server or cannot be written; otherwise it turns WAL on and applies the
+//! missing migrations in one transaction.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+use tracing::info;
+
+use super::SqliteStoreError;
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of a ci-server run database ("CIRS").
+pub const APPLICATION_ID: i32 = 0x4349_5253;
+
+/// How long a statement waits for a lock another connection or process holds
+/// (a backup, an `sqlite3` shell) before it fails.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 1] = [V1];
+
+/// Version 1.
+///
+/// - `runs`: one row per run; `seq` is the rowid, so newest-first listing walks
+///   the table backwards and `max(seq)` is one lookup. `id` is unique, so a
+///   prefix lookup is a range on its index (`id >= ? AND id < ?`).
+/// - `runs_by_status`: listing by status, newest first, without sorting.
+/// - `run_branches`: one row per (run, branch) to list a branch newest first
+///   through `run_branches_by_branch`; the commit's own ordered list of branches
+///   is kept in `runs.branches` (JSON) so it comes back exactly.
+/// - `steps`, `attempts`: a run's steps in pipeline order, and their attempts.
+///   Child rows follow their run when its `seq` changes (`ON UPDATE CASCADE`).
+/// - `engine_state`: small named values (a source's cursor).
+const V1: &str = "
+CREATE TABLE runs (
+    seq          INTEGER PRIMARY KEY,
+    id           TEXT    NOT NULL UNIQUE,
+    status       TEXT    NOT NULL,
+    branches     TEXT    NOT NULL,
+    parents      TEXT    NOT NULL,
+    summary      TEXT    NOT NULL,
+    author       TEXT    NOT NULL,
+    commit_time  INTEGER NOT NULL,
+    failed_steps TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    started_at   INTEGER,
+    finished_at  INTEGER
+);
+CREATE INDEX runs_by_status ON runs (status, seq);
+
+CREATE TABLE run_branches (
+    seq    INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE ON UPDATE CASCADE,
+    branch TEXT    NOT NULL,
+    PRIMARY KEY (seq, branch)
+) WITHOUT ROWID;
+CREATE INDEX run_branches_by_branch ON run_branches (branch, seq);
+
+CREATE TABLE steps (
+    seq      INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE ON UPDATE CASCADE,
+    position INTEGER NOT NULL,
+    name     TEXT    NOT NULL,
+    status   TEXT    NOT NULL,
+    reason   TEXT,
+    PRIMARY KEY (seq, position)
+) WITHOUT ROWID;
+
+CREATE TABLE attempts (
+    seq                INTEGER NOT NULL,
+    step               INTEGER NOT NULL,
+    position           INTEGER NOT NULL,
+    number             INTEGER NOT NULL,
+    outcome            TEXT    NOT NULL,
+    reason             TEXT,
+    logs               TEXT    NOT NULL,
+    started_at         INTEGER NOT NULL,
+    finished_at        INTEGER,
+    duration_ms        INTEGER,
+    runner_duration_ms INTEGER,
+    PRIMARY KEY (seq, step, position),
+    FOREIGN KEY (seq, step) REFERENCES steps (seq, position) ON DELETE CASCADE ON UPDATE CASCADE
+);
+
+CREATE TABLE engine_state (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Opens `path` for the store: the writing connection (schema up to date, WAL
+/// on) and a reading one (`query_only`).
+pub(super) fn open(path: &Path) -> Result<(Connection, Connection), SqliteStoreError> {
+    check_path(path)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut writer = Connection::open_with_flags(path, flags).map_err(|e| classify(path, e))?;
+
+    // Nothing below writes until every check has passed. SQLite falls back to
+    // read-only when it cannot open the file for writing; refuse that first,
+    // before reading creates any -shm file beside it.
+    if writer
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(|e| classify(path, e))?
+    {
+        return Err(SqliteStoreError::CannotWrite {
+            path: path.to_owned(),
+            source: "the file can only be opened read-only".into(),
+        });
+    }
+    let header = read_header(&writer).map_err(|e| classify(path, e))?;
+    check_header(path, &header)?;
+
+    configure(path, &writer)?;
+    migrate(path, &mut writer)?;
+
+    let reader = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .and_then(|c| {
+        c.busy_timeout(BUSY_TIMEOUT)?;
+        c.pragma_update(None, "query_only", true)?;
+        Ok(c)
+    })
+    .map_err(|e| classify(path, e))?;
+    Ok((writer, reader))
+}
+
+/// Refuses a path that is a directory or whose directory is missing, before
+/// SQLite gets a chance to create anything.
+fn check_path(path: &Path) -> Result<(), SqliteStoreError> {
+    let io = |source| SqliteStoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(SqliteStoreError::IsADirectory {
+            path: path.to_owned(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(SqliteStoreError::MissingDirectory {
+                    path: path.to_owned(),
+                    dir: dir.to_owned(),
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(SqliteStoreError::MissingDirectory {
+                        path: path.to_owned(),
+                        dir: dir.to_owned(),
+                    })
+                }
+                Err(e) => Err(io(e)),
+            }
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// What the file says about itself.
+struct Header {
+    application_id: i32,
+    version: i64,
+    objects: i64,
+}
+
+fn read_header(conn: &Connection) -> rusqlite::Result<Header> {
+    Ok(Header {
+        application_id: conn.pragma_query_value(None, "application_id", |r| r.get(0))?,
+        version: conn.pragma_query_value(None, "user_version", |r| r.get(0))?,
+        objects: conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?,
+    })
+}
+
+fn check_header(path: &Path, h: &Header) -> Result<(), SqliteStoreError> {
+    let ours = h.application_id == APPLICATION_ID;
+    if !ours && (h.application_id != 0 || h.objects > 0 || h.version != 0) {
+        return Err(SqliteStoreError::ForeignDatabase {
+            path: path.to_owned(),
+        });
+    }
+    if h.version > SCHEMA_VERSION {
+        return Err(SqliteStoreError::NewerSchema {
+            path: path.to_owned(),
+            found: h.version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// WAL, `synchronous = NORMAL` (see [`SqliteStore`](super::SqliteStore) for
+/// why), foreign keys, and a busy timeout.
+fn configure(path: &Path, conn: &Connection) -> Result<(), SqliteStoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| classify(path, e))?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(|e| classify(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(SqliteStoreError::CannotWrite {
+            path: path.to_owned(),
+            source: format!("SQLite would not switch the file to WAL mode (it stayed in {mode})")
+                .into(),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .and_then(|()| conn.pragma_update(None, "foreign_keys", true))
+        .map_err(|e| classify(path, e))
+}
+
+/// Applies the missing migrations and stamps the version, all in one
+/// transaction: a crash half-way leaves the old version.
+fn migrate(path: &Path, conn: &mut Connection) -> Result<(), SqliteStoreError> {
+    let sqlite = |source| SqliteStoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sqlite)?;
+    if current == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| classify(path, e))?;
+    // Another process may have migrated between the check and the lock.
+    let header = read_header(&tx).map_err(sqlite)?;
+    check_header(path, &header)?;
+    let from = usize::try_from(header.version).unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from) {
+        tx.execute_batch(sql).map_err(|e| classify(path, e))?;
+        info!(path = %path.display(), from = i, to = i + 1, "migrated run database schema");
+    }
+    tx.pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(sqlite)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(sqlite)?;
+    tx.commit().map_err(|e| classify(path, e))
+}
+
+/// Names an SQLite failure met while opening in the terms of [`SqliteStoreError`].
+fn classify(path: &Path, e: rusqlite::Error) -> SqliteStoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => SqliteStoreError::NotADatabase {
+            path: path.to_owned(),
+        },
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            SqliteStoreError::CannotWrite {
+                path: path.to_owned(),
+                source: Box::new(e),
+            }
+        }
+        _ => SqliteStoreError::Sqlite {
+            path: path.to_owned(),
+            source: e,
+        },
+    }
+}

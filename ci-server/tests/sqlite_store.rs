@@ -1,0 +1,208 @@
+//! `SqliteStore` against the `RunStore` contract suite, across reopening, and
+//! with the query plans its list and prefix lookups get from SQLite.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ci_engine::testing::store_contract::{self, queued_run, rich_run, run_with_status};
+use ci_engine::{RunQuery, RunStatus, RunStore};
+use ci_server::sqlite_store::SqliteStore;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_meets_the_run_store_contract() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = AtomicUsize::new(0);
+    store_contract::run_all(|| {
+        let path = dir
+            .path()
+            .join(format!("case-{}.db", cases.fetch_add(1, Ordering::Relaxed)));
+        async move {
+            let store = SqliteStore::open(&path).await.expect("open a new database");
+            Arc::new(store) as Arc<dyn RunStore>
+        }
+    })
+    .await;
+    assert!(
+        cases.load(Ordering::Relaxed) >= 10,
+        "the suite ran its cases"
+    );
+}
+
+#[tokio::test]
+async fn everything_is_there_after_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path: PathBuf = dir.path().join("runs.db");
+
+    let mut rich = rich_run(&"ab".repeat(20), 3);
+    let queued = queued_run(&"cd".repeat(20), 4, &["main"]);
+    let done = run_with_status(&"ef".repeat(20), 1, &["main", "dev"], RunStatus::Success);
+    {
+        let store = SqliteStore::open(&path).await.expect("create");
+        for run in [&rich, &queued, &done] {
+            assert!(store.insert_run(run).await.expect("insert"));
+        }
+        rich.steps[0].attempts[0].logs = "rewritten before the close".into();
+        store.update_run(&rich).await.expect("update");
+        store
+            .save_state("git.cursor", "deadbeef")
+            .await
+            .expect("save_state");
+    }
+    assert!(
+        !path.with_extension("db-wal").exists(),
+        "WAL left after a clean close"
+    );
+
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    assert_eq!(store.get_run(rich.id().as_str()).await.expect("get"), rich);
+    let page = store.list_runs(&RunQuery::default()).await.expect("list");
+    assert_eq!(page.total, 3);
+    assert_eq!(page.runs, [queued.clone(), rich.clone(), done.clone()]);
+    assert_eq!(store.unfinished_runs().await.expect("unfinished"), [queued]);
+    assert_eq!(store.max_seq().await.expect("max_seq"), Some(4));
+    assert_eq!(
+        store
+            .load_state("git.cursor")
+            .await
+            .expect("load_state")
+            .as_deref(),
+        Some("deadbeef")
+    );
+    let on_dev = RunQuery {
+        branch: Some("dev".into()),
+        ..RunQuery::default()
+    };
+    assert_eq!(store.list_runs(&on_dev).await.expect("list").runs, [done]);
+}
+
+#[tokio::test]
+async fn a_failed_insert_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("runs.db"))
+        .await
+        .expect("open");
+    let first = rich_run(&"11".repeat(20), 5);
+    store.insert_run(&first).await.expect("insert");
+    // Same seq, another commit: the store refuses it (seq is unique) as a whole.
+    let clash = rich_run(&"22".repeat(20), 5);
+    let err = store
+        .insert_run(&clash)
+        .await
+        .expect_err("a second run with seq 5");
+    assert!(
+        err.to_string().contains("runs.db"),
+        "error names the file: {err}"
+    );
+    assert!(!store.has_run(clash.id()).await.expect("has_run"));
+    assert_eq!(
+        store.get_run(first.id().as_str()).await.expect("get"),
+        first
+    );
+    let page = store.list_runs(&RunQuery::default()).await.expect("list");
+    assert_eq!(page.total, 1);
+}
+
+/// Fills a store with enough runs that a scan and an index differ in the plan.
+async fn populated() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("runs.db"))
+        .await
+        .expect("open");
+    for seq in 0..200u64 {
+        let status = RunStatus::ALL[(seq % 6) as usize];
+        let branch = if seq % 3 == 0 { "main" } else { "dev" };
+        let run = run_with_status(&format!("{seq:040x}"), seq, &[branch], status);
+        store.insert_run(&run).await.expect("insert");
+    }
+    (dir, store)
+}
+
+fn assert_no_sort(plan: &[String], what: &str) {
+    assert!(
+        !plan.iter().any(|l| l.contains("TEMP B-TREE")),
+        "{what} sorts instead of walking an index: {plan:?}"
+    );
+}
+
+fn assert_uses(plan: &[String], needle: &str, what: &str) {
+    assert!(
+        plan.iter().any(|l| l.contains(needle)),
+        "{what} does not use {needle}: {plan:?}"
+    );
+}
+
+#[tokio::test]
+async fn list_queries_walk_indexes_newest_first() {
+    let (_dir, store) = populated().await;
+    let q = |status: Option<RunStatus>, branch: Option<&str>| RunQuery {
+        status,
+        branch: branch.map(str::to_owned),
+        limit: 20,
+        offset: 40,
+    };
+
+    let (page, count) = store.list_query_plan(&q(None, None)).await.expect("plan");
+    assert_no_sort(&page, "list all");
+    assert!(
+        page.iter().all(|l| !l.contains("INDEX")) && page.iter().any(|l| l.contains("SCAN r")),
+        "list all should walk the runs table (its rowid is seq): {page:?}"
+    );
+    assert!(!count.is_empty());
+
+    let (page, count) = store
+        .list_query_plan(&q(Some(RunStatus::Success), None))
+        .await
+        .expect("plan");
+    assert_no_sort(&page, "list by status");
+    assert_uses(&page, "INDEX runs_by_status (status=?)", "list by status");
+    assert_uses(&count, "INDEX runs_by_status (status=?)", "count by status");
+
+    let (page, count) = store
+        .list_query_plan(&q(None, Some("main")))
+        .await
+        .expect("plan");
+    assert_no_sort(&page, "list by branch");
+    assert_uses(
+        &page,
+        "INDEX run_branches_by_branch (branch=?)",
+        "list by branch",
+    );
+    assert_uses(
+        &count,
+        "INDEX run_branches_by_branch (branch=?)",
+        "count by branch",
+    );
+
+    let both = q(Some(RunStatus::Failure), Some("dev"));
+    let (page, count) = store.list_query_plan(&both).await.expect("plan");
+    assert_no_sort(&page, "list by status and branch");
+    assert!(
+        page.iter().chain(&count).all(|l| !l.starts_with("SCAN")),
+        "status and branch should not scan a table: {page:?} {count:?}"
+    );
+    assert_uses(&page, "INDEX", "list by status and branch");
+}
+
+#[tokio::test]
+async fn prefix_lookup_is_a_range_on_the_id_index() {
+    let (_dir, store) = populated().await;
+    let plan = store.prefix_query_plan("00000000ab").await.expect("plan");
+    assert_uses(&plan, "(id>? AND id<?)", "prefix lookup");
+    assert!(
+        plan.iter().all(|l| l.starts_with("SEARCH")),
+        "prefix lookup scans: {plan:?}"
+    );
+    // The lookup the plan belongs to counts the range right.
+    for (prefix, want) in [("0".repeat(38), 200), (format!("{}c", "0".repeat(38)), 8)] {
+        match store.get_run(&prefix).await {
+            Err(ci_engine::StoreError::Ambiguous { matches, .. }) => assert_eq!(matches, want),
+            other => panic!("get_run({prefix}): expected Ambiguous, got {other:?}"),
+        }
+    }
+    let one = store
+        .get_run(&format!("{}c7", "0".repeat(38)))
+        .await
+        .expect("get");
+    assert_eq!(one.seq, 199);
+}
