@@ -1,1 +1,0 @@
-//! Starts and restarts the bundled simulator (under construction).
