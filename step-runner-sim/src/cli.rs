@@ -57,24 +57,24 @@ pub struct SimArgs {
     pub no_crash: bool,
     /// Seed for reproducible durations, outcomes and crashes: the n-th lint,
     /// build and test request get the same draws on every run.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Probability (0 to 1) that a build or test reports Failure.
-    #[arg(long, value_name = "P", default_value_t = 0.5, value_parser = parse_probability)]
+    #[arg(long, value_name = "P", allow_negative_numbers = true, default_value_t = 0.5, value_parser = parse_probability)]
     pub fail_rate: f64,
     /// Probability (0 to 1) that a test crashes the whole runner.
-    #[arg(long, value_name = "P", default_value_t = 0.2, value_parser = parse_probability)]
+    #[arg(long, value_name = "P", allow_negative_numbers = true, default_value_t = 0.2, value_parser = parse_probability)]
     pub crash_rate: f64,
     /// Every lint takes exactly this many ms (default: uniform 0-99 ms).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     pub lint_ms: Option<u64>,
     /// Every build takes exactly this many ms (default: uniform 0-999 ms;
     /// a request's simulate_build_time still wins).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     pub build_ms: Option<u64>,
     /// Every test takes exactly this many ms (default: uniform 0-999 ms;
     /// a request's simulate_build_time still wins).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     pub test_ms: Option<u64>,
 }
 
