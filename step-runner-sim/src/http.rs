@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 
@@ -18,6 +18,9 @@ use crate::steps::StepOutcome;
 /// Largest JSON value the simulator buffers from a body (the original has no
 /// limit; this one keeps a runaway client from exhausting memory).
 pub const MAX_BODY_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The message for a body value over [`MAX_BODY_VALUE_BYTES`] (Go's `MaxBytesReader` wording).
+const TOO_LARGE: &str = "http: request body too large";
 
 /// The one path the original serves.
 const TRIGGER_PATH: [&str; 2] = ["step", "trigger"];
@@ -144,8 +147,13 @@ fn redirect(method: &Method, location: &str) -> HttpResponse {
 
 /// Reads the body up to the end of its first JSON value, as Go's
 /// `json.NewDecoder(body).Decode` does, and returns that value's bytes; the rest
-/// of the body is left unread. `Err` holds the decoder's message.
-async fn read_first_value(body: &mut Incoming) -> Result<Vec<u8>, String> {
+/// of the body is left unread. `Err` holds the decoder's message, or
+/// `http: request body too large` once the value passes `limit` bytes.
+async fn read_first_value<B>(body: &mut B, limit: usize) -> Result<Vec<u8>, String>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut scanner = Scanner::new();
     let mut value: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -154,21 +162,21 @@ async fn read_first_value(body: &mut Incoming) -> Result<Vec<u8>, String> {
             continue; // trailers
         };
         for (i, &c) in data.iter().enumerate() {
-            match scanner.step(c)? {
-                Scan::Continue => {}
-                Scan::EndIncluding => {
-                    value.extend_from_slice(&data[..=i]);
-                    return Ok(value);
-                }
-                Scan::EndBefore => {
-                    value.extend_from_slice(&data[..i]);
-                    return Ok(value);
-                }
-            }
+            let end = match scanner.step(c)? {
+                Scan::Continue => continue,
+                Scan::EndIncluding => i + 1,
+                Scan::EndBefore => i,
+            };
+            value.extend_from_slice(&data[..end]);
+            return if value.len() > limit {
+                Err(TOO_LARGE.to_owned())
+            } else {
+                Ok(value)
+            };
         }
         value.extend_from_slice(&data);
-        if value.len() > MAX_BODY_VALUE_BYTES {
-            return Err("http: request body too large".to_owned());
+        if value.len() > limit {
+            return Err(TOO_LARGE.to_owned());
         }
     }
     scanner.finish().map(|()| value)
@@ -188,7 +196,7 @@ async fn trigger(shared: &Shared, request: Request<Incoming>) -> Answer {
         ));
     }
     let mut body = request.into_body();
-    let value = match read_first_value(&mut body).await {
+    let value = match read_first_value(&mut body, MAX_BODY_VALUE_BYTES).await {
         Ok(value) => value,
         Err(message) => return Answer::Respond(text(StatusCode::BAD_REQUEST, &message)),
     };
@@ -269,12 +277,75 @@ mod tests {
         assert!(!is_trigger_path("/step/trigger%zz"));
     }
 
-    #[test]
-    fn redirect_body_only_for_get() {
+    /// A body that arrives in the given frames.
+    fn frames(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = Infallible> + Unpin {
+        let frames: Vec<Result<hyper::body::Frame<Bytes>, Infallible>> = parts
+            .iter()
+            .map(|p| Ok(hyper::body::Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        http_body_util::StreamBody::new(futures::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn the_first_value_is_found_across_frames() {
+        let cases: &[(&[&'static str], Result<&str, &str>)] = &[
+            (
+                &[r#"{"step_"#, r#"name":"lint"}"#, " rest"],
+                Ok(r#"{"step_name":"lint"}"#),
+            ),
+            (&["12", "3", " 4"], Ok("123")),
+            (&["12", "3"], Ok("123")),
+            (&["[1,", "2]x"], Ok("[1,2]")),
+            (&[], Err("EOF")),
+            (&["  ", "\n"], Err("EOF")),
+            (
+                &["  ", "x"],
+                Err("invalid character 'x' looking for beginning of value"),
+            ),
+            (&[r#"{"a":"#], Err("unexpected EOF")),
+        ];
+        for (parts, expected) in cases {
+            let got = read_first_value(&mut frames(parts), 64)
+                .await
+                .map(|v| String::from_utf8(v).expect("UTF-8"));
+            let expected = expected.map(str::to_owned).map_err(str::to_owned);
+            assert_eq!(got, expected, "{parts:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_over_the_limit_is_refused() {
+        let long = r#"{"repo_path":"0123456789012345678901234567890123456789"}"#;
+        let got = read_first_value(&mut frames(&[long]), 16).await;
+        assert_eq!(got, Err(TOO_LARGE.to_owned()));
+        let got = read_first_value(&mut frames(&["[\"", "aaaaaaaaaaaaaaaaaaaa", "\"]"]), 16).await;
+        assert_eq!(got, Err(TOO_LARGE.to_owned()));
+        let fits = read_first_value(&mut frames(&["[1]"]), 16).await;
+        assert_eq!(fits.as_deref(), Ok(&b"[1]"[..]));
+    }
+
+    async fn body_text(response: HttpResponse) -> String {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a Full body cannot fail")
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("UTF-8 body")
+    }
+
+    #[tokio::test]
+    async fn redirect_body_only_for_get() {
         let get = redirect(&Method::GET, "/a?b=<");
         assert_eq!(get.status(), StatusCode::MOVED_PERMANENTLY);
         assert_eq!(get.headers()[LOCATION], "/a?b=<");
+        assert_eq!(get.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(
+            body_text(get).await,
+            "<a href=\"/a?b=&lt;\">Moved Permanently</a>.\n\n"
+        );
         let post = redirect(&Method::POST, "/a");
         assert!(post.headers().get(CONTENT_TYPE).is_none());
+        assert_eq!(body_text(post).await, "");
     }
 }
