@@ -1,1 +1,0 @@
-//! A `CommitSource` on gix (under construction).
