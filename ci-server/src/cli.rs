@@ -221,19 +221,28 @@ pub fn parse_runner_addr(input: &str) -> Result<RunnerAddr, CliError> {
 fn check_sim_args(input: &str) -> Result<Vec<String>, CliError> {
     let words: Vec<String> = input.split_whitespace().map(str::to_owned).collect();
     if let Err(e) = SimArgsParser::try_parse_from(&words) {
-        let rendered = e.to_string();
-        let reason = rendered
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("not understood")
-            .trim_start_matches("error: ")
-            .to_owned();
         return Err(CliError::SimArgs {
             input: input.to_owned(),
-            reason,
+            reason: clap_error_line(&e.to_string()),
         });
     }
     Ok(words)
+}
+
+/// A rendered clap error as one line: its first paragraph with the lines joined
+/// and the `error: ` prefix removed (the usage and tips that follow are dropped).
+pub fn clap_error_line(rendered: &str) -> String {
+    let first_paragraph = rendered.trim().split("\n\n").next().unwrap_or_default();
+    let joined = first_paragraph
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let line = joined.strip_prefix("error: ").unwrap_or(&joined).to_owned();
+    if line.is_empty() {
+        "invalid arguments".to_owned()
+    } else {
+        line
+    }
 }
 
 /// Parses a duration: `500ms`, `2s`, `1.5s`, `3m`, `1h`, or a bare number of
@@ -284,6 +293,15 @@ mod tests {
 
     fn config(args: &[&str]) -> Result<ServerConfig, CliError> {
         cli(args).into_config(PathBuf::from("/bin/self"))
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let err = Cli::try_parse_from(["ci-server"]).unwrap_err();
+        let line = clap_error_line(&err.to_string());
+        assert!(line.contains("<REPO_PATH>"), "{line}");
+        assert!(!line.contains('\n') && !line.starts_with("error"), "{line}");
+        assert_eq!(clap_error_line(""), "invalid arguments");
     }
 
     #[test]

@@ -36,10 +36,7 @@ fn main() {
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(error) if error.use_stderr() => {
-            let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let reason = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("ci-server: {reason} (see --help)");
+            eprintln!("ci-server: {} (see --help)", one_line(&error));
             std::process::exit(EXIT_STARTUP);
         }
         // --help and --version print to stdout and exit 0.
@@ -70,9 +67,7 @@ fn run_simulator(argv: &[OsString]) -> ! {
     let sim = match SimCommand::try_parse_from(args) {
         Ok(cmd) => cmd.sim,
         Err(error) if error.use_stderr() => {
-            let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("step-runner-sim: {}", first.trim_start_matches("error: "));
+            eprintln!("step-runner-sim: {} (see --help)", one_line(&error));
             std::process::exit(step_runner_sim::cli::EXIT_BAD_CONFIG);
         }
         Err(help) => help.exit(),
@@ -89,6 +84,12 @@ fn run_simulator(argv: &[OsString]) -> ! {
         }
     };
     std::process::exit(code);
+}
+
+/// A clap error as one line: its first paragraph, without the `error: ` prefix
+/// and the usage that follows.
+fn one_line(error: &clap::Error) -> String {
+    ci_server::cli::clap_error_line(&error.render().to_string())
 }
 
 fn init_tracing() {

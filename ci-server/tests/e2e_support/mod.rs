@@ -1,0 +1,400 @@
+//! Shared fixtures of the process-level tests (`tests/e2e.rs`, `tests/cli.rs`):
+//! a git repository in a temporary directory driven by the `git` program with a
+//! fixed identity and clock, the `ci-server` binary (and its bundled simulator) as
+//! child processes that are stopped on drop, and HTTP helpers that poll with a
+//! deadline.
+
+#![allow(
+    dead_code,
+    reason = "each test crate uses a different part of the fixtures"
+)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `ci-server` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ci-server");
+
+/// The id of git's empty tree (SHA-1).
+pub const EMPTY_TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+
+/// Two root commits (empty tree, the fixed identity and clock below, messages
+/// `twin 1244` and `twin 1637`) whose ids share the 5-digit prefix `fc0f9`: a
+/// prefix that is ambiguous on purpose.
+pub const TWINS: [(&str, &str); 2] = [
+    ("twin 1244", "fc0f9ffbdcd4aed73c6f2c78196789d037e70cfa"),
+    ("twin 1637", "fc0f934fd7adb7d52267c9257999491a6b468114"),
+];
+/// The prefix the twins share.
+pub const TWIN_PREFIX: &str = "fc0f9";
+
+/// A git repository in a temporary directory, on branch `main`.
+pub struct GitRepo {
+    dir: tempfile::TempDir,
+}
+
+impl GitRepo {
+    /// `git init` on branch `main`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let repo = Self { dir };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    /// The work tree.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `git args…` in the repository with a fixed identity and clock and no
+    /// user or system configuration; returns its trimmed stdout. Panics when git fails.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(self.path())
+            .env("HOME", self.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "CI Test")
+            .env("GIT_AUTHOR_EMAIL", "ci@example.invalid")
+            .env("GIT_AUTHOR_DATE", "1700000000 +0000")
+            .env("GIT_COMMITTER_NAME", "CI Test")
+            .env("GIT_COMMITTER_EMAIL", "ci@example.invalid")
+            .env("GIT_COMMITTER_DATE", "1700000000 +0000")
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("git prints UTF-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// An empty commit on the current branch (moves the branch); returns its id.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// A commit object with the empty tree and `parents`, referenced by nothing
+    /// yet (so a watcher cannot see it); returns its id.
+    pub fn commit_tree(&self, parents: &[&str], message: &str) -> String {
+        let mut args = vec!["commit-tree", EMPTY_TREE, "-m", message];
+        for p in parents {
+            args.push("-p");
+            args.push(p);
+        }
+        self.git(&args)
+    }
+
+    /// Points `refs/heads/<branch>` at `id` in one ref update.
+    pub fn update_branch(&self, branch: &str, id: &str) {
+        self.git(&["update-ref", &format!("refs/heads/{branch}"), id]);
+    }
+
+    /// `n` commits on top of `parent`, made without touching any ref; returns
+    /// them oldest first.
+    pub fn chain(&self, parent: &str, n: usize, label: &str) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        let mut last = parent.to_owned();
+        for i in 0..n {
+            last = self.commit_tree(&[&last], &format!("{label} {i}"));
+            ids.push(last.clone());
+        }
+        ids
+    }
+
+    /// Every commit reachable from any branch.
+    pub fn all_commits(&self) -> BTreeSet<String> {
+        self.git(&["rev-list", "--branches"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A child process that is stopped when dropped: SIGTERM (so `ci-server` stops
+/// its bundled simulator), then SIGKILL if it is still running after a while.
+pub struct Proc {
+    child: Child,
+    name: String,
+    /// Everything the process wrote on stderr so far.
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// What the process wrote on stderr so far (for failure messages).
+    pub fn stderr_tail(&self) -> String {
+        let all = self.stderr.lock().expect("stderr buffer").clone();
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if self.terminate(Duration::from_secs(10)).is_none() {
+            eprintln!("{} did not stop after SIGTERM; killing it", self.name);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Spawns `BIN args…` with piped output; every line it writes is kept in
+/// `stderr`, and lines are also sent on the returned channels.
+fn spawn(name: &str, args: &[String]) -> (Proc, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (out_tx, out_rx) = mpsc::channel();
+    let (err_tx, err_rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = out_tx.send(line);
+        }
+    });
+    let pipe = child.stderr.take().expect("piped stderr");
+    let buffer = Arc::clone(&stderr);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Ok(mut b) = buffer.lock() {
+                b.push_str(&line);
+                b.push('\n');
+            }
+            let _ = err_tx.send(line);
+        }
+    });
+    let proc = Proc {
+        child,
+        name: name.to_owned(),
+        stderr,
+    };
+    (proc, out_rx, err_rx)
+}
+
+/// Waits (bounded) for a line that `parse` accepts.
+fn wait_line<T>(
+    proc: &Proc,
+    lines: &mpsc::Receiver<String>,
+    within: Duration,
+    parse: impl Fn(&str) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(value) = parse(&line) {
+                    return value;
+                }
+            }
+            Err(_) => panic!(
+                "{} printed no startup line within {within:?}; stderr:\n{}",
+                proc.name,
+                proc.stderr_tail()
+            ),
+        }
+    }
+}
+
+/// A running `ci-server` and the base URL of its API.
+pub struct Server {
+    /// The process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The startup line.
+    pub startup_line: String,
+}
+
+impl Server {
+    /// Starts `ci-server <repo> args…` on a free loopback port, with a short
+    /// shutdown grace, and waits for its startup line.
+    pub fn start(repo: &Path, args: &[&str]) -> Self {
+        let mut argv = vec![
+            repo.display().to_string(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--shutdown-grace".to_owned(),
+            "1s".to_owned(),
+        ];
+        argv.extend(args.iter().map(|s| (*s).to_owned()));
+        let (proc, stdout, _stderr) = spawn("ci-server", &argv);
+        let (addr, line) = wait_line(&proc, &stdout, Duration::from_secs(30), |line| {
+            ci_server::server::parse_listening_line(line).map(|a| (a, line.to_owned()))
+        });
+        Self {
+            proc,
+            base: format!("http://{addr}"),
+            startup_line: line,
+        }
+    }
+
+    /// The URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// A step-runner simulator run by itself (the binary's hidden subcommand), as an
+/// external runner would be, on a free loopback port.
+pub fn start_simulator(args: &[&str]) -> (Proc, SocketAddr) {
+    let mut argv = vec![
+        ci_server::cli::SIM_SUBCOMMAND.to_owned(),
+        "--addr".to_owned(),
+        "127.0.0.1:0".to_owned(),
+    ];
+    argv.extend(args.iter().map(|s| (*s).to_owned()));
+    let (proc, _stdout, stderr) = spawn("step-runner-sim", &argv);
+    let addr = wait_line(
+        &proc,
+        &stderr,
+        Duration::from_secs(30),
+        step_runner_sim::parse_listening_line,
+    );
+    (proc, addr)
+}
+
+/// Runs `BIN args…` to completion (bounded) and returns (exit code, stdout, stderr).
+pub fn run_to_end(args: &[&str], within: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "ci-server {args:?} still ran after {within:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `GET url`: the status and the body.
+pub async fn get(url: &str) -> (u16, String) {
+    let resp = reqwest::get(url).await.expect("the server answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("a body"))
+}
+
+/// `GET url`, parsed as JSON (panics when the body is not JSON or is `null`).
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let (status, body) = get(url).await;
+    let value: Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {body}"));
+    assert!(!value.is_null(), "{url} answered {status} null");
+    (status, value)
+}
+
+/// Whether a run status is final.
+pub fn is_terminal(status: &str) -> bool {
+    matches!(status, "success" | "failure" | "error" | "cancelled")
+}
+
+/// Polls `GET /runs` until every commit of `expected` has a run in a terminal
+/// status, and returns the list then. Panics (with the server's log) after `within`.
+pub async fn wait_for_terminal(
+    server: &Server,
+    expected: &BTreeSet<String>,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let (status, body) = get_json(&server.url("/runs?limit=1000")).await;
+        assert_eq!(status, 200, "{body}");
+        let data = body["data"].as_array().cloned().unwrap_or_default();
+        let done: BTreeSet<String> = data
+            .iter()
+            .filter(|r| r["status"].as_str().is_some_and(is_terminal))
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect();
+        if expected.is_subset(&done) {
+            return data;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|id| {
+            !last["data"].as_array().is_some_and(|d| {
+                d.iter().any(|r| {
+                    r["id"] == id.as_str() && r["status"].as_str().is_some_and(is_terminal)
+                })
+            })
+        })
+        .collect();
+    panic!(
+        "not every commit finished within {within:?}; unfinished or missing: {missing:?}\nlast /runs: {last}\nserver log:\n{}",
+        server.proc.stderr_tail()
+    );
+}
+
+/// Path to a file in a fresh temporary directory (kept alive by the returned guard).
+pub fn temp_file(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join(name);
+    (dir, path)
+}
