@@ -251,8 +251,10 @@ impl Server {
             Arc::clone(&self.store),
             self.engine_config,
         );
-        let app = crate::api::app(Arc::clone(&self.store), Some(engine.handle()));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let api = crate::api::Api::new(Arc::clone(&self.store), Some(engine.handle()))
+            .ending_streams_on(stop_rx.clone());
+        let app = crate::api::app(api);
 
         let mut engine_task =
             tokio::spawn(engine.run(Box::new(self.source), stopped(stop_rx.clone())));

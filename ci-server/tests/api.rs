@@ -11,6 +11,7 @@ use ci_engine::{
     Attempt, AttemptOutcome, Commit, CommitId, Engine, EngineConfig, MemoryStore, Pipeline, Run,
     RunStore, StepStatus,
 };
+use ci_server::api::Api;
 use futures::StreamExt;
 use poem::Endpoint;
 use poem::http::StatusCode;
@@ -97,7 +98,7 @@ async fn filled_store() -> Arc<MemoryStore> {
 
 async fn client() -> TestClient<impl Endpoint> {
     let store: Arc<dyn RunStore> = filled_store().await;
-    TestClient::new(ci_server::api::app(store, None))
+    TestClient::new(ci_server::api::app(Api::new(store, None)))
 }
 
 async fn body_json(resp: TestResponse) -> Value {
@@ -533,10 +534,9 @@ async fn events_stream_the_engines_progress() {
         Arc::clone(&store),
         EngineConfig::default(),
     );
-    let cli = TestClient::new(ci_server::api::app(
-        Arc::clone(&store),
-        Some(engine.handle()),
-    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let api = Api::new(Arc::clone(&store), Some(engine.handle())).ending_streams_on(stopped);
+    let cli = TestClient::new(ci_server::api::app(api));
     let resp = cli.get("/events").send().await;
     resp.assert_status_is_ok();
     resp.assert_content_type("text/event-stream");

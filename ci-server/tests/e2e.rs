@@ -395,12 +395,22 @@ async fn a_restart_keeps_the_runs_and_runs_what_came_in_between() {
     let first = repo.commit("first");
     let mut server = Server::start(repo.path(), &args);
     let before = wait_for_terminal(&server, &BTreeSet::from([first.clone()]), FINISH_WITHIN).await;
+    // A client that keeps the event stream open does not hold up the stop
+    // (the HTTP server would wait 5 s for it).
+    let events = FinishedEvents::subscribe(&server).await;
+    let asked = Instant::now();
     assert_eq!(
         server.proc.terminate(Duration::from_secs(15)),
         Some(0),
         "SIGTERM is a clean stop; log:\n{}",
         server.proc.stderr_tail()
     );
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "stopping took {:?}",
+        asked.elapsed()
+    );
+    drop(events);
 
     let second = repo.commit("made while the server was down");
     let server = Server::start(repo.path(), &args);

@@ -24,6 +24,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{EventStream, Html, Json, PlainText};
 use poem_openapi::{ApiResponse, OpenApi, OpenApiService};
+use tokio::sync::watch;
 
 pub use model::{
     AttemptInfo, AttemptOutcomeDto, CommitInfo, ErrorBody, RunDetail, RunList, RunStatusDto,
@@ -47,13 +48,27 @@ const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub struct Api {
     store: Arc<dyn RunStore>,
     engine: Option<EngineHandle>,
+    stop: Option<watch::Receiver<bool>>,
 }
 
 impl Api {
     /// An API that answers from `store`; `/events` streams `engine`'s events
     /// (and answers 503 without an engine).
     pub fn new(store: Arc<dyn RunStore>, engine: Option<EngineHandle>) -> Self {
-        Self { store, engine }
+        Self {
+            store,
+            engine,
+            stop: None,
+        }
+    }
+
+    /// Ends every event stream once `stop` holds `true` (or its sender is
+    /// dropped), so that a graceful shutdown does not wait for clients that keep
+    /// `/events` open.
+    #[must_use]
+    pub fn ending_streams_on(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 }
 
@@ -128,13 +143,19 @@ pub enum StepLogResponse {
     Internal(Json<ErrorBody>),
 }
 
+/// The client's words for a parameter poem-openapi could not parse or validate.
 fn bad_request_message(err: &poem::Error) -> String {
-    if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseParamError>()
-        && e.name == "status"
-    {
-        return format!("{err}; valid statuses are: {}", valid_statuses());
-    }
-    err.to_string()
+    let Some(e) = err.downcast_ref::<poem_openapi::error::ParseParamError>() else {
+        return err.to_string();
+    };
+    let expected = match e.name {
+        "status" => format!("one of {}", valid_statuses()),
+        "limit" => format!("an integer from 1 to {MAX_LIMIT}"),
+        "offset" => "an integer from 0".to_owned(),
+        "attempt" => "an attempt number, from 1".to_owned(),
+        _ => return err.to_string(),
+    };
+    format!("invalid parameter `{}`: expected {expected}", e.name)
 }
 
 fn list_bad_request(err: poem::Error) -> ListRunsResponse {
@@ -322,11 +343,24 @@ impl Api {
     #[oai(path = "/events", method = "get", operation_id = "events")]
     async fn events(&self) -> EventsResponse {
         match &self.engine {
-            Some(handle) => EventsResponse::Ok(
-                EventStream::new(futures::StreamExt::boxed(events::engine_events(handle)))
-                    .keep_alive(EVENTS_KEEP_ALIVE)
-                    .to_event(events::to_sse),
-            ),
+            Some(handle) => {
+                let stream = events::engine_events(handle);
+                let stream = match self.stop.clone() {
+                    Some(mut stop) => {
+                        let stopped = async move {
+                            // A dropped sender also means stop.
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        futures::StreamExt::boxed(futures::StreamExt::take_until(stream, stopped))
+                    }
+                    None => futures::StreamExt::boxed(stream),
+                };
+                EventsResponse::Ok(
+                    EventStream::new(stream)
+                        .keep_alive(EVENTS_KEEP_ALIVE)
+                        .to_event(events::to_sse),
+                )
+            }
             None => EventsResponse::Unavailable(Json(ErrorBody::new(
                 "no engine runs behind this API, so there are no events",
             ))),
@@ -351,17 +385,9 @@ fn all_attempt_logs(record: &ci_engine::StepRecord) -> String {
     out
 }
 
-/// The OpenAPI service over `store` and `engine`, titled and versioned for this crate.
-pub fn openapi_service(
-    store: Arc<dyn RunStore>,
-    engine: Option<EngineHandle>,
-) -> OpenApiService<Api, ()> {
-    OpenApiService::new(
-        Api::new(store, engine),
-        "ci-server",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
+/// The OpenAPI service of `api`, titled and versioned for this crate.
+pub fn openapi_service(api: Api) -> OpenApiService<Api, ()> {
+    OpenApiService::new(api, "ci-server", env!("CARGO_PKG_VERSION")).description(
         "Runs of every commit of a git repository through lint, build and test. \
          Errors are JSON objects with a `message`.",
     )
@@ -369,13 +395,12 @@ pub fn openapi_service(
 
 /// The whole HTTP application: the API, the OpenAPI document at
 /// `/openapi.json`, Swagger UI (embedded, no network needed) at `/docs`, the live
-/// page at `/` and its event stream at `/events` (`engine`'s events; 503 when
-/// `engine` is `None`).
+/// page at `/` and its event stream at `/events` (503 when `api` has no engine).
 ///
 /// Any error poem itself produces (an unknown path, a wrong method) is turned into
 /// the same JSON [`ErrorBody`] as the API's own errors.
-pub fn app(store: Arc<dyn RunStore>, engine: Option<EngineHandle>) -> impl Endpoint + 'static {
-    let service = openapi_service(store, engine);
+pub fn app(api: Api) -> impl Endpoint + 'static {
+    let service = openapi_service(api);
     let spec = service.spec_endpoint();
     let ui = service.swagger_ui();
     Route::new()
