@@ -51,12 +51,19 @@ impl MemoryStore {
     }
 }
 
+fn duplicate_seq(seq: u64) -> StoreError {
+    StoreError::Backend(format!("seq {seq} is already used by another run").into())
+}
+
 #[async_trait]
 impl RunStore for MemoryStore {
     async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         if inner.runs.contains_key(run.id()) {
             return Ok(false);
+        }
+        if inner.by_seq.contains_key(&run.seq) {
+            return Err(duplicate_seq(run.seq));
         }
         inner.by_seq.insert(run.seq, run.id().clone());
         inner.runs.insert(run.id().clone(), run.clone());
@@ -65,11 +72,15 @@ impl RunStore for MemoryStore {
 
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let slot = inner
+        let old_seq = inner
             .runs
-            .get_mut(run.id())
-            .ok_or_else(|| StoreError::NotFound(run.id().to_string()))?;
-        let old_seq = slot.seq;
+            .get(run.id())
+            .ok_or_else(|| StoreError::NotFound(run.id().to_string()))?
+            .seq;
+        if old_seq != run.seq && inner.by_seq.contains_key(&run.seq) {
+            return Err(duplicate_seq(run.seq));
+        }
+        let slot = inner.runs.get_mut(run.id()).expect("checked above");
         *slot = run.clone();
         if old_seq != run.seq {
             inner.by_seq.remove(&old_seq);
@@ -149,5 +160,43 @@ impl RunStore for MemoryStore {
     async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.lock().state.insert(key.to_owned(), value.to_owned());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Commit, Pipeline};
+
+    #[tokio::test]
+    async fn a_duplicate_seq_is_refused_and_changes_nothing() {
+        let store = MemoryStore::new();
+        let p = Pipeline::standard();
+        assert!(
+            store
+                .insert_run(&Run::new(Commit::bare("aa"), 1, &p))
+                .await
+                .unwrap()
+        );
+        let err = store
+            .insert_run(&Run::new(Commit::bare("bb"), 1, &p))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("seq 1"), "{err}");
+        assert!(!store.has_run(&CommitId::new("bb")).await.unwrap());
+        assert!(
+            store
+                .insert_run(&Run::new(Commit::bare("cc"), 2, &p))
+                .await
+                .unwrap()
+        );
+        let mut moved = store.get_run("cc").await.unwrap();
+        moved.seq = 1;
+        assert!(store.update_run(&moved).await.is_err());
+        assert_eq!(store.get_run("cc").await.unwrap().seq, 2);
+        assert_eq!(
+            store.list_runs(&RunQuery::default()).await.unwrap().total,
+            2
+        );
     }
 }

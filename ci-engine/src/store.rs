@@ -64,6 +64,8 @@ pub struct RunPage {
 ///
 /// - One run per commit id: [`insert_run`](Self::insert_run) of a commit that
 ///   already has a run changes nothing and returns `Ok(false)`.
+/// - `seq` is unique: inserting, or updating to, a `seq` another run has is an
+///   error ([`StoreError::Backend`]) and changes nothing.
 /// - [`update_run`](Self::update_run) replaces the whole stored state of a run;
 ///   once it returns, a crash of the process loses none of it.
 /// - Lookups by prefix: a full id or a prefix that matches exactly one run; several
