@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use ci_engine::{Commit, CommitSource, MemoryStore, Pipeline, Run, RunStore};
+use ci_engine::{
+    Commit, CommitId, CommitSource, MemoryStore, Pipeline, Run, RunPage, RunQuery, RunStore,
+    StoreError,
+};
 use ci_server::git::{GitSource, GitSourceConfig, GitSourceError, InitialPolicy};
 use tempfile::TempDir;
 
@@ -737,6 +740,118 @@ async fn unreadable_saved_state_is_refused_with_a_clear_error() {
         Some("{not json"),
         "the bad state is left for a person to look at"
     );
+}
+
+// ---------------------------------------------------------------- transient errors
+
+/// A [`MemoryStore`] whose `has_run` can be made to fail.
+struct FlakyStore {
+    inner: MemoryStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl RunStore for FlakyStore {
+    async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
+        self.inner.insert_run(run).await
+    }
+    async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
+        self.inner.update_run(run).await
+    }
+    async fn get_run(&self, id: &str) -> Result<Run, StoreError> {
+        self.inner.get_run(id).await
+    }
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        self.inner.list_runs(query).await
+    }
+    async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
+        self.inner.unfinished_runs().await
+    }
+    async fn has_run(&self, id: &CommitId) -> Result<bool, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("disk on fire".into()));
+        }
+        self.inner.has_run(id).await
+    }
+    async fn max_seq(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.max_seq().await
+    }
+    async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.load_state(key).await
+    }
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.save_state(key, value).await
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_is_a_source_error_and_the_next_call_loses_nothing() {
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    let store = Arc::new(FlakyStore {
+        inner: MemoryStore::new(),
+        failing: false.into(),
+    });
+    let mut source = GitSource::open(repo.path(), store.clone(), config(InitialPolicy::All))
+        .await
+        .expect("opens");
+    assert_eq!(ids(&next(&mut source).await), vec![base.clone()]);
+    let new = repo.commit_to("main", "new");
+    store.failing.store(true, Ordering::SeqCst);
+    let err = tokio::time::timeout(DEADLINE, source.next_commits())
+        .await
+        .expect("an answer within the deadline")
+        .expect_err("the store fails");
+    assert!(format!("{err:?}").contains("disk on fire"), "{err:?}");
+    store.failing.store(false, Ordering::SeqCst);
+    assert_eq!(ids(&next(&mut source).await), vec![new]);
+}
+
+#[tokio::test]
+async fn an_unreadable_commit_is_a_source_error_until_it_is_readable_again() {
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    assert_eq!(ids(&next(&mut source).await), vec![base.clone()]);
+
+    let parent = repo.commit_on(&[&base], "parent");
+    let tip = repo.commit_on(&[&parent], "tip");
+    // git refuses to point a ref at a missing object, so break it afterwards. The
+    // source does not run between calls, so it cannot look in between.
+    repo.set_branch("main", &tip);
+    let object = repo
+        .path()
+        .join(".git/objects")
+        .join(&parent[..2])
+        .join(&parent[2..]);
+    let aside = repo.path().join("aside");
+    std::fs::rename(&object, &aside).expect("move the loose object away");
+    let err = tokio::time::timeout(DEADLINE, source.next_commits())
+        .await
+        .expect("an answer within the deadline")
+        .expect_err("the parent cannot be read");
+    assert!(err.to_string().contains("scanning"), "{err}");
+
+    std::fs::rename(&aside, &object).expect("put it back");
+    assert_eq!(ids(&next(&mut source).await), vec![parent, tip]);
+}
+
+#[tokio::test]
+async fn branches_at_a_tree_or_a_missing_object_are_skipped_and_block_nothing() {
+    let repo = TestRepo::new();
+    repo.commit_to("main", "base");
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    next(&mut source).await;
+    // git refuses to write these refs, so write them by hand, as a broken tool might.
+    let heads = repo.path().join(".git/refs/heads");
+    let tree = repo.git(&["mktree"]);
+    std::fs::write(heads.join("a-tree"), format!("{tree}\n")).expect("write ref");
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::write(heads.join("dangling"), format!("{missing}\n")).expect("write ref");
+    let c = repo.commit_to("main", "after the broken branches");
+    assert_eq!(ids(&next(&mut source).await), vec![c]);
 }
 
 // ---------------------------------------------------------------- bad paths

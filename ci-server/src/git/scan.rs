@@ -46,7 +46,7 @@ pub(crate) struct ScanInput {
 /// What a scan found.
 #[derive(Debug, Default)]
 pub(crate) struct ScanOutput {
-    /// Ids of the current branch tips that are commits.
+    /// Ids of the current branch tips (unchanged ones need no look next time).
     pub tip_ids: BTreeSet<ObjectId>,
     /// New commits, parents first.
     pub commits: Vec<NewCommit>,
@@ -80,10 +80,11 @@ pub(crate) fn scan(
             out.tip_ids.insert(id);
             continue;
         }
+        // A non-commit tip is remembered as seen, so it is reported once, not every scan.
+        out.tip_ids.insert(id);
         if !is_commit(&repo, id, &branches)? {
             continue;
         }
-        out.tip_ids.insert(id);
         if !hidden.contains(&id) {
             visible.insert(id, branches);
         }
