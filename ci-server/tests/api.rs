@@ -575,4 +575,12 @@ async fn events_stream_the_engines_progress() {
         .await
         .expect("engine task")
         .expect("engine ends when the source does");
+
+    // At shutdown the stream ends, so a graceful stop need not wait for clients.
+    stop.send(true).expect("the API holds a receiver");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while events.next().await.is_some() {}
+    })
+    .await;
+    assert!(end.is_ok(), "the event stream did not end at shutdown");
 }
