@@ -304,6 +304,24 @@ async fn commits_on_a_second_branch_come_out_with_that_branch() {
 }
 
 #[tokio::test]
+async fn a_branch_pushed_late_comes_out_although_its_commits_are_older_than_known_tips() {
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    record(&store, &next(&mut source).await).await;
+    // Written last week, pushed today: older than everything handed out since.
+    let topic = repo.chain(Some(&base), 2, "old work");
+    let mainline = repo.chain(Some(&base), 3, "main");
+    repo.set_branch("main", &mainline[2]);
+    let batch = next(&mut source).await;
+    assert_eq!(ids(&batch), mainline);
+    record(&store, &batch).await;
+    repo.set_branch("topic", &topic[1]);
+    assert_eq!(ids(&next(&mut source).await), topic);
+}
+
+#[tokio::test]
 async fn a_merge_brings_both_sides_and_comes_last() {
     let repo = TestRepo::new();
     let base = repo.commit_to("main", "base");

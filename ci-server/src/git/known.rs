@@ -13,9 +13,11 @@
 //! what stops the walk after a restart.
 //!
 //! After a restart only tips that are *confirmed* (baseline, or with a run in the
-//! store) are hidden; tips handed out but never recorded are walked again.
+//! store) are hidden; tips handed out but never recorded are walked again. The
+//! branch tips of the last scan are saved too, so after a restart an unchanged
+//! branch costs no walk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gix::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -53,6 +55,10 @@ pub(crate) struct Known {
     pub tips: BTreeMap<ObjectId, KnownTip>,
     /// Prunes waiting for their batch to be recorded.
     pub prunes: Vec<PendingPrune>,
+    /// The branch tips of the last scan. Everything reachable from them is covered
+    /// by the known tips (and, after a restart, by the unrecorded tips walked
+    /// again), so a tip still among them needs no walk, even after a restart.
+    pub seen: BTreeSet<ObjectId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -61,6 +67,8 @@ struct SavedState {
     tips: Vec<SavedTip>,
     #[serde(default)]
     prunes: Vec<SavedPrune>,
+    #[serde(default)]
+    seen: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -113,6 +121,7 @@ impl Known {
                     remove: hex_ids(&p.remove),
                 })
                 .collect(),
+            seen: self.seen.iter().map(ObjectId::to_string).collect(),
         };
         serde_json::to_string(&saved).expect("a map of strings and bools always serializes")
     }
@@ -147,7 +156,8 @@ impl Known {
                 })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Self { tips, prunes })
+        let seen = parse_ids(&saved.seen)?.into_iter().collect();
+        Ok(Self { tips, prunes, seen })
     }
 }
 
@@ -182,8 +192,10 @@ mod tests {
             after: vec![id(1)],
             remove: vec![id(2)],
         });
+        known.seen.insert(id(3));
         let back = Known::from_json(&known.to_json()).expect("own output parses");
         assert_eq!(back.prunes, known.prunes);
+        assert_eq!(back.seen, known.seen);
         assert_eq!(back.tips[&id(1)].branches, vec!["main".to_owned()]);
         assert!(
             !back.tips[&id(1)].confirmed,

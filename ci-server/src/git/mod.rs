@@ -22,7 +22,7 @@ mod known;
 mod scan;
 mod wake;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,8 +63,6 @@ pub struct GitSource {
     resume: Vec<(ObjectId, Vec<String>)>,
     /// `Some` until the first scan of a repository never seen before.
     first_start: Option<InitialPolicy>,
-    /// The branch tips of the last scan.
-    last_tip_ids: BTreeSet<ObjectId>,
     /// Scan without waiting (first call, or after a scan that did not finish).
     scan_now: bool,
     /// The first-start batch, found by `open`, not yet handed out.
@@ -169,7 +167,6 @@ impl GitSource {
             known,
             resume,
             first_start,
-            last_tip_ids: BTreeSet::new(),
             scan_now: true,
             ready: Vec::new(),
             wakeup,
@@ -247,7 +244,7 @@ impl GitSource {
         self.confirm().await?;
         let input = ScanInput {
             hidden: self.known.tips.keys().copied().collect(),
-            last_tip_ids: self.last_tip_ids.clone(),
+            last_tip_ids: self.known.seen.clone(),
             extra: self.resume.clone(),
             first_start: self.first_start,
         };
@@ -270,6 +267,7 @@ impl GitSource {
         }
 
         let mut known = self.known.clone();
+        known.seen = out.tip_ids;
         for id in &out.missing_hidden {
             warn!(commit = %id, "a known tip is gone from the repository; forgetting it");
             known.tips.remove(id);
@@ -326,7 +324,6 @@ impl GitSource {
 
         // No await below: the batch is handed out exactly when the state moves on.
         self.known = known;
-        self.last_tip_ids = out.tip_ids;
         self.resume.clear();
         self.first_start = None;
         if !batch.is_empty() {
