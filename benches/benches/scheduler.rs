@@ -2,6 +2,9 @@
 //! against a runner that answers at once, with the in-memory store.
 //! Run: `cargo bench -p benches --bench scheduler`.
 
+// criterion's macros generate functions without doc comments.
+#![allow(missing_docs)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

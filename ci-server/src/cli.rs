@@ -177,7 +177,10 @@ impl Cli {
                     Some(s) => check_sim_args(s)?,
                     None => Vec::new(),
                 };
-                let mut args = vec![SIM_SUBCOMMAND.to_owned()];
+                let mut args = vec![
+                    SIM_SUBCOMMAND.to_owned(),
+                    crate::supervisor::EXIT_WITH_PARENT_FLAG.to_owned(),
+                ];
                 args.extend(extra);
                 RunnerChoice::Embedded { program, args }
             }
@@ -284,6 +287,7 @@ pub fn parse_listen(input: &str) -> Result<std::net::SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervisor::EXIT_WITH_PARENT_FLAG;
 
     fn cli(args: &[&str]) -> Cli {
         let mut argv = vec!["ci-server"];
@@ -338,7 +342,7 @@ mod tests {
         match c.runner {
             RunnerChoice::Embedded { program, args } => {
                 assert_eq!(program, PathBuf::from("/bin/self"));
-                assert_eq!(args, [SIM_SUBCOMMAND]);
+                assert_eq!(args, [SIM_SUBCOMMAND, EXIT_WITH_PARENT_FLAG]);
             }
             other => panic!("expected the embedded simulator, got {other:?}"),
         }
@@ -351,7 +355,16 @@ mod tests {
         let RunnerChoice::Embedded { args, .. } = c.runner else {
             panic!("expected the embedded simulator");
         };
-        assert_eq!(args, [SIM_SUBCOMMAND, "--no-crash", "--test-ms", "50"]);
+        assert_eq!(
+            args,
+            [
+                SIM_SUBCOMMAND,
+                EXIT_WITH_PARENT_FLAG,
+                "--no-crash",
+                "--test-ms",
+                "50"
+            ]
+        );
 
         let err = config(&["/repo", "--sim-args", "--test-ms soon"]).unwrap_err();
         assert!(matches!(err, CliError::SimArgs { .. }), "{err}");

@@ -26,6 +26,9 @@ const EXIT_FAILED: i32 = 1;
 struct SimCommand {
     #[command(flatten)]
     sim: step_runner_sim::cli::SimArgs,
+    /// Exit when standard input reaches end-of-file (the parent is gone).
+    #[arg(long = "exit-with-parent", hide = true)]
+    exit_with_parent: bool,
 }
 
 fn main() {
@@ -64,8 +67,8 @@ fn main() {
 fn run_simulator(argv: &[OsString]) -> ! {
     let args = std::iter::once(OsString::from("ci-server __step-runner-sim"))
         .chain(argv.iter().skip(2).cloned());
-    let sim = match SimCommand::try_parse_from(args) {
-        Ok(cmd) => cmd.sim,
+    let (sim, exit_with_parent) = match SimCommand::try_parse_from(args) {
+        Ok(cmd) => (cmd.sim, cmd.exit_with_parent),
         Err(error) if error.use_stderr() => {
             eprintln!("step-runner-sim: {} (see --help)", one_line(&error));
             std::process::exit(step_runner_sim::cli::EXIT_BAD_CONFIG);
@@ -73,6 +76,9 @@ fn run_simulator(argv: &[OsString]) -> ! {
         Err(help) => help.exit(),
     };
     init_tracing();
+    if exit_with_parent {
+        exit_when_parent_is_gone();
+    }
     let code = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,6 +92,17 @@ fn run_simulator(argv: &[OsString]) -> ! {
     std::process::exit(code);
 }
 
+/// Watches standard input on a thread of its own and exits the process at its
+/// end-of-file: the server that started this simulator holds the other end of
+/// the pipe, so end-of-file means it is gone, however it died.
+fn exit_when_parent_is_gone() {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        // No log line: the parent held our stderr too, so it is gone as well.
+        std::process::exit(0);
+    });
+}
+
 /// A clap error as one line: its first paragraph, without the `error: ` prefix
 /// and the usage that follows.
 fn one_line(error: &clap::Error) -> String {
@@ -96,6 +113,9 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (the reader died) must not turn every log line into a
+        // panic; the logs are lost either way.
+        .log_internal_errors(false)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -420,3 +420,42 @@ async fn a_restart_keeps_the_runs_and_runs_what_came_in_between() {
     let old = |runs: &[Value]| runs.iter().find(|r| r["id"] == first.as_str()).cloned();
     assert_eq!(old(&before), old(&after), "the first run is kept as it was");
 }
+
+/// `kill -9` gives the server no chance to stop its bundled simulator; the
+/// simulator notices that its parent is gone (its standard input closes) and
+/// exits too, so no orphan keeps a port and a process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_leaves_no_simulator_behind() {
+    let repo = GitRepo::new();
+    repo.commit("first");
+    let mut server = Server::start(
+        repo.path(),
+        &["--db", ":memory:", "--sim-args", "--no-crash"],
+    );
+    let runner = server
+        .startup_line
+        .split("bundled simulator at ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .map(|url| {
+            url.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .unwrap_or_else(|| panic!("no simulator address in {:?}", server.startup_line));
+    let runner: std::net::SocketAddr = runner.parse().expect("a socket address");
+    assert!(
+        std::net::TcpStream::connect(runner).is_ok(),
+        "the simulator listens"
+    );
+
+    server.proc.kill_hard();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(runner).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the simulator outlived its server by 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

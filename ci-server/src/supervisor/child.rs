@@ -22,6 +22,9 @@ const TAIL_LINES: usize = 20;
 /// A child that printed its listening line and accepts connections.
 pub(super) struct ReadyChild {
     pub(super) child: Child,
+    /// The write end of the child's standard input, kept open while the child
+    /// is ours; it closes when this process ends, however it ends.
+    _parent_pipe: Option<tokio::process::ChildStdin>,
     pub(super) addr: SocketAddr,
 }
 
@@ -76,12 +79,16 @@ pub(super) async fn start_child(
         .args(args)
         .arg("--addr")
         .arg(addr.to_string())
-        .stdin(Stdio::null())
+        // A pipe that stays open as long as this process holds the child: the
+        // bundled simulator exits at its end-of-file (see EXIT_WITH_PARENT_FLAG).
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(StartFailure::Spawn)?;
+    // Held apart from `child`: tokio closes a child's stdin when waiting on it.
+    let parent_pipe = child.stdin.take();
     let pid = child.id();
     let (lines_tx, mut lines_rx) = mpsc::unbounded_channel();
     if let Some(stdout) = child.stdout.take() {
@@ -137,7 +144,11 @@ pub(super) async fn start_child(
             status = child.wait() => return Err(exited(status, &tail)),
             connected = TcpStream::connect(listening) => {
                 if connected.is_ok() {
-                    return Ok(ReadyChild { child, addr: listening });
+                    return Ok(ReadyChild {
+                        child,
+                        addr: listening,
+                        _parent_pipe: parent_pipe,
+                    });
                 }
             }
         }

@@ -48,6 +48,12 @@ use child::{ReadyChild, StartFailure, start_child};
 /// bundled simulator (see [`SupervisorConfig::bundled`]).
 pub const BUNDLED_SIM_ARG: &str = "__step-runner-sim";
 
+/// The hidden flag of the bundled simulator that makes it exit when its standard
+/// input reaches end-of-file, that is, when the process that started it is gone
+/// (even after a `kill -9`, which gives no chance to stop children). The
+/// supervisor gives every child a pipe as standard input and keeps it open.
+pub const EXIT_WITH_PARENT_FLAG: &str = "--exit-with-parent";
+
 /// How to start the runner process and how to restart it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SupervisorConfig {

@@ -148,6 +148,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code.
     pub fn terminate(&mut self, within: Duration) -> Option<i32> {
         let _ = Command::new("kill")
