@@ -200,6 +200,28 @@ enum LookupError {
     Internal(String),
 }
 
+impl From<LookupError> for GetRunResponse {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::BadRequest(m) => Self::BadRequest(Json(ErrorBody::new(m))),
+            LookupError::NotFound(m) => Self::NotFound(Json(ErrorBody::new(m))),
+            LookupError::Ambiguous(m) => Self::Ambiguous(Json(ErrorBody::new(m))),
+            LookupError::Internal(m) => Self::Internal(Json(ErrorBody::new(m))),
+        }
+    }
+}
+
+impl From<LookupError> for StepLogResponse {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::BadRequest(m) => Self::BadRequest(Json(ErrorBody::new(m))),
+            LookupError::NotFound(m) => Self::NotFound(Json(ErrorBody::new(m))),
+            LookupError::Ambiguous(m) => Self::Ambiguous(Json(ErrorBody::new(m))),
+            LookupError::Internal(m) => Self::Internal(Json(ErrorBody::new(m))),
+        }
+    }
+}
+
 impl Api {
     async fn lookup(&self, raw: &str) -> Result<ci_engine::Run, LookupError> {
         let commit = parse_commit(raw).map_err(LookupError::BadRequest)?;
@@ -268,10 +290,7 @@ impl Api {
     ) -> GetRunResponse {
         match self.lookup(&commit.0).await {
             Ok(run) => GetRunResponse::Ok(Json(Box::new(RunDetail::from(&run)))),
-            Err(LookupError::BadRequest(m)) => GetRunResponse::BadRequest(Json(ErrorBody::new(m))),
-            Err(LookupError::NotFound(m)) => GetRunResponse::NotFound(Json(ErrorBody::new(m))),
-            Err(LookupError::Ambiguous(m)) => GetRunResponse::Ambiguous(Json(ErrorBody::new(m))),
-            Err(LookupError::Internal(m)) => GetRunResponse::Internal(Json(ErrorBody::new(m))),
+            Err(e) => e.into(),
         }
     }
 
@@ -297,18 +316,7 @@ impl Api {
     ) -> StepLogResponse {
         let run = match self.lookup(&commit.0).await {
             Ok(run) => run,
-            Err(LookupError::BadRequest(m)) => {
-                return StepLogResponse::BadRequest(Json(ErrorBody::new(m)));
-            }
-            Err(LookupError::NotFound(m)) => {
-                return StepLogResponse::NotFound(Json(ErrorBody::new(m)));
-            }
-            Err(LookupError::Ambiguous(m)) => {
-                return StepLogResponse::Ambiguous(Json(ErrorBody::new(m)));
-            }
-            Err(LookupError::Internal(m)) => {
-                return StepLogResponse::Internal(Json(ErrorBody::new(m)));
-            }
+            Err(e) => return e.into(),
         };
         let Some(record) = run.step(&step.0) else {
             let names: Vec<&str> = run.steps.iter().map(|s| s.name.as_str()).collect();
