@@ -145,11 +145,12 @@ pub enum CliError {
     StepTimeoutTooShort(Duration),
 }
 
-/// The longest the HTTP client waits to connect to the runner. A step timeout
-/// must be longer.
+/// The longest the HTTP client waits to connect to the runner. With a short
+/// `--step-timeout` the connect timeout is half the step timeout instead, so
+/// that it always stays shorter (see [`Cli::into_config`]).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The connect timeout used when the step timeout is shorter than
-/// [`CONNECT_TIMEOUT`] allows (tests with short steps).
+/// `--step-timeout` must be longer than this (so that half of it, the connect
+/// timeout then, is still a usable wait).
 const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Only to parse `--sim-args` with the simulator's own rules.
