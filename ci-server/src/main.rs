@@ -6,14 +6,12 @@
 //! starts its own runner as a child process with a single binary.
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use ci_server::cli::{Cli, SIM_SUBCOMMAND, parse_listen};
 use ci_server::server::{LISTENING_PREFIX, Server, public_url};
 use clap::Parser;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// Exit code when the server cannot start.
 const EXIT_STARTUP: i32 = 2;
@@ -109,17 +107,10 @@ fn one_line(error: &clap::Error) -> String {
     ci_server::cli::clap_error_line(&error.render().to_string())
 }
 
+/// Logs to stderr exactly as the `step-runner-sim` binary does (`RUST_LOG`,
+/// default `info`; a closed stderr drops lines instead of panicking).
 fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        // A closed stderr (the reader died) must not turn every log line into a
-        // panic; the logs are lost either way.
-        .log_internal_errors(false)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    step_runner_sim::cli::init_tracing();
 }
 
 /// Starts the server and serves until a signal; returns the exit code.

@@ -226,6 +226,24 @@ async fn start(args: SimArgs) -> Result<i32, StartError> {
     }
 }
 
+/// Sets the global `tracing` subscriber that the simulator's binaries use: plain
+/// text to stderr (coloured only on a terminal), filtered by `RUST_LOG` (default
+/// `info`). A closed stderr (the reader died) drops log lines instead of
+/// panicking. Call it once, before anything logs; it panics if a global
+/// subscriber is already set.
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}
+
 /// Runs the simulator as the binary does (reads env vars too) and returns the process exit code
 /// (1 after a crash, 143 after SIGTERM, 0 after Ctrl-C, 2 for bad configuration).
 ///

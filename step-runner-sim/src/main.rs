@@ -1,11 +1,8 @@
 //! The `step-runner-sim` binary: parses flags, sets up logging to stderr and
 //! runs [`step_runner_sim::cli::run`], exiting with its code.
 
-use std::io::IsTerminal;
-
 use clap::Parser;
 use step_runner_sim::cli::{self, EXIT_BAD_CONFIG, SimArgs};
-use tracing_subscriber::EnvFilter;
 
 /// A simulator of the flaky step runner: POST /step/trigger runs lint, build or
 /// test; builds fail half the time and one test in five crashes the process.
@@ -31,15 +28,7 @@ fn main() {
             help_or_version.exit();
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        // A closed stderr must not turn log lines into panics.
-        .log_internal_errors(false)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    cli::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
