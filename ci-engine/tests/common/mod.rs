@@ -55,6 +55,8 @@ pub fn simulate(scenario: &Scenario) -> Outcome {
     paused_runtime().block_on(simulate_async(scenario))
 }
 
+/// Runs `scenario` to completion on the caller's (paused-time) runtime: an
+/// engine on a [`SimRunner`] and a [`MemoryStore`], fed by a scripted source.
 pub async fn simulate_async(scenario: &Scenario) -> Outcome {
     let store = Arc::new(MemoryStore::new());
     let runner = SimRunner::new(scenario.runner.clone());
