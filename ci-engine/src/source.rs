@@ -46,6 +46,8 @@ impl SourceError {
 /// - No commit between two looks is missed, and no commit is handed out twice by
 ///   one source value. (The engine also ignores a commit that already has a run,
 ///   so a restarted source that repeats itself loses nothing and runs nothing twice.)
+/// - An empty batch means nothing new; the engine pauses briefly before asking
+///   again, but a source should rather wait until it has something.
 /// - `Ok(None)` means the source is finished for good: the engine finishes the
 ///   work it has and returns. A source watching a repository never finishes.
 /// - An `Err` is taken as transient: the engine logs it, waits, and asks again.

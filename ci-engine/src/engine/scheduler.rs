@@ -840,6 +840,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How long the feeder waits after a source returned an empty batch.
+const EMPTY_BATCH_PAUSE: Duration = Duration::from_millis(50);
+
 /// Pulls batches from the source into the engine's channel; retries errors.
 async fn feed(
     mut source: Box<dyn CommitSource>,
@@ -848,7 +851,8 @@ async fn feed(
 ) {
     loop {
         match source.next_commits().await {
-            Ok(Some(commits)) if commits.is_empty() => {}
+            // Nothing new: a pause, so a source that answers at once cannot spin.
+            Ok(Some(commits)) if commits.is_empty() => tokio::time::sleep(EMPTY_BATCH_PAUSE).await,
             Ok(Some(commits)) => {
                 if batches.send(commits).await.is_err() {
                     return;
