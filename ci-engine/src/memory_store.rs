@@ -128,7 +128,13 @@ impl RunStore for MemoryStore {
         for (i, r) in matching.enumerate() {
             total += 1;
             if i >= query.offset && runs.len() < query.limit {
-                runs.push(r.clone());
+                let mut run = r.clone();
+                if !query.with_logs {
+                    for attempt in run.steps.iter_mut().flat_map(|s| s.attempts.iter_mut()) {
+                        attempt.logs.clear();
+                    }
+                }
+                runs.push(run);
             }
         }
         Ok(RunPage { total, runs })

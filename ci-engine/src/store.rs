@@ -36,6 +36,10 @@ pub struct RunQuery {
     pub limit: usize,
     /// Skip this many (after filtering, newest first).
     pub offset: usize,
+    /// Whether attempts come back with their logs. Listings that show no logs
+    /// set it to `false`: attempts then have empty `logs`, everything else is
+    /// as stored, and the store need not read the logs at all.
+    pub with_logs: bool,
 }
 
 impl Default for RunQuery {
@@ -45,6 +49,7 @@ impl Default for RunQuery {
             branch: None,
             limit: 100,
             offset: 0,
+            with_logs: true,
         }
     }
 }

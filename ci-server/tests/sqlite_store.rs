@@ -140,6 +140,7 @@ async fn list_queries_walk_indexes_newest_first() {
         branch: branch.map(str::to_owned),
         limit: 20,
         offset: 40,
+        with_logs: false,
     };
 
     let (page, count) = store.list_query_plan(&q(None, None)).await.expect("plan");

@@ -52,6 +52,7 @@ where
     has_run_and_max_seq(make().await).await;
     state_is_saved_and_replaced(make().await).await;
     unicode_and_large_logs_round_trip(make().await).await;
+    listing_without_logs_keeps_everything_else(make().await).await;
     concurrent_inserts_all_land(make().await).await;
 }
 
@@ -683,6 +684,51 @@ pub async fn state_is_saved_and_replaced(store: SharedStore) {
         None,
         "keys are exact"
     );
+}
+
+/// A listing with `with_logs: false` gives the same runs with every attempt's
+/// logs empty; with the default (`true`) the logs are there; lookups by id always
+/// carry logs.
+pub async fn listing_without_logs_keeps_everything_else(store: SharedStore) {
+    let run = rich_run(&hex_id(5), 0);
+    insert(&*store, &run).await;
+    store
+        .update_run(&run)
+        .await
+        .expect("update_run of a stored run");
+    assert!(
+        run.steps
+            .iter()
+            .flat_map(|s| &s.attempts)
+            .any(|a| !a.logs.is_empty()),
+        "the fixture has logs"
+    );
+
+    let (_, with) = list(&*store, RunQuery::default()).await;
+    assert_eq!(
+        with,
+        std::slice::from_ref(&run),
+        "the default listing carries logs"
+    );
+
+    let quiet = RunQuery {
+        with_logs: false,
+        ..RunQuery::default()
+    };
+    let (total, without) = list(&*store, quiet).await;
+    let mut expected = run.clone();
+    for a in expected
+        .steps
+        .iter_mut()
+        .flat_map(|s| s.attempts.iter_mut())
+    {
+        a.logs.clear();
+    }
+    assert_eq!(total, 1);
+    assert_eq!(without, [expected], "only the logs are left out");
+
+    let by_id = store.get_run(run.id().as_str()).await.expect("get_run");
+    assert_eq!(by_id, run, "a lookup by id still carries logs");
 }
 
 /// Logs of a mebibyte and more, with multi-byte characters, control characters and

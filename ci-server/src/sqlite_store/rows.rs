@@ -232,8 +232,17 @@ fn read_head(row: &Row<'_>) -> Result<Run> {
     })
 }
 
+/// Whether attempts are read with their logs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Logs {
+    /// Read them.
+    Read,
+    /// Leave them out (empty): listings show none.
+    Skip,
+}
+
 /// Fills in the steps and attempts of a run read by [`read_head`].
-fn read_steps(conn: &Connection, run: &mut Run) -> Result<()> {
+fn read_steps(conn: &Connection, run: &mut Run, logs: Logs) -> Result<()> {
     let seq = to_i64("seq", run.seq)?;
     let mut steps = conn.prepare_cached(
         "SELECT position, name, status, reason FROM steps WHERE seq = ?1 ORDER BY position",
@@ -250,11 +259,18 @@ fn read_steps(conn: &Connection, run: &mut Run) -> Result<()> {
             reason: row.get(3)?,
         });
     }
-    let mut attempts = conn.prepare_cached(
-        "SELECT step, number, outcome, reason, logs, started_at, finished_at, duration_ms,
-                runner_duration_ms
-         FROM attempts WHERE seq = ?1 ORDER BY step, position",
-    )?;
+    let mut attempts = conn.prepare_cached(match logs {
+        Logs::Read => {
+            "SELECT step, number, outcome, reason, logs, started_at, finished_at,
+                        duration_ms, runner_duration_ms
+                 FROM attempts WHERE seq = ?1 ORDER BY step, position"
+        }
+        Logs::Skip => {
+            "SELECT step, number, outcome, reason, '', started_at, finished_at,
+                        duration_ms, runner_duration_ms
+                 FROM attempts WHERE seq = ?1 ORDER BY step, position"
+        }
+    })?;
     let mut rows = attempts.query([seq])?;
     while let Some(row) = rows.next()? {
         let step: i64 = row.get(0)?;
@@ -289,7 +305,7 @@ fn read_steps(conn: &Connection, run: &mut Run) -> Result<()> {
 }
 
 /// Runs the query (whose columns are [`RUN_COLUMNS`]) and reads each run whole.
-fn read_runs(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Run>> {
+fn read_runs(conn: &Connection, sql: &str, params: &[Value], logs: Logs) -> Result<Vec<Run>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params_from_iter(params))?;
     let mut runs = Vec::new();
@@ -297,7 +313,7 @@ fn read_runs(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Run>>
         runs.push(read_head(row)?);
     }
     for run in &mut runs {
-        read_steps(conn, run)?;
+        read_steps(conn, run, logs)?;
     }
     Ok(runs)
 }
@@ -330,7 +346,14 @@ pub(super) fn prefix_sql(select: &str, bounded: bool) -> String {
 /// The run of the commit whose id is, or uniquely starts with, `id_or_prefix`.
 pub(super) fn get_run(conn: &Connection, id_or_prefix: &str) -> Result<Run> {
     let exact = format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?1");
-    if let Some(run) = read_runs(conn, &exact, &[Value::Text(id_or_prefix.to_owned())])?.pop() {
+    if let Some(run) = read_runs(
+        conn,
+        &exact,
+        &[Value::Text(id_or_prefix.to_owned())],
+        Logs::Read,
+    )?
+    .pop()
+    {
         return Ok(run);
     }
     let upper = prefix_upper_bound(id_or_prefix);
@@ -343,7 +366,7 @@ pub(super) fn get_run(conn: &Connection, id_or_prefix: &str) -> Result<Run> {
         0 => Err(Fault::NotFound(id_or_prefix.to_owned())),
         1 => {
             let sql = prefix_sql(RUN_COLUMNS, upper.is_some());
-            read_runs(conn, &sql, &params)?
+            read_runs(conn, &sql, &params, Logs::Read)?
                 .pop()
                 .ok_or_else(|| Fault::NotFound(id_or_prefix.to_owned()))
         }
@@ -421,7 +444,12 @@ pub(super) fn list_runs(conn: &Connection, query: &RunQuery) -> Result<(u64, Vec
     let runs = if query.limit == 0 {
         Vec::new()
     } else {
-        read_runs(conn, &sql.page, &sql.page_params)?
+        let logs = if query.with_logs {
+            Logs::Read
+        } else {
+            Logs::Skip
+        };
+        read_runs(conn, &sql.page, &sql.page_params, logs)?
     };
     Ok((to_u64("count", total)?, runs))
 }
@@ -437,6 +465,7 @@ pub(super) fn unfinished_runs(conn: &Connection) -> Result<Vec<Run>> {
             Value::Text(RunStatus::Queued.as_str().to_owned()),
             Value::Text(RunStatus::Running.as_str().to_owned()),
         ],
+        Logs::Read,
     )
 }
 
