@@ -222,16 +222,7 @@ async fn a_runner_unreachable_past_the_limit_errors_the_waiting_steps() {
 }
 
 fn attempt(number: u32, outcome: AttemptOutcome) -> Attempt {
-    Attempt {
-        number,
-        outcome,
-        reason: None,
-        logs: String::new(),
-        started_at: 0,
-        finished_at: None,
-        duration_ms: None,
-        runner_duration_ms: None,
-    }
+    Attempt::new(number, outcome, 0)
 }
 
 #[tokio::test(start_paused = true)]

@@ -381,16 +381,9 @@ impl Scheduler {
         let number = u32::try_from(record.attempts.len())
             .unwrap_or(u32::MAX)
             .saturating_add(1);
-        record.attempts.push(Attempt {
-            number,
-            outcome: AttemptOutcome::Running,
-            reason: None,
-            logs: String::new(),
-            started_at: now_millis(),
-            finished_at: None,
-            duration_ms: None,
-            runner_duration_ms: None,
-        });
+        record
+            .attempts
+            .push(Attempt::new(number, AttemptOutcome::Running, now_millis()));
         record.status = StepStatus::Running;
         slot.steps[step].phase = Phase::InFlight;
         let request = StepRequest {

@@ -236,6 +236,23 @@ pub struct Attempt {
     pub runner_duration_ms: Option<u64>,
 }
 
+impl Attempt {
+    /// Attempt `number` with `outcome`, started at `started_at`, with no reason,
+    /// logs, end or durations yet.
+    pub fn new(number: u32, outcome: AttemptOutcome, started_at: UnixMillis) -> Self {
+        Self {
+            number,
+            outcome,
+            reason: None,
+            logs: String::new(),
+            started_at,
+            finished_at: None,
+            duration_ms: None,
+            runner_duration_ms: None,
+        }
+    }
+}
+
 /// One step of a run and every attempt at it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -435,16 +452,7 @@ mod tests {
     fn interrupted_attempts_do_not_count() {
         let mut s = StepRecord::pending("test");
         for outcome in [AttemptOutcome::Interrupted, AttemptOutcome::Lost] {
-            s.attempts.push(Attempt {
-                number: 1,
-                outcome,
-                reason: None,
-                logs: String::new(),
-                started_at: 0,
-                finished_at: None,
-                duration_ms: None,
-                runner_duration_ms: None,
-            });
+            s.attempts.push(Attempt::new(1, outcome, 0));
         }
         assert_eq!(s.counted_attempts(), 1);
     }
