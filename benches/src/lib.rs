@@ -5,6 +5,13 @@
 //! - `makespan`: a bench binary that runs simulated CI in paused time and
 //!   compares the engine's makespan with the lower bound and with a
 //!   one-commit-at-a-time schedule.
+//! - `git_scan`: criterion, how long `GitSource` takes to hand out new commits
+//!   against the length of the history ([`git_repo`] makes the repositories).
+//! - `api`: criterion, requests per second of `GET /runs` and `GET /run/{prefix}`
+//!   over a store of recorded runs ([`runs`] makes them).
+
+pub mod git_repo;
+pub mod runs;
 
 use std::sync::Arc;
 use std::time::Duration;
