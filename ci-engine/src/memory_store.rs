@@ -13,10 +13,10 @@ use crate::store::{RunPage, RunQuery, RunStore, StoreError};
 
 #[derive(Default)]
 struct Inner {
-    /// Runs by commit id; ordered so a prefix is a range.
-    runs: BTreeMap<CommitId, Run>,
-    /// Commit ids by `seq`, for newest-first listing.
-    by_seq: BTreeMap<u64, CommitId>,
+    /// Runs by `seq`: newest-first listing is a reverse walk.
+    runs: BTreeMap<u64, Run>,
+    /// `seq` by commit id; ordered so a prefix is a range.
+    ids: BTreeMap<CommitId, u64>,
     state: HashMap<String, String>,
 }
 
@@ -34,7 +34,8 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written run: every
-        // write below is a single insert. So a poisoned lock is still usable.
+        // write below is checked before it changes anything. So a poisoned lock
+        // is still usable.
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -42,12 +43,7 @@ impl MemoryStore {
 
     /// Every run, oldest first (a snapshot, for tests and tools).
     pub fn all_runs(&self) -> Vec<Run> {
-        let inner = self.lock();
-        inner
-            .by_seq
-            .values()
-            .filter_map(|id| inner.runs.get(id).cloned())
-            .collect()
+        self.lock().runs.values().cloned().collect()
     }
 }
 
@@ -55,37 +51,46 @@ fn duplicate_seq(seq: u64) -> StoreError {
     StoreError::Backend(format!("seq {seq} is already used by another run").into())
 }
 
+/// A copy of `run` for a listing, without logs unless asked for.
+fn listed(run: &Run, with_logs: bool) -> Run {
+    let mut copy = run.clone();
+    if !with_logs {
+        for attempt in copy.steps.iter_mut().flat_map(|s| s.attempts.iter_mut()) {
+            attempt.logs = String::new();
+        }
+    }
+    copy
+}
+
 #[async_trait]
 impl RunStore for MemoryStore {
     async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
         let mut inner = self.lock();
-        if inner.runs.contains_key(run.id()) {
+        if inner.ids.contains_key(run.id()) {
             return Ok(false);
         }
-        if inner.by_seq.contains_key(&run.seq) {
+        if inner.runs.contains_key(&run.seq) {
             return Err(duplicate_seq(run.seq));
         }
-        inner.by_seq.insert(run.seq, run.id().clone());
-        inner.runs.insert(run.id().clone(), run.clone());
+        inner.ids.insert(run.id().clone(), run.seq);
+        inner.runs.insert(run.seq, run.clone());
         Ok(true)
     }
 
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let old_seq = inner
-            .runs
+        let old_seq = *inner
+            .ids
             .get(run.id())
-            .ok_or_else(|| StoreError::NotFound(run.id().to_string()))?
-            .seq;
-        if old_seq != run.seq && inner.by_seq.contains_key(&run.seq) {
-            return Err(duplicate_seq(run.seq));
-        }
-        let slot = inner.runs.get_mut(run.id()).expect("checked above");
-        *slot = run.clone();
+            .ok_or_else(|| StoreError::NotFound(run.id().to_string()))?;
         if old_seq != run.seq {
-            inner.by_seq.remove(&old_seq);
-            inner.by_seq.insert(run.seq, run.id().clone());
+            if inner.runs.contains_key(&run.seq) {
+                return Err(duplicate_seq(run.seq));
+            }
+            inner.runs.remove(&old_seq);
+            inner.ids.insert(run.id().clone(), run.seq);
         }
+        inner.runs.insert(run.seq, run.clone());
         Ok(())
     }
 
@@ -93,29 +98,43 @@ impl RunStore for MemoryStore {
         let inner = self.lock();
         let start = CommitId::new(id_or_prefix);
         let mut matches = inner
-            .runs
+            .ids
             .range(start..)
             .take_while(|(id, _)| id.as_str().starts_with(id_or_prefix));
         let first = matches.next();
         let rest = matches.count();
-        match (first, rest) {
-            (None, _) => Err(StoreError::NotFound(id_or_prefix.to_owned())),
-            (Some((_, run)), 0) => Ok(run.clone()),
-            (Some((id, run)), _) if id.as_str() == id_or_prefix => Ok(run.clone()),
-            (Some(_), n) => Err(StoreError::Ambiguous {
-                prefix: id_or_prefix.to_owned(),
-                matches: n + 1,
-            }),
-        }
+        let seq = match (first, rest) {
+            (None, _) => return Err(StoreError::NotFound(id_or_prefix.to_owned())),
+            (Some((_, &seq)), 0) => seq,
+            (Some((id, &seq)), _) if id.as_str() == id_or_prefix => seq,
+            (Some(_), n) => {
+                return Err(StoreError::Ambiguous {
+                    prefix: id_or_prefix.to_owned(),
+                    matches: n + 1,
+                });
+            }
+        };
+        inner
+            .runs
+            .get(&seq)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(id_or_prefix.to_owned()))
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
         let inner = self.lock();
-        let matching = inner
-            .by_seq
-            .values()
-            .rev()
-            .filter_map(|id| inner.runs.get(id))
+        let newest_first = inner.runs.values().rev();
+        if query.status.is_none() && query.branch.is_none() {
+            // No filter: the total is known and the page is a direct walk.
+            let runs = newest_first
+                .skip(query.offset)
+                .take(query.limit)
+                .map(|r| listed(r, query.with_logs))
+                .collect();
+            let total = u64::try_from(inner.runs.len()).unwrap_or(u64::MAX);
+            return Ok(RunPage { total, runs });
+        }
+        let matching = newest_first
             .filter(|r| query.status.is_none_or(|s| r.status == s))
             .filter(|r| {
                 query
@@ -128,13 +147,7 @@ impl RunStore for MemoryStore {
         for (i, r) in matching.enumerate() {
             total += 1;
             if i >= query.offset && runs.len() < query.limit {
-                let mut run = r.clone();
-                if !query.with_logs {
-                    for attempt in run.steps.iter_mut().flat_map(|s| s.attempts.iter_mut()) {
-                        attempt.logs.clear();
-                    }
-                }
-                runs.push(run);
+                runs.push(listed(r, query.with_logs));
             }
         }
         Ok(RunPage { total, runs })
@@ -143,20 +156,19 @@ impl RunStore for MemoryStore {
     async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
         let inner = self.lock();
         Ok(inner
-            .by_seq
+            .runs
             .values()
-            .filter_map(|id| inner.runs.get(id))
             .filter(|r| matches!(r.status, RunStatus::Queued | RunStatus::Running))
             .cloned()
             .collect())
     }
 
     async fn has_run(&self, id: &CommitId) -> Result<bool, StoreError> {
-        Ok(self.lock().runs.contains_key(id))
+        Ok(self.lock().ids.contains_key(id))
     }
 
     async fn max_seq(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self.lock().by_seq.keys().next_back().copied())
+        Ok(self.lock().runs.keys().next_back().copied())
     }
 
     async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
