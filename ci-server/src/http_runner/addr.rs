@@ -40,9 +40,14 @@ pub struct RunnerAddrError {
 
 impl RunnerAddr {
     /// The address of a runner listening on `addr` (no prefix).
+    /// An IPv6 scope id (`%2`) has no place in a URL and is left out.
     pub fn from_socket_addr(addr: SocketAddr) -> Self {
-        let base = Url::parse(&format!("http://{addr}"))
-            .expect("a formatted socket address is a valid URL authority");
+        let authority = match addr {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        let base = Url::parse(&format!("http://{authority}"))
+            .expect("an IP address and a port make a valid URL authority");
         Self::normalised(base)
     }
 
@@ -242,5 +247,17 @@ mod tests {
             assert!(msg.contains("expected `:PORT`"), "{input:?}: {msg}");
             assert_eq!(err.input, input);
         }
+    }
+
+    #[test]
+    fn socket_addresses_of_every_kind_become_urls() {
+        let v4 = RunnerAddr::from_socket_addr("127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            v4.trigger_url().as_str(),
+            "http://127.0.0.1:8080/step/trigger"
+        );
+        let scoped: SocketAddr = "[fe80::1%2]:80".parse().unwrap();
+        let v6 = RunnerAddr::from_socket_addr(scoped);
+        assert_eq!(v6.trigger_url().as_str(), "http://[fe80::1]/step/trigger");
     }
 }
