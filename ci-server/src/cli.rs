@@ -62,8 +62,8 @@ pub struct Cli {
     #[arg(value_name = "RUNNER_ADDR")]
     pub runner_addr: Option<String>,
 
-    /// Address the HTTP API listens on, as `IP:PORT` or `:PORT` (every
-    /// interface). Port 0 picks a free port; the startup line tells which.
+    /// Address the HTTP API listens on, as `IP:PORT`, `localhost:PORT` or
+    /// `:PORT` (every interface). Port 0 picks a free port; the startup line tells which.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: String,
 
@@ -272,17 +272,16 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())
 }
 
-/// Parses a listen address: `IP:PORT`, or `:PORT` for every interface.
+/// Parses a listen address: `IP:PORT`, `localhost:PORT`, or `:PORT` for every
+/// interface (the simulator's rules, which follow Go's).
 ///
 /// # Errors
 /// A message naming the input.
 pub fn parse_listen(input: &str) -> Result<std::net::SocketAddr, String> {
-    let full = match input.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => input.to_owned(),
-    };
-    full.parse()
-        .map_err(|_| format!("invalid listen address {input:?}: expected IP:PORT or :PORT"))
+    // One rule for both programs: the simulator's, which follows Go's.
+    step_runner_sim::parse_listen_addr(input).map_err(|e| {
+        format!("invalid listen address {input:?}: {e} (expected IP:PORT, localhost:PORT or :PORT)")
+    })
 }
 
 #[cfg(test)]
@@ -332,6 +331,10 @@ mod tests {
             parse_listen("127.0.0.1:0").map(|a| a.port()),
             Ok(0),
             "port 0 is allowed"
+        );
+        assert_eq!(
+            parse_listen("localhost:9000").map(|a| a.to_string()),
+            Ok("127.0.0.1:9000".to_owned())
         );
         assert!(parse_listen("localhost").is_err());
         assert!(parse_listen("nine-thousand").is_err());
