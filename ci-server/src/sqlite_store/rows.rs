@@ -53,30 +53,38 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T
 
 // ----- writing ------------------------------------------------------------------
 
+/// Runs `sql` (an insert or update of the `runs` row) with the run's columns
+/// bound as `?1`..`?12`: seq, id, status, branches, parents, summary, author,
+/// commit time, failed steps, created, started, finished. Returns rows changed.
+fn execute_run_row(conn: &Connection, sql: &str, seq: i64, run: &Run) -> Result<usize> {
+    Ok(conn.prepare_cached(sql)?.execute(params![
+        seq,
+        run.id().as_str(),
+        run.status.as_str(),
+        json(&run.commit.branches)?,
+        json(&run.commit.parents)?,
+        run.commit.summary,
+        run.commit.author,
+        run.commit.time,
+        json(&run.failed_steps)?,
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+    ])?)
+}
+
 /// Inserts `run` unless its commit has one; `false` (and no change) if it has.
 pub(super) fn insert_run(conn: &Connection, run: &Run) -> Result<bool> {
     let seq = to_i64("seq", run.seq)?;
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO runs (seq, id, status, branches, parents, summary, author, commit_time,
-                               failed_steps, created_at, started_at, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-             ON CONFLICT (id) DO NOTHING",
-        )?
-        .execute(params![
-            seq,
-            run.id().as_str(),
-            run.status.as_str(),
-            json(&run.commit.branches)?,
-            json(&run.commit.parents)?,
-            run.commit.summary,
-            run.commit.author,
-            run.commit.time,
-            json(&run.failed_steps)?,
-            run.created_at,
-            run.started_at,
-            run.finished_at,
-        ])?;
+    let inserted = execute_run_row(
+        conn,
+        "INSERT INTO runs (seq, id, status, branches, parents, summary, author, commit_time,
+                           failed_steps, created_at, started_at, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (id) DO NOTHING",
+        seq,
+        run,
+    )?;
     if inserted == 0 {
         return Ok(false);
     }
@@ -91,27 +99,15 @@ pub(super) fn insert_run(conn: &Connection, run: &Run) -> Result<bool> {
 /// whole replacement one transaction.
 pub(super) fn update_run(conn: &Connection, run: &Run) -> Result<()> {
     let seq = to_i64("seq", run.seq)?;
-    let changed = conn
-        .prepare_cached(
-            "UPDATE runs SET seq = ?1, status = ?3, branches = ?4, parents = ?5, summary = ?6,
-                author = ?7, commit_time = ?8, failed_steps = ?9, created_at = ?10,
-                started_at = ?11, finished_at = ?12
-             WHERE id = ?2",
-        )?
-        .execute(params![
-            seq,
-            run.id().as_str(),
-            run.status.as_str(),
-            json(&run.commit.branches)?,
-            json(&run.commit.parents)?,
-            run.commit.summary,
-            run.commit.author,
-            run.commit.time,
-            json(&run.failed_steps)?,
-            run.created_at,
-            run.started_at,
-            run.finished_at,
-        ])?;
+    let changed = execute_run_row(
+        conn,
+        "UPDATE runs SET seq = ?1, status = ?3, branches = ?4, parents = ?5, summary = ?6,
+            author = ?7, commit_time = ?8, failed_steps = ?9, created_at = ?10,
+            started_at = ?11, finished_at = ?12
+         WHERE id = ?2",
+        seq,
+        run,
+    )?;
     if changed == 0 {
         return Err(Fault::NotFound(run.id().to_string()));
     }
