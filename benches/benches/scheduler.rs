@@ -21,7 +21,8 @@ fn run_commits(rt: &tokio::runtime::Runtime, n: usize) {
             instant_runner(),
             store,
             EngineConfig::default(),
-        );
+        )
+        .expect("a valid engine configuration");
         let source = ScriptedSource::new(vec![(Duration::ZERO, chain_commits(n))]);
         engine
             .run(Box::new(source), std::future::pending())

@@ -26,12 +26,12 @@ pub mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
-pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
+pub use engine::{ConfigError, Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
 pub use memory_store::MemoryStore;
 pub use model::{
     Attempt, AttemptOutcome, Commit, CommitId, Concurrency, Pipeline, PipelineError, Run,
     RunStatus, StepRecord, StepSpec, StepStatus,
 };
-pub use runner::{RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
+pub use runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
 pub use source::{BoxError, CommitSource, SourceError};
 pub use store::{RunPage, RunQuery, RunStore, StoreError};

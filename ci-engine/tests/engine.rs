@@ -13,7 +13,7 @@ use ci_engine::testing::sim::ScriptedSource;
 use ci_engine::testing::{MockRunStore, MockStepRunner};
 use ci_engine::{
     Attempt, AttemptOutcome, Commit, CommitId, Engine, EngineConfig, EngineError, EngineEvent,
-    MemoryStore, Pipeline, Run, RunStatus, RunStore, RunnerError, StepOutput, StepStatus,
+    MemoryStore, Pipeline, Probe, Run, RunStatus, RunStore, RunnerError, StepOutput, StepStatus,
     StepVerdict, StoreError,
 };
 
@@ -38,7 +38,8 @@ async fn run_to_end(runner: MockStepRunner, store: Arc<MemoryStore>, config: Eng
         Arc::new(runner),
         store.clone(),
         config,
-    );
+    )
+    .expect("a valid engine configuration");
     engine
         .run(one_commit(), std::future::pending())
         .await
@@ -147,6 +148,8 @@ async fn lost_too_often_ends_error_not_failure() {
 async fn an_unreachable_runner_costs_no_attempt_and_is_waited_for() {
     let refusals = Arc::new(AtomicUsize::new(0));
     let mut runner = MockStepRunner::new();
+    // A runner that cannot be probed without a step: the engine probes with one.
+    runner.expect_probe().returning(|| Probe::Unsupported);
     let r2 = refusals.clone();
     runner.expect_run().returning(move |_| {
         if r2.fetch_add(1, Ordering::SeqCst) < 5 {
@@ -161,7 +164,8 @@ async fn an_unreachable_runner_costs_no_attempt_and_is_waited_for() {
         Arc::new(runner),
         store.clone(),
         EngineConfig::default(),
-    );
+    )
+    .expect("a valid engine configuration");
     let mut events = engine.handle().subscribe();
     engine
         .run(one_commit(), std::future::pending())
@@ -199,7 +203,14 @@ async fn a_runner_unreachable_past_the_limit_errors_the_waiting_steps() {
     let mut runner = MockStepRunner::new();
     runner
         .expect_run()
+        // lint and build go out together, before the first refusal is known.
+        .times(2)
         .returning(|_| Err(RunnerError::Unreachable("connection refused".into())));
+    // Probes find it down: no step is sent again, so only the engine's own timer
+    // can enforce the limit.
+    runner
+        .expect_probe()
+        .returning(|| Probe::Down("connection refused".into()));
     let config = EngineConfig {
         unreachable_limit: Duration::from_secs(30),
         ..EngineConfig::default()
@@ -209,7 +220,7 @@ async fn a_runner_unreachable_past_the_limit_errors_the_waiting_steps() {
     let waited = started.elapsed();
     assert_eq!(run.status, RunStatus::Error);
     assert!(
-        waited >= Duration::from_secs(30) && waited < Duration::from_secs(40),
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
         "{waited:?}"
     );
     for name in ["lint", "build"] {
@@ -265,7 +276,8 @@ async fn a_restart_resumes_interrupted_steps_and_reruns_nothing_finished() {
         Arc::new(runner),
         store.clone(),
         EngineConfig::default(),
-    );
+    )
+    .expect("a valid engine configuration");
     // The source hands out both commits again, as a restarted git source may.
     let source = ScriptedSource::new(vec![(
         Duration::ZERO,
@@ -314,7 +326,8 @@ async fn cancel_ends_a_run_with_steps_in_flight() {
         Arc::new(Hour),
         store.clone(),
         EngineConfig::default(),
-    );
+    )
+    .expect("a valid engine configuration");
     let handle = engine.handle();
     let mut events = handle.subscribe();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -378,6 +391,7 @@ async fn a_step_that_outlives_its_timeout_is_lost_and_retried() {
     let store = Arc::new(MemoryStore::new());
     let config = EngineConfig {
         step_timeout: Duration::from_secs(60),
+        abandon_limit: Duration::from_secs(120),
         ..EngineConfig::default()
     };
     let engine = Engine::new(
@@ -385,11 +399,21 @@ async fn a_step_that_outlives_its_timeout_is_lost_and_retried() {
         Arc::new(FirstHangs(c)),
         store.clone(),
         config,
-    );
+    )
+    .expect("a valid engine configuration");
+    let t0 = tokio::time::Instant::now();
     engine
         .run(one_commit(), std::future::pending())
         .await
         .unwrap();
+    // The hung build kept the build permit past its timeout: the retry went out
+    // only once the abandon limit had passed (this runner cannot be probed, so
+    // the limit is final).
+    assert!(
+        t0.elapsed() >= Duration::from_secs(180),
+        "{:?}",
+        t0.elapsed()
+    );
     let run = store.get_run("aaaa").await.unwrap();
     assert_eq!(run.status, RunStatus::Success);
     let build = run.step("build").unwrap();
@@ -419,7 +443,8 @@ async fn a_failing_store_stops_the_engine_with_its_error() {
         Arc::new(runner),
         Arc::new(store),
         EngineConfig::default(),
-    );
+    )
+    .expect("a valid engine configuration");
     let err = engine
         .run(one_commit(), std::future::pending())
         .await
@@ -458,7 +483,8 @@ async fn a_failing_source_is_asked_again() {
         Arc::new(runner),
         store.clone(),
         EngineConfig::default(),
-    );
+    )
+    .expect("a valid engine configuration");
     engine
         .run(Box::new(source), std::future::pending())
         .await

@@ -15,9 +15,14 @@ use ci_engine::{Commit, CommitId, Concurrency, EngineConfig, Pipeline, StepSpec}
 use common::{Scenario, simulate};
 use proptest::prelude::*;
 
+/// 256 cases each, or `PROPTEST_CASES` when it is set (for long runs).
 fn cases() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     ProptestConfig {
-        cases: 256,
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -252,20 +257,51 @@ proptest! {
         prop_assert_eq!(o.check_status_consistency(), Ok(()));
     }
 
-    /// Invariant 5: work-conserving — while a permit is free, no ready step of
-    /// its class waits.
+    /// Invariant 5: work-conserving, under every kind of fault — while the
+    /// runner is up and the cap has room, no ready step waits for a free
+    /// permit of its class. A step in backoff yields its place.
     #[test]
-    fn free_permits_never_idle_while_steps_wait(s in clean()) {
+    fn free_permits_never_idle_while_steps_wait(s in faulty()) {
         let o = simulate(&s);
         prop_assert_eq!(o.check_always(), Ok(()));
         prop_assert_eq!(o.check_work_conserving(), Ok(()));
     }
 
-    /// Invariant 6: oldest commit first among ready steps of an exclusive class.
+    /// Invariant 6: oldest commit first among ready steps of an exclusive
+    /// class, under every kind of fault (a retry that is ready again keeps
+    /// its place; one in backoff is not ready).
     #[test]
-    fn exclusive_classes_serve_the_oldest_commit_first(s in clean()) {
+    fn exclusive_classes_serve_the_oldest_commit_first(s in faulty()) {
         let o = simulate(&s);
         prop_assert_eq!(o.check_oldest_first(), Ok(()));
+    }
+
+    /// Invariants 5 and 6 on clean scenarios too (no faults, no binding cap),
+    /// where every step gets exactly one attempt.
+    #[test]
+    fn clean_runs_are_work_conserving_and_oldest_first(s in clean()) {
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_always(), Ok(()));
+        prop_assert_eq!(o.check_work_conserving(), Ok(()));
+        prop_assert_eq!(o.check_oldest_first(), Ok(()));
+    }
+
+    /// Events tell the truth: checked against the store at the end of random
+    /// scenarios with every kind of fault and random cancels.
+    #[test]
+    fn events_agree_with_the_store(
+        s in faulty(),
+        picks in proptest::collection::vec((0u64..5_000, 0usize..48), 0..3),
+    ) {
+        let mut s = s;
+        let ids: Vec<CommitId> = s.batches.iter().flat_map(|(_, b)| b.iter().map(|c| c.id.clone())).collect();
+        s.cancels = picks
+            .into_iter()
+            .map(|(at, i)| (Duration::from_millis(at), ids[i % ids.len()].clone()))
+            .collect();
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_always(), Ok(()));
+        prop_assert_eq!(o.check_events_match_store(), Ok(()));
     }
 
     /// Cancelling runs at random moments ends exactly those runs `cancelled`

@@ -20,7 +20,10 @@ pub enum EngineEvent {
         /// Its order among runs.
         seq: u64,
     },
-    /// An attempt at a step was sent to the runner.
+    /// An attempt at a step is being sent to the runner. Exactly one
+    /// [`StepFinished`](Self::StepFinished) or [`StepWithdrawn`](Self::StepWithdrawn)
+    /// with the same attempt number follows; attempt numbers of a step are never
+    /// reused by one engine.
     StepStarted {
         /// The commit.
         commit: CommitId,
@@ -41,6 +44,25 @@ pub enum EngineEvent {
         outcome: AttemptOutcome,
         /// The step's status after it (pending again when it will be retried).
         status: StepStatus,
+        /// When `status` is pending: how long the retry waits before it is ready
+        /// again, in milliseconds (0: at once, as soon as the runner accepts
+        /// requests); if the runner still holds this attempt's request (a
+        /// timeout), the retry also waits for that request to end. `None`
+        /// otherwise.
+        retry_in_ms: Option<u64>,
+    },
+    /// The attempt announced by [`StepStarted`](Self::StepStarted) never reached
+    /// the runner (it was unreachable): it is not recorded, spends nothing, and
+    /// the step waits for the runner. Its number is not used again.
+    StepWithdrawn {
+        /// The commit.
+        commit: CommitId,
+        /// The step.
+        step: String,
+        /// The withdrawn attempt's number.
+        attempt: u32,
+        /// Why the runner could not be reached.
+        reason: String,
     },
     /// A run reached a terminal status.
     RunFinished {
@@ -49,11 +71,13 @@ pub enum EngineEvent {
         /// Its final status.
         status: RunStatus,
     },
-    /// The runner stopped answering; dispatch waits for it.
+    /// The runner is down (it refused a request, or it has held a request the
+    /// engine gave up on for longer than the abandon limit); nothing is
+    /// dispatched until it answers a probe.
     RunnerDown {
         /// What the runner error said.
         reason: String,
     },
-    /// The runner answers again.
+    /// The runner answers again; dispatch resumes.
     RunnerUp,
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use config::EngineConfig;
+pub use config::{ConfigError, EngineConfig};
 pub use events::EngineEvent;
 
 use crate::model::{CommitId, Pipeline};
@@ -70,8 +70,10 @@ impl EngineHandle {
         self.events.subscribe()
     }
 
-    /// Cancels the run of `commit`: pending steps never start, in-flight requests
-    /// are dropped, the run ends `cancelled`.
+    /// Cancels the run of `commit`: pending steps never start, in-flight attempts
+    /// are recorded `cancelled` (their requests stay open, holding their permits,
+    /// until the runner answers them), the run ends `cancelled`. Answered during
+    /// the shutdown grace too.
     ///
     /// # Errors
     /// [`EngineError::UnknownRun`] when the commit has no run,
@@ -100,15 +102,19 @@ pub struct Engine {
 
 impl Engine {
     /// An engine that runs `pipeline` on `runner` and records in `store`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when `config` fails [`EngineConfig::validate`].
     pub fn new(
         pipeline: Pipeline,
         runner: Arc<dyn StepRunner>,
         store: Arc<dyn RunStore>,
         config: EngineConfig,
-    ) -> Self {
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
         let (commands_tx, commands) = mpsc::unbounded_channel();
-        let (events, _) = broadcast::channel(config.event_capacity.max(1));
-        Self {
+        let (events, _) = broadcast::channel(config.event_capacity);
+        Ok(Self {
             pipeline: Arc::new(pipeline),
             runner,
             store,
@@ -118,7 +124,7 @@ impl Engine {
                 events,
             },
             commands,
-        }
+        })
     }
 
     /// A handle for events and cancellation; valid before and while [`run`](Self::run) runs.
@@ -138,8 +144,9 @@ impl Engine {
     /// attempt that was in flight is recorded as interrupted and retried without
     /// counting against the limit. At shutdown the engine stops taking commits and
     /// starting steps, lets in-flight steps finish for up to
-    /// [`EngineConfig::shutdown_grace`], and returns; what it did not finish is
-    /// taken up at the next start.
+    /// [`EngineConfig::shutdown_grace`] (answering cancels meanwhile), records
+    /// what is still in flight as `interrupted`, and returns; what it did not
+    /// finish is taken up at the next start.
     ///
     /// # Errors
     /// [`EngineError::Store`] when the store fails; the engine stops at once.

@@ -7,6 +7,9 @@
 //! back as [`RunnerError::Lost`]) and leaves the runner unreachable for a while.
 //! It records a [`TraceEvent`] for each request it accepts and each answer it
 //! gives, in program order, so tests can check the scheduler's invariants.
+//! Like a real runner it goes on working on a request whose caller stopped
+//! waiting (a timeout, a cancel, a shutdown): such a request stays "in flight"
+//! in the trace until its drawn duration is over or a crash ends it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,11 +18,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::model::{Commit, CommitId};
-use crate::runner::{RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
+use crate::runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
 use crate::source::{CommitSource, SourceError};
 
 /// How one kind of step behaves on the simulated runner.
@@ -123,24 +126,46 @@ pub enum TraceKind {
     Rejected,
     /// Lost to a crash (its own or another request's).
     Lost,
-    /// The caller dropped the request (cancel, shutdown) before the answer.
-    Dropped,
 }
 
 struct State {
     rng: StdRng,
     down_until: Option<Instant>,
+    downtime: Duration,
     crashes: u64,
     unreachable_answers: u64,
     trace: Vec<TraceEvent>,
 }
 
-/// A simulated flaky runner; see the module documentation.
-pub struct SimRunner {
-    config: SimRunnerConfig,
+/// What the runner and the requests it is working on share.
+struct Shared {
     state: Mutex<State>,
     /// Bumped at every crash; requests in flight watch it.
     crash_tx: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn record(state: &mut State, request: &StepRequest, kind: TraceKind) {
+    state.trace.push(TraceEvent {
+        at: Instant::now(),
+        commit: request.commit.clone(),
+        step: request.step.clone(),
+        attempt: request.attempt,
+        kind,
+    });
+}
+
+/// A simulated flaky runner; see the module documentation.
+pub struct SimRunner {
+    config: SimRunnerConfig,
+    shared: Arc<Shared>,
 }
 
 impl SimRunner {
@@ -148,22 +173,23 @@ impl SimRunner {
     pub fn new(config: SimRunnerConfig) -> Arc<Self> {
         let (crash_tx, _) = watch::channel(0);
         Arc::new(Self {
-            state: Mutex::new(State {
-                rng: StdRng::seed_from_u64(config.seed),
-                down_until: None,
-                crashes: 0,
-                unreachable_answers: 0,
-                trace: Vec::new(),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    rng: StdRng::seed_from_u64(config.seed),
+                    down_until: None,
+                    downtime: Duration::ZERO,
+                    crashes: 0,
+                    unreachable_answers: 0,
+                    trace: Vec::new(),
+                }),
+                crash_tx,
             }),
             config,
-            crash_tx,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared.lock()
     }
 
     /// Everything the runner saw so far, in program order.
@@ -176,9 +202,21 @@ impl SimRunner {
         self.lock().crashes
     }
 
+    /// The total time the runner has been down after its crashes (the drawn
+    /// downtimes; outages made with [`take_down_until`](Self::take_down_until)
+    /// are not counted).
+    pub fn crash_downtime(&self) -> Duration {
+        self.lock().downtime
+    }
+
     /// How many requests were answered "unreachable".
     pub fn unreachable_answers(&self) -> u64 {
         self.lock().unreachable_answers
+    }
+
+    /// Whether the runner would accept a request now.
+    pub fn is_up(&self) -> bool {
+        self.lock().down_until.is_none_or(|t| Instant::now() >= t)
     }
 
     /// Makes the runner unreachable until `until` (an outage without a crash:
@@ -188,30 +226,7 @@ impl SimRunner {
     }
 
     fn record(&self, state: &mut State, request: &StepRequest, kind: TraceKind) {
-        state.trace.push(TraceEvent {
-            at: Instant::now(),
-            commit: request.commit.clone(),
-            step: request.step.clone(),
-            attempt: request.attempt,
-            kind,
-        });
-    }
-}
-
-/// Records `Dropped` if the request future is dropped before it answered.
-struct DropGuard<'a> {
-    runner: &'a SimRunner,
-    request: &'a StepRequest,
-    armed: bool,
-}
-
-impl Drop for DropGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut state = self.runner.lock();
-            self.runner
-                .record(&mut state, self.request, TraceKind::Dropped);
-        }
+        record(state, request, kind);
     }
 }
 
@@ -249,50 +264,93 @@ impl StepRunner for SimRunner {
                 crash,
             )
         };
-        let mut guard = DropGuard {
-            runner: self,
-            request,
-            armed: true,
+        // The work goes on in its own task, as on a real runner: a caller that
+        // stops waiting (a timeout, a cancel, a shutdown) does not stop it, and it
+        // keeps its place in the trace until its drawn duration is over.
+        let (answer_tx, answer) = oneshot::channel();
+        let work = Work {
+            shared: Arc::clone(&self.shared),
+            downtime_ms: self.config.downtime_ms,
+            request: request.clone(),
+            duration,
+            verdict,
+            crash,
+            crashes: self.shared.crash_tx.subscribe(),
         };
-        let mut crashes = self.crash_tx.subscribe();
-        crashes.mark_unchanged();
+        tokio::spawn(async move {
+            let result = work.perform().await;
+            // The caller may have gone; the runner answered all the same.
+            let _ = answer_tx.send(result);
+        });
+        answer.await.unwrap_or_else(|_| {
+            Err(RunnerError::Lost(
+                "the simulated runner's task ended without answering".into(),
+            ))
+        })
+    }
+
+    async fn probe(&self) -> Probe {
+        if self.is_up() {
+            Probe::Up
+        } else {
+            Probe::Down("connection refused (simulated)".into())
+        }
+    }
+}
+
+/// One accepted request being worked on by the simulated runner.
+struct Work {
+    shared: Arc<Shared>,
+    downtime_ms: (u64, u64),
+    request: StepRequest,
+    duration: Duration,
+    verdict: StepVerdict,
+    crash: bool,
+    crashes: watch::Receiver<u64>,
+}
+
+impl Work {
+    async fn perform(mut self) -> Result<StepOutput, RunnerError> {
+        self.crashes.mark_unchanged();
         let crashed_meanwhile = tokio::select! {
             biased;
-            () = tokio::time::sleep(duration) => false,
-            _ = crashes.changed() => true,
+            () = tokio::time::sleep(self.duration) => false,
+            _ = self.crashes.changed() => true,
         };
-        guard.armed = false;
-        let mut state = self.lock();
+        let shared = &self.shared;
+        let mut state = shared.lock();
         if crashed_meanwhile {
-            self.record(&mut state, request, TraceKind::Lost);
+            record(&mut state, &self.request, TraceKind::Lost);
             return Err(RunnerError::Lost(
                 "connection closed before message completed (simulated)".into(),
             ));
         }
-        if crash {
-            let (lo, hi) = self.config.downtime_ms;
-            let down = state.rng.random_range(lo..=hi.max(lo));
-            state.down_until = Some(Instant::now() + Duration::from_millis(down));
+        if self.crash {
+            let (lo, hi) = self.downtime_ms;
+            let down = Duration::from_millis(state.rng.random_range(lo..=hi.max(lo)));
+            state.down_until = Some(Instant::now() + down);
+            state.downtime += down;
             state.crashes += 1;
-            self.record(&mut state, request, TraceKind::Lost);
+            record(&mut state, &self.request, TraceKind::Lost);
             drop(state);
-            self.crash_tx.send_modify(|n| *n += 1);
+            shared.crash_tx.send_modify(|n| *n += 1);
             return Err(RunnerError::Lost(
                 "empty reply from server (simulated crash)".into(),
             ));
         }
-        let kind = match verdict {
+        let kind = match self.verdict {
             StepVerdict::Success => TraceKind::Success,
             StepVerdict::Failure => TraceKind::Failure,
         };
-        self.record(&mut state, request, kind);
+        record(&mut state, &self.request, kind);
+        let request = &self.request;
         Ok(StepOutput {
-            verdict,
+            verdict: self.verdict,
             logs: format!(
                 "step '{}' on {} (attempt {})\nStep '{}' completed with status: {:?}",
-                request.step, request.commit, request.attempt, request.step, verdict
+                request.step, request.commit, request.attempt, request.step, self.verdict
             ),
-            duration: Some(duration),
+            duration: Some(self.duration),
         })
     }
 }

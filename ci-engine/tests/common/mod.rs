@@ -4,16 +4,19 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ci_engine::testing::sim::{ScriptedSource, SimRunner, SimRunnerConfig, TraceEvent, TraceKind};
 use ci_engine::{
-    AttemptOutcome, Commit, CommitId, Engine, EngineConfig, MemoryStore, Pipeline, Run, RunStatus,
-    StepStatus,
+    AttemptOutcome, Commit, CommitId, Engine, EngineConfig, EngineEvent, MemoryStore, Pipeline,
+    Run, RunStatus, StepStatus,
 };
 use tokio::time::Instant;
+
+/// A value over time: each entry is the value after the last change at its time.
+type Timeline<T> = BTreeMap<Instant, T>;
 
 /// Everything a scenario needs.
 #[derive(Clone, Debug)]
@@ -39,6 +42,13 @@ pub struct Outcome {
     pub handed: Vec<CommitId>,
     pub crashes: u64,
     pub cancelled: HashSet<CommitId>,
+    /// Every event the engine sent, with the (virtual) time it was sent; empty
+    /// for runs with restarts.
+    pub events: Vec<(Instant, EngineEvent)>,
+    /// Where in the trace each engine stopped (restarts only): a restarted
+    /// engine cannot know which requests of its predecessor the runner still
+    /// works on, so the checks take those as ended at the stop.
+    pub stops_at: Vec<usize>,
 }
 
 /// When each commit of `scenario` arrives (its batch's offset from `t0`), and
@@ -78,9 +88,15 @@ pub async fn simulate_async(scenario: &Scenario) -> Outcome {
         scenario.pipeline.clone(),
         runner.clone(),
         store.clone(),
-        scenario.engine.clone(),
-    );
+        EngineConfig {
+            // Room for every event of a scenario: the recorder must not lag.
+            event_capacity: 1 << 16,
+            ..scenario.engine.clone()
+        },
+    )
+    .expect("a valid engine configuration");
     let handle = engine.handle();
+    let recorder = record_events(handle.subscribe());
     let t0 = Instant::now();
     let (arrivals, handed) = arrivals_from(scenario, t0);
     for &(at, len) in &scenario.outages {
@@ -116,6 +132,9 @@ pub async fn simulate_async(scenario: &Scenario) -> Outcome {
             cancelled.insert(commit);
         }
     }
+    // Every sender gone, the recorder drains the channel and ends.
+    drop(handle);
+    let events = recorder.await.unwrap();
     Outcome {
         pipeline: scenario.pipeline.clone(),
         engine: scenario.engine.clone(),
@@ -125,11 +144,28 @@ pub async fn simulate_async(scenario: &Scenario) -> Outcome {
         handed,
         crashes: runner.crashes(),
         cancelled,
+        events,
+        stops_at: Vec::new(),
     }
 }
 
-fn is_end(kind: TraceKind) -> bool {
-    kind != TraceKind::Start
+/// Records every event with the virtual time it arrives at (the time it was
+/// sent: paused time does not move while a woken task waits to run).
+fn record_events(
+    mut events: tokio::sync::broadcast::Receiver<EngineEvent>,
+) -> tokio::task::JoinHandle<Vec<(Instant, EngineEvent)>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            match events.recv().await {
+                Ok(e) => seen.push((Instant::now(), e)),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return seen,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    panic!("the event recorder lagged by {n} events")
+                }
+            }
+        }
+    })
 }
 
 impl Outcome {
@@ -144,7 +180,7 @@ impl Outcome {
     pub fn check_class_limits(&self) -> Result<(), String> {
         let mut counts = vec![0u32; self.pipeline.classes().len()];
         let mut total = 0usize;
-        for (k, e) in self.trace.iter().enumerate() {
+        for (k, e) in self.effective_trace().iter().enumerate() {
             let (class, limit) = self.limit_of(&e.step);
             if e.kind == TraceKind::Start {
                 counts[class] += 1;
@@ -217,7 +253,7 @@ impl Outcome {
         }
         let mut open: HashSet<(CommitId, String)> = HashSet::new();
         let mut starts: HashMap<(CommitId, String), Vec<u32>> = HashMap::new();
-        for (k, e) in self.trace.iter().enumerate() {
+        for (k, e) in self.effective_trace().iter().enumerate() {
             let key = (e.commit.clone(), e.step.clone());
             if e.kind == TraceKind::Start {
                 if !open.insert(key.clone()) {
@@ -359,120 +395,405 @@ impl Outcome {
         Ok(())
     }
 
-    /// Start time of each (commit, step) and the time it became ready, for
-    /// scenarios without retries (each step has at most one attempt).
-    fn ready_and_start(&self) -> Vec<(u64, usize, Instant, Option<Instant>)> {
+    /// The trace as the checks read it: a request still open when its engine
+    /// stopped counts as ended at the stop (see `stops_at`), and its real end,
+    /// if the runner gives one later, is left out.
+    pub fn effective_trace(&self) -> Vec<TraceEvent> {
+        let mut out = Vec::with_capacity(self.trace.len());
+        let mut open: HashMap<(CommitId, String, u32), TraceEvent> = HashMap::new();
+        let mut closed_early: HashSet<(CommitId, String, u32)> = HashSet::new();
+        let mut stops = self.stops_at.iter().copied().peekable();
+        for (i, e) in self.trace.iter().enumerate() {
+            while stops.peek().is_some_and(|&k| k <= i) {
+                stops.next();
+                let mut left: Vec<_> = open.drain().collect();
+                left.sort_by(|a, b| a.0.cmp(&b.0));
+                for (key, start) in left {
+                    out.push(TraceEvent {
+                        kind: TraceKind::Lost,
+                        at: out.last().map_or(start.at, |l: &TraceEvent| l.at),
+                        ..start
+                    });
+                    closed_early.insert(key);
+                }
+            }
+            let key = (e.commit.clone(), e.step.clone(), e.attempt);
+            if e.kind == TraceKind::Start {
+                open.insert(key, e.clone());
+            } else if closed_early.remove(&key) {
+                continue;
+            } else {
+                open.remove(&key);
+            }
+            out.push(e.clone());
+        }
+        out
+    }
+
+    /// The intervals during which each step was ready and not started, from
+    /// the event stream: ready when its needs have succeeded (or its run was
+    /// queued, without needs); after a lost attempt, once the retry wait given
+    /// in `StepFinished` has passed and the runner no longer holds that attempt;
+    /// at once after a withdrawn attempt. An interval ends when the step starts
+    /// or its run finishes; a step that expired waiting for an unreachable
+    /// runner has its last interval dropped. Returns (run seq, step index,
+    /// from, to).
+    pub fn ready_intervals(&self) -> Vec<(u64, usize, Instant, Instant)> {
         let seq: HashMap<&CommitId, u64> = self.runs.iter().map(|r| (r.id(), r.seq)).collect();
-        let mut start: HashMap<(CommitId, String), Instant> = HashMap::new();
-        let mut success: HashMap<(CommitId, String), Instant> = HashMap::new();
+        let mut answered: HashMap<(CommitId, String, u32), Instant> = HashMap::new();
         for e in &self.trace {
-            let key = (e.commit.clone(), e.step.clone());
-            match e.kind {
-                TraceKind::Start => {
-                    start.entry(key).or_insert(e.at);
-                }
-                TraceKind::Success => {
-                    success.insert(key, e.at);
-                }
-                _ => {}
+            if e.kind != TraceKind::Start {
+                answered.insert((e.commit.clone(), e.step.clone(), e.attempt), e.at);
             }
         }
+        let mut open: HashMap<(CommitId, usize), Instant> = HashMap::new();
+        let mut succeeded: HashSet<(CommitId, usize)> = HashSet::new();
         let mut out = Vec::new();
-        for r in &self.runs {
-            for (i, spec) in self.pipeline.steps().iter().enumerate() {
-                let mut ready = self.arrivals[r.id()];
-                let mut all_needs = true;
-                for &n in self.pipeline.needs_of(i) {
-                    match success.get(&(r.id().clone(), self.pipeline.steps()[n].name.clone())) {
-                        Some(&t) => ready = ready.max(t),
-                        None => all_needs = false,
+        let p = &self.pipeline;
+        for (at, e) in &self.events {
+            let at = *at;
+            match e {
+                EngineEvent::RunQueued { commit, .. } => {
+                    for i in 0..p.len() {
+                        if p.needs_of(i).is_empty() {
+                            open.insert((commit.clone(), i), at);
+                        }
                     }
                 }
-                if all_needs {
-                    out.push((
-                        seq[r.id()],
-                        i,
-                        ready,
-                        start.get(&(r.id().clone(), spec.name.clone())).copied(),
-                    ));
+                EngineEvent::StepStarted { commit, step, .. } => {
+                    let i = p.position(step).unwrap();
+                    if let Some(from) = open.remove(&(commit.clone(), i)) {
+                        out.push((seq[commit], i, from, at));
+                    }
                 }
+                EngineEvent::StepWithdrawn { commit, step, .. } => {
+                    open.insert((commit.clone(), p.position(step).unwrap()), at);
+                }
+                EngineEvent::StepFinished {
+                    commit,
+                    step,
+                    attempt,
+                    status,
+                    retry_in_ms,
+                    ..
+                } => {
+                    let i = p.position(step).unwrap();
+                    if *status == StepStatus::Success {
+                        succeeded.insert((commit.clone(), i));
+                        for &d in p.dependents_of(i) {
+                            if p.needs_of(d)
+                                .iter()
+                                .all(|&n| succeeded.contains(&(commit.clone(), n)))
+                            {
+                                open.insert((commit.clone(), d), at);
+                            }
+                        }
+                    } else if let Some(ms) = retry_in_ms {
+                        let mut from = at + Duration::from_millis(*ms);
+                        if let Some(&end) = answered.get(&(commit.clone(), step.clone(), *attempt))
+                        {
+                            from = from.max(end);
+                        }
+                        open.insert((commit.clone(), i), from);
+                    }
+                }
+                EngineEvent::RunFinished { commit, .. } => {
+                    for i in 0..p.len() {
+                        if let Some(from) = open.remove(&(commit.clone(), i)) {
+                            let run = self.runs.iter().find(|r| r.id() == commit).unwrap();
+                            let expired = run.steps[i].status == StepStatus::Error
+                                && run.steps[i]
+                                    .reason
+                                    .as_deref()
+                                    .is_some_and(|r| r.contains("unreachable"));
+                            if !expired && from < at {
+                                out.push((seq[commit], i, from, at));
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         out
     }
 
-    /// Invariant 5 (scenarios without crashes, outages, cancels, and with no
-    /// binding global cap): while a class has a free permit, no ready step of it
-    /// waits for any positive length of time.
-    pub fn check_work_conserving(&self) -> Result<(), String> {
-        // Per class: (time, in-flight count after the last event at that time).
-        let mut timeline: Vec<BTreeMap<Instant, u32>> =
+    /// Piecewise-constant timelines: open requests per class and in all (from
+    /// the effective trace), and whether the engine holds the runner down (from
+    /// `RunnerDown`/`RunnerUp`); each maps a time to the value after the last
+    /// change at that time.
+    fn timelines(&self) -> (Vec<Timeline<u32>>, Timeline<u32>, Timeline<bool>) {
+        let mut per_class: Vec<BTreeMap<Instant, u32>> =
             vec![BTreeMap::new(); self.pipeline.classes().len()];
         let mut counts = vec![0u32; self.pipeline.classes().len()];
-        for e in &self.trace {
+        let mut total_line = BTreeMap::new();
+        let mut total = 0u32;
+        for e in self.effective_trace() {
             let (c, _) = self.limit_of(&e.step);
             if e.kind == TraceKind::Start {
                 counts[c] += 1;
-            } else if is_end(e.kind) {
+                total += 1;
+            } else {
                 counts[c] -= 1;
+                total -= 1;
             }
-            timeline[c].insert(e.at, counts[c]);
+            per_class[c].insert(e.at, counts[c]);
+            total_line.insert(e.at, total);
         }
-        for (seq, i, ready, start) in self.ready_and_start() {
-            let Some(start) = start else {
-                return Err(format!(
-                    "step {i} of run {seq} became ready and never started"
-                ));
-            };
-            if start <= ready {
+        let mut down = BTreeMap::new();
+        for (at, e) in &self.events {
+            match e {
+                EngineEvent::RunnerDown { .. } => {
+                    down.insert(*at, true);
+                }
+                EngineEvent::RunnerUp => {
+                    down.insert(*at, false);
+                }
+                _ => {}
+            }
+        }
+        (per_class, total_line, down)
+    }
+
+    /// Invariant 5, work-conserving, under every kind of fault: while the runner
+    /// is up (no outage open), the global cap has room and a class has a free
+    /// permit, no ready step of that class waits for any positive length of
+    /// time. A step in backoff is not ready: it yields its place.
+    pub fn check_work_conserving(&self) -> Result<(), String> {
+        fn at<T: Copy + Default>(line: &BTreeMap<Instant, T>, t: Instant) -> T {
+            line.range(..=t)
+                .next_back()
+                .map(|(_, &v)| v)
+                .unwrap_or_default()
+        }
+        let (per_class, total, down) = self.timelines();
+        let cap = u32::try_from(self.engine.max_in_flight).unwrap_or(u32::MAX);
+        for (seq, i, lo, hi) in self.ready_intervals() {
+            if lo >= hi {
                 continue;
             }
             let c = self.pipeline.class_of(i);
             let limit = self.pipeline.classes()[c].limit;
-            let points: Vec<(Instant, u32)> = timeline[c].iter().map(|(&t, &n)| (t, n)).collect();
-            // The count before the first event is 0.
-            let mut prev_t: Option<Instant> = None;
-            let mut prev_n = 0u32;
-            for &(t, n) in points.iter().chain(std::iter::once(&(start, u32::MAX))) {
-                let lo = prev_t.map_or(ready, |p| p.max(ready));
-                let hi = t.min(start);
-                if lo < hi && limit.is_none_or(|l| prev_n < l) {
+            let mut points: BTreeSet<Instant> = BTreeSet::new();
+            points.insert(lo);
+            points.extend(per_class[c].range(lo..hi).map(|(&t, _)| t));
+            points.extend(total.range(lo..hi).map(|(&t, _)| t));
+            points.extend(down.range(lo..hi).map(|(&t, _)| t));
+            let points: Vec<Instant> = points.into_iter().collect();
+            for (k, &from) in points.iter().enumerate() {
+                let to = points.get(k + 1).copied().unwrap_or(hi);
+                if from >= to {
+                    continue;
+                }
+                let in_class = at(&per_class[c], from);
+                let all = at(&total, from);
+                if !at(&down, from) && all < cap && limit.is_none_or(|l| in_class < l) {
                     return Err(format!(
-                        "step {i} of run {seq} ready at {:?} waited until {:?} while its class had {prev_n} of {limit:?} in flight",
-                        ready - self.t0(),
-                        start - self.t0()
+                        "step {i} of run {seq} was ready from {:?} to {:?}, but waited from {:?} to {:?} while the runner was up, {all} of {cap} requests open and its class had {in_class} of {limit:?}",
+                        lo - self.t0(),
+                        hi - self.t0(),
+                        from - self.t0(),
+                        to - self.t0(),
                     ));
                 }
-                if t >= start {
-                    break;
-                }
-                prev_t = Some(t);
-                prev_n = n;
             }
         }
         Ok(())
     }
 
-    /// Invariant 6 (same scenarios as 5): in an exclusive class, a step of an
-    /// older commit that was ready before a newer one started went first.
+    /// Invariant 6, oldest first, under every kind of fault: in an exclusive
+    /// class, no step starts while a step of an older run (or an earlier step
+    /// of the same run) in that class is ready and has been since before.
     pub fn check_oldest_first(&self) -> Result<(), String> {
-        let rs = self.ready_and_start();
-        for &(sa, ia, ready_a, start_a) in &rs {
-            let ca = self.pipeline.class_of(ia);
-            if self.pipeline.classes()[ca].limit != Some(1) {
+        let seq: HashMap<&CommitId, u64> = self.runs.iter().map(|r| (r.id(), r.seq)).collect();
+        let intervals = self.ready_intervals();
+        for (t, e) in &self.events {
+            let EngineEvent::StepStarted { commit, step, .. } = e else {
+                continue;
+            };
+            let ib = self.pipeline.position(step).unwrap();
+            let c = self.pipeline.class_of(ib);
+            if self.pipeline.classes()[c].limit != Some(1) {
                 continue;
             }
-            for &(sb, ib, _, start_b) in &rs {
-                if self.pipeline.class_of(ib) != ca || (sa, ia) >= (sb, ib) {
-                    continue;
-                }
-                let Some(start_b) = start_b else { continue };
-                if ready_a < start_b && start_a.is_none_or(|s| s > start_b) {
+            let b = (seq[commit], ib);
+            for &(sa, ia, lo, hi) in &intervals {
+                if self.pipeline.class_of(ia) == c && (sa, ia) < b && lo < *t && hi > *t {
                     return Err(format!(
-                        "step {ia} of run {sa} was ready before step {ib} of newer run {sb} started, but went later"
+                        "step {ia} of run {sa} was ready from {:?} but step {ib} of newer run {} started before it at {:?}",
+                        lo - self.t0(),
+                        b.0,
+                        *t - self.t0()
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Item "events tell the truth": each run is queued once and finishes once,
+    /// with the store's status, and nothing about it is announced after; every
+    /// `StepStarted` is followed by exactly one `StepFinished` or
+    /// `StepWithdrawn` of that attempt before the step's next start; attempt
+    /// numbers only grow; every finished attempt has the store's outcome, every
+    /// withdrawn one is absent from the store, and every stored attempt was
+    /// announced; the last `StepFinished` of a step has the step's final
+    /// status, unless the step ended later without an attempt (cancel, the
+    /// unreachable limit).
+    pub fn check_events_match_store(&self) -> Result<(), String> {
+        let runs: HashMap<&CommitId, &Run> = self.runs.iter().map(|r| (r.id(), r)).collect();
+        let mut queued: HashMap<CommitId, usize> = HashMap::new();
+        let mut finished: HashMap<CommitId, RunStatus> = HashMap::new();
+        // Per (commit, step): the open attempt, the last number, attempts ended.
+        let mut open: HashMap<(CommitId, String), u32> = HashMap::new();
+        let mut last: HashMap<(CommitId, String), u32> = HashMap::new();
+        let mut ended: HashMap<(CommitId, String, u32), AttemptOutcome> = HashMap::new();
+        let mut withdrawn: HashSet<(CommitId, String, u32)> = HashSet::new();
+        let mut last_status: HashMap<(CommitId, String), StepStatus> = HashMap::new();
+        for (k, (_, e)) in self.events.iter().enumerate() {
+            let commit = match e {
+                EngineEvent::RunQueued { commit, .. }
+                | EngineEvent::StepStarted { commit, .. }
+                | EngineEvent::StepFinished { commit, .. }
+                | EngineEvent::StepWithdrawn { commit, .. }
+                | EngineEvent::RunFinished { commit, .. } => Some(commit),
+                _ => None,
+            };
+            if let Some(c) = commit
+                && finished.contains_key(c)
+            {
+                return Err(format!("event {k}: {e:?} after the run of {c} finished"));
+            }
+            match e {
+                EngineEvent::RunQueued { commit, .. } => {
+                    *queued.entry(commit.clone()).or_default() += 1;
+                }
+                EngineEvent::RunFinished { commit, status } => {
+                    finished.insert(commit.clone(), *status);
+                }
+                EngineEvent::StepStarted {
+                    commit,
+                    step,
+                    attempt,
+                } => {
+                    let key = (commit.clone(), step.clone());
+                    if let Some(n) = open.get(&key) {
+                        return Err(format!(
+                            "event {k}: attempt {attempt} of {step} of {commit} started while attempt {n} was not finished"
+                        ));
+                    }
+                    if last.get(&key).is_some_and(|&n| n >= *attempt) {
+                        return Err(format!(
+                            "event {k}: attempt {attempt} of {step} of {commit} reuses or goes back from {:?}",
+                            last.get(&key)
+                        ));
+                    }
+                    open.insert(key.clone(), *attempt);
+                    last.insert(key, *attempt);
+                }
+                EngineEvent::StepFinished {
+                    commit,
+                    step,
+                    attempt,
+                    outcome,
+                    status,
+                    ..
+                } => {
+                    let key = (commit.clone(), step.clone());
+                    if open.remove(&key) != Some(*attempt) {
+                        return Err(format!(
+                            "event {k}: attempt {attempt} of {step} of {commit} finished without being open"
+                        ));
+                    }
+                    ended.insert((commit.clone(), step.clone(), *attempt), *outcome);
+                    last_status.insert(key, *status);
+                }
+                EngineEvent::StepWithdrawn {
+                    commit,
+                    step,
+                    attempt,
+                    ..
+                } => {
+                    let key = (commit.clone(), step.clone());
+                    if open.remove(&key) != Some(*attempt) {
+                        return Err(format!(
+                            "event {k}: attempt {attempt} of {step} of {commit} withdrawn without being open"
+                        ));
+                    }
+                    withdrawn.insert((commit.clone(), step.clone(), *attempt));
+                }
+                _ => {}
+            }
+        }
+        if let Some(((c, s), n)) = open.iter().next() {
+            return Err(format!("attempt {n} of {s} of {c} started and never ended"));
+        }
+        for r in &self.runs {
+            if queued.get(r.id()) != Some(&1) {
+                return Err(format!("{} queued {:?} times", r.id(), queued.get(r.id())));
+            }
+            if finished.get(r.id()) != Some(&r.status) {
+                return Err(format!(
+                    "{} finished as {:?} but the store says {}",
+                    r.id(),
+                    finished.get(r.id()),
+                    r.status
+                ));
+            }
+            for st in &r.steps {
+                for a in &st.attempts {
+                    let key = (r.id().clone(), st.name.clone(), a.number);
+                    if ended.get(&key) != Some(&a.outcome) {
+                        return Err(format!(
+                            "attempt {} of {} of {} is {} in the store but its events say {:?}",
+                            a.number,
+                            st.name,
+                            r.id(),
+                            a.outcome,
+                            ended.get(&key)
+                        ));
+                    }
+                    if withdrawn.contains(&key) {
+                        return Err(format!(
+                            "attempt {} of {} of {} was withdrawn but is in the store",
+                            a.number,
+                            st.name,
+                            r.id()
+                        ));
+                    }
+                }
+                let stored: usize = st.attempts.len();
+                let announced = ended
+                    .keys()
+                    .filter(|(c, s, _)| c == r.id() && *s == st.name)
+                    .count();
+                if stored != announced {
+                    return Err(format!(
+                        "{} of {}: {stored} attempts stored, {announced} announced",
+                        st.name,
+                        r.id()
+                    ));
+                }
+                if let Some(&status) = last_status.get(&(r.id().clone(), st.name.clone())) {
+                    let later_without_attempt = status == StepStatus::Pending
+                        && matches!(st.status, StepStatus::Cancelled | StepStatus::Error);
+                    if status != st.status && !later_without_attempt {
+                        return Err(format!(
+                            "{} of {}: last StepFinished says {status}, the store {}",
+                            st.name,
+                            r.id(),
+                            st.status
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(r) = self
+            .runs
+            .iter()
+            .find(|r| !runs.contains_key(r.id()) || r.status == RunStatus::Queued)
+        {
+            return Err(format!("{} never left the queue", r.id()));
         }
         Ok(())
     }
@@ -509,6 +830,7 @@ pub fn simulate_with_restarts(scenario: &Scenario, stops: &[Duration], grace: Du
             shutdown_grace: grace,
             ..scenario.engine.clone()
         };
+        let mut stops_at = Vec::new();
         let mut stops: Vec<Duration> = stops.to_vec();
         stops.sort();
         let mut segments: Vec<Option<Duration>> = stops.into_iter().map(Some).collect();
@@ -531,7 +853,8 @@ pub fn simulate_with_restarts(scenario: &Scenario, stops: &[Duration], grace: Du
                 runner.clone(),
                 store.clone(),
                 config.clone(),
-            );
+            )
+            .expect("a valid engine configuration");
             let shutdown = async move {
                 match stop {
                     Some(at) => tokio::time::sleep_until(t0 + at).await,
@@ -548,6 +871,7 @@ pub fn simulate_with_restarts(scenario: &Scenario, stops: &[Duration], grace: Du
                 "the engine did not finish within a virtual week"
             );
             result.unwrap().unwrap();
+            stops_at.push(runner.trace().len());
         }
         Outcome {
             pipeline: scenario.pipeline.clone(),
@@ -558,6 +882,8 @@ pub fn simulate_with_restarts(scenario: &Scenario, stops: &[Duration], grace: Du
             handed,
             crashes: runner.crashes(),
             cancelled: HashSet::new(),
+            events: Vec::new(),
+            stops_at,
         }
     })
 }
