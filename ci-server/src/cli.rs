@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::git::InitialPolicy;
-use crate::http_runner::{RunnerAddr, RunnerAddrError};
+use crate::http_runner::{HttpRunnerConfig, RunnerAddr, RunnerAddrError};
 use crate::server::{RunnerChoice, ServerConfig, StoreChoice};
 
 /// The hidden first argument that makes the binary run the bundled step-runner
@@ -87,9 +87,22 @@ pub struct Cli {
     #[arg(long)]
     pub no_watch: bool,
 
-    /// A step that takes longer is abandoned as lost and retried.
+    /// A step with no answer after this long is recorded as lost and retried
+    /// (after --retry-backoff). The request itself is not cut short: the server
+    /// keeps waiting for the runner's answer, and the step's slot stays taken
+    /// until it comes (see --abandon-limit), so the runner never runs more builds
+    /// or tests at once than allowed. Also sets the timeout for connecting to
+    /// the runner: half of this, at most 5 s. Longer than 100ms.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub step_timeout: Duration,
+
+    /// How long the runner may keep working on a step the server gave up on (it
+    /// ran past --step-timeout, or its run was cancelled). Past this the runner
+    /// is treated as down: no step is sent, it is probed (GET /, which runs no
+    /// step) until it answers, and then the requests it held this long are
+    /// dropped and their slots freed. Longer than zero.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub abandon_limit: Duration,
 
     /// Attempts per step (lost or rejected ones included) before the step ends
     /// `error`. At least 1.
@@ -97,7 +110,8 @@ pub struct Cli {
     pub max_attempts: u32,
 
     /// Wait before the first retry of a lost step; it doubles at each retry (up
-    /// to 60 s).
+    /// to 60 s, or to this value when it is longer), shortened by a random part
+    /// of up to half so that steps lost together do not come back together.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub retry_backoff: Duration,
 
@@ -105,7 +119,8 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
-    /// A step that has waited this long for an unreachable runner ends `error`.
+    /// A step that has waited this long for a runner that is down (unreachable,
+    /// or holding steps past --abandon-limit) ends `error`. Longer than zero.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub unreachable_limit: Duration,
 
@@ -143,15 +158,32 @@ pub enum CliError {
     /// The step timeout is too short for the HTTP client's connect timeout.
     #[error("--step-timeout must be longer than {0:?}")]
     StepTimeoutTooShort(Duration),
+    /// The engine refuses a setting an option gave it.
+    #[error("invalid {option}: {problem}")]
+    Engine {
+        /// The option (`--abandon-limit`, …), or the engine's field name when no
+        /// option sets it.
+        option: String,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
-/// The longest the HTTP client waits to connect to the runner. With a short
-/// `--step-timeout` the connect timeout is half the step timeout instead, so
-/// that it always stays shorter (see [`Cli::into_config`]).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// `--step-timeout` must be longer than this (so that half of it, the connect
-/// timeout then, is still a usable wait).
-const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// `--step-timeout` must be longer than this, so that half of it, the connect
+/// timeout then (see [`HttpRunnerConfig::for_engine`]), is still a usable wait.
+const MIN_STEP_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The options that set a field of [`EngineConfig`](ci_engine::EngineConfig), by
+/// field name, to name the option when the engine refuses a value.
+const ENGINE_OPTIONS: &[(&str, &str)] = &[
+    ("step_timeout", "--step-timeout"),
+    ("abandon_limit", "--abandon-limit"),
+    ("max_attempts", "--max-attempts"),
+    ("retry_backoff", "--retry-backoff"),
+    ("max_in_flight", "--max-in-flight"),
+    ("unreachable_limit", "--unreachable-limit"),
+    ("shutdown_grace", "--shutdown-grace"),
+];
 
 /// Only to parse `--sim-args` with the simulator's own rules.
 #[derive(Debug, Parser)]
@@ -191,8 +223,8 @@ impl Cli {
             Some(MEMORY_DB) => StoreChoice::Memory,
             Some(path) => StoreChoice::Sqlite(PathBuf::from(path)),
         };
-        if self.step_timeout <= MIN_CONNECT_TIMEOUT {
-            return Err(CliError::StepTimeoutTooShort(MIN_CONNECT_TIMEOUT));
+        if self.step_timeout <= MIN_STEP_TIMEOUT {
+            return Err(CliError::StepTimeoutTooShort(MIN_STEP_TIMEOUT));
         }
         let mut config = ServerConfig::new(self.repo_path, runner);
         config.store = store;
@@ -200,15 +232,25 @@ impl Cli {
         config.source.poll_interval = self.poll_interval;
         config.source.watch = !self.no_watch;
         config.engine.step_timeout = self.step_timeout;
+        config.engine.abandon_limit = self.abandon_limit;
         config.engine.max_attempts = self.max_attempts;
         config.engine.retry_backoff = self.retry_backoff;
+        // The cap may not be below the first wait: a longer --retry-backoff
+        // raises it rather than being refused.
+        config.engine.retry_backoff_max = config.engine.retry_backoff_max.max(self.retry_backoff);
         config.engine.max_in_flight = usize::try_from(self.max_in_flight).unwrap_or(usize::MAX);
         config.engine.unreachable_limit = self.unreachable_limit;
         config.engine.shutdown_grace = self.shutdown_grace;
-        // The HTTP client's own timeout is a backstop a little after the engine's,
-        // so the engine's (which records the attempt) normally fires first.
-        config.http_runner.step_timeout = self.step_timeout + Duration::from_secs(1);
-        config.http_runner.connect_timeout = CONNECT_TIMEOUT.min(self.step_timeout / 2);
+        config.engine.validate().map_err(|e| CliError::Engine {
+            option: ENGINE_OPTIONS
+                .iter()
+                .find(|(field, _)| *field == e.field)
+                .map_or_else(|| e.field.to_owned(), |(_, option)| (*option).to_owned()),
+            problem: e.problem,
+        })?;
+        // The engine's step timeout is the only clock on a request once it is
+        // sent; the HTTP client only derives its connect timeout from it.
+        config.http_runner = HttpRunnerConfig::for_engine(&config.engine);
         Ok(config)
     }
 }
@@ -411,14 +453,23 @@ mod tests {
             "4",
             "--retry-backoff",
             "50ms",
+            "--abandon-limit",
+            "45s",
         ])
         .expect("valid");
         assert_eq!(c.store, StoreChoice::Memory);
         assert_eq!(c.source.initial, InitialPolicy::All);
         assert_eq!(c.source.poll_interval, Duration::from_millis(250));
         assert_eq!(c.engine.step_timeout, Duration::from_secs(30));
-        assert!(c.http_runner.step_timeout > c.engine.step_timeout);
-        assert!(c.http_runner.connect_timeout < c.http_runner.step_timeout);
+        assert_eq!(c.engine.abandon_limit, Duration::from_secs(45));
+        // The engine's step timeout is the only one; the HTTP client derives its
+        // connect timeout from it.
+        assert_eq!(
+            c.http_runner,
+            HttpRunnerConfig::for_engine(&c.engine),
+            "the HTTP settings come from the engine's"
+        );
+        assert_eq!(c.http_runner.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.engine.max_attempts, 3);
         assert_eq!(c.engine.max_in_flight, 4);
         assert_eq!(c.engine.retry_backoff, Duration::from_millis(50));
@@ -432,5 +483,42 @@ mod tests {
         assert!(Cli::try_parse_from(argv).is_err());
         let err = config(&["/repo", "--step-timeout", "10ms"]).unwrap_err();
         assert!(matches!(err, CliError::StepTimeoutTooShort(_)), "{err}");
+    }
+
+    #[test]
+    fn a_short_step_timeout_shortens_the_connect_timeout_only() {
+        let c = config(&["/repo", "--step-timeout", "500ms"]).expect("valid");
+        assert_eq!(c.engine.step_timeout, Duration::from_millis(500));
+        assert_eq!(c.http_runner.connect_timeout, Duration::from_millis(250));
+        let defaults = config(&["/repo"]).expect("valid");
+        assert_eq!(defaults.engine.step_timeout, Duration::from_secs(600));
+        assert_eq!(defaults.engine.abandon_limit, Duration::from_secs(120));
+        assert_eq!(defaults.http_runner.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn settings_the_engine_refuses_are_named_by_their_option() {
+        for (args, option) in [
+            (&["/repo", "--abandon-limit", "0s"][..], "--abandon-limit"),
+            (
+                &["/repo", "--unreachable-limit", "0"][..],
+                "--unreachable-limit",
+            ),
+        ] {
+            let err = config(args).unwrap_err();
+            assert!(matches!(err, CliError::Engine { .. }), "{err}");
+            let line = err.to_string();
+            assert!(line.starts_with(&format!("invalid {option}: ")), "{line}");
+            assert!(line.contains("longer than zero"), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_long_retry_backoff_raises_the_cap_instead_of_being_refused() {
+        let c = config(&["/repo", "--retry-backoff", "2m"]).expect("valid");
+        assert_eq!(c.engine.retry_backoff, Duration::from_secs(120));
+        assert_eq!(c.engine.retry_backoff_max, Duration::from_secs(120));
+        let c = config(&["/repo", "--retry-backoff", "1s"]).expect("valid");
+        assert_eq!(c.engine.retry_backoff_max, Duration::from_secs(60));
     }
 }

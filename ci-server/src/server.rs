@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_engine::{Engine, EngineConfig, EngineError, MemoryStore, Pipeline, RunStore, StepRunner};
+use ci_engine::{ConfigError, Engine, EngineConfig, EngineError, MemoryStore, Pipeline, RunStore};
 use poem::listener::TcpAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -74,25 +74,29 @@ pub struct ServerConfig {
     pub runner: RunnerChoice,
     /// The store.
     pub store: StoreChoice,
-    /// The scheduler's settings.
+    /// The scheduler's settings; checked by [`Server::start`] with
+    /// [`EngineConfig::validate`].
     pub engine: EngineConfig,
     /// The git source's settings.
     pub source: GitSourceConfig,
-    /// The HTTP client's settings for the runner.
+    /// The HTTP client's settings for the runner. Derive them from `engine`
+    /// with [`HttpRunnerConfig::for_engine`] after changing the engine's step
+    /// timeout (the command line does).
     pub http_runner: HttpRunnerConfig,
 }
 
 impl ServerConfig {
     /// A configuration with default settings, an in-memory store, for `repo_path`
-    /// and `runner`.
+    /// and `runner`; the HTTP settings are derived from the engine's.
     pub fn new(repo_path: PathBuf, runner: RunnerChoice) -> Self {
+        let engine = EngineConfig::default();
         Self {
             repo_path,
             runner,
             store: StoreChoice::Memory,
-            engine: EngineConfig::default(),
+            http_runner: HttpRunnerConfig::for_engine(&engine),
+            engine,
             source: GitSourceConfig::default(),
-            http_runner: HttpRunnerConfig::default(),
         }
     }
 }
@@ -102,6 +106,9 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartupError {
+    /// The engine's settings are not usable (a zero timeout, a zero limit, …).
+    #[error(transparent)]
+    Engine(#[from] ConfigError),
     /// The repository path is missing or not a git repository.
     #[error(transparent)]
     Repository(#[from] GitSourceError),
@@ -143,10 +150,9 @@ pub enum ServerError {
 pub struct Server {
     store: Arc<dyn RunStore>,
     source: GitSource,
-    runner: Arc<dyn StepRunner>,
+    engine: Engine,
     runner_addr: RunnerAddr,
     supervisor: Option<RunnerSupervisor>,
-    engine_config: EngineConfig,
     repo_path: PathBuf,
     db: String,
 }
@@ -163,13 +169,16 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Opens the repository, the store and the runner (starting the bundled
-    /// simulator when asked to).
+    /// Checks the engine's settings, then opens the repository, the store and
+    /// the runner (starting the bundled simulator when asked to) and builds the
+    /// engine.
     ///
     /// # Errors
-    /// A [`StartupError`] when the path is missing or not a repository, the
-    /// database cannot be opened, or the runner cannot be set up.
+    /// A [`StartupError`] when the engine's settings are not usable (checked
+    /// first, before anything is opened or started), the path is missing or not
+    /// a repository, the database cannot be opened, or the runner cannot be set up.
     pub async fn start(config: ServerConfig) -> Result<Self, StartupError> {
+        config.engine.validate()?;
         let repo_path = tokio::fs::canonicalize(&config.repo_path)
             .await
             .map_err(|source| GitSourceError::Missing {
@@ -195,13 +204,18 @@ impl Server {
                 (runner, addr, Some(supervisor))
             }
         };
+        let engine = Engine::new(
+            Pipeline::standard(),
+            Arc::new(runner),
+            Arc::clone(&store),
+            config.engine,
+        )?;
         Ok(Self {
             store,
             source,
-            runner: Arc::new(runner),
+            engine,
             runner_addr,
             supervisor,
-            engine_config: config.engine,
             repo_path,
             db,
         })
@@ -245,12 +259,7 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let engine = Engine::new(
-            Pipeline::standard(),
-            self.runner,
-            Arc::clone(&self.store),
-            self.engine_config,
-        );
+        let engine = self.engine;
         let (stop_tx, stop_rx) = watch::channel(false);
         let api = crate::api::Api::new(Arc::clone(&self.store), Some(engine.handle()))
             .ending_streams_on(stop_rx.clone());
@@ -394,4 +403,38 @@ async fn open_store(
         .await
         .map_err(|e| store_error(e.to_string()))?;
     Ok((Arc::new(store), path.display().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bad_engine_configuration_is_refused_before_anything_starts() {
+        let mut config = ServerConfig::new(
+            PathBuf::from("/nowhere/at/all"),
+            RunnerChoice::External(":1".parse().expect("valid")),
+        );
+        config.engine.abandon_limit = Duration::ZERO;
+        let error = Server::start(config).await.expect_err("refused");
+        assert!(matches!(error, StartupError::Engine(_)), "{error}");
+        let line = error.to_string();
+        assert!(
+            line.contains("abandon_limit must be longer than zero"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn the_default_http_settings_follow_the_engine() {
+        let config = ServerConfig::new(
+            PathBuf::from("/repo"),
+            RunnerChoice::External(":1".parse().expect("valid")),
+        );
+        assert_eq!(
+            config.http_runner,
+            HttpRunnerConfig::for_engine(&config.engine)
+        );
+    }
 }

@@ -533,7 +533,8 @@ async fn events_stream_the_engines_progress() {
         runner,
         Arc::clone(&store),
         EngineConfig::default(),
-    );
+    )
+    .expect("a valid engine configuration");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let api = Api::new(Arc::clone(&store), Some(engine.handle())).ending_streams_on(stopped);
     let cli = TestClient::new(ci_server::api::app(api));

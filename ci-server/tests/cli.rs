@@ -41,6 +41,7 @@ fn help_explains_every_option() {
         "--poll-interval",
         "--no-watch",
         "--step-timeout",
+        "--abandon-limit",
         "--max-attempts",
         "--retry-backoff",
         "--max-in-flight",
@@ -125,6 +126,10 @@ fn bad_options_are_startup_errors() {
     expect_startup_error(&[path, "--listen", "everywhere"], "invalid listen address");
     expect_startup_error(&[path, "--initial", "some"], "--initial");
     expect_startup_error(&[path, "--max-attempts", "0"], "--max-attempts");
+    expect_startup_error(&[path, "--step-timeout", "50ms"], "--step-timeout");
+    expect_startup_error(&[path, "--abandon-limit", "later"], "--abandon-limit");
+    let line = expect_startup_error(&[path, "--abandon-limit", "0s"], "--abandon-limit");
+    assert!(line.contains("longer than zero"), "{line}");
     expect_startup_error(&[path, "--poll-interval", "soon"], "--poll-interval");
     expect_startup_error(&[path, "--sim-args", "--test-ms never"], "--sim-args");
     expect_startup_error(&[path, ":8080", "--sim-args", "--no-crash"], "--sim-args");

@@ -88,7 +88,8 @@ async fn start(repo: &Path, store: &Arc<MemoryStore>) -> Running {
         runner,
         store.clone(),
         EngineConfig::default(),
-    );
+    )
+    .expect("a valid engine configuration");
     let events = engine.handle().subscribe();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(engine.run(Box::new(source), async move {

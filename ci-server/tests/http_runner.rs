@@ -1,17 +1,18 @@
 //! `HttpStepRunner` against tiny fake runners on real loopback sockets that
 //! misbehave in one precise way each, checking that every misbehaviour becomes
-//! the right `RunnerError`.
+//! the right `RunnerError`, that a slow or silent runner is waited for (the HTTP
+//! runner has no clock of its own once connected), and what probes say.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ci_engine::{RunnerError, StepRequest, StepRunner, StepVerdict};
+use ci_engine::{Probe, RunnerError, StepRequest, StepRunner, StepVerdict};
 use ci_server::http_runner::{HttpRunnerConfig, HttpStepRunner, RunnerAddr};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 const COMMIT: &str = "abcdef0123456789abcdef0123456789abcdef01";
@@ -21,6 +22,8 @@ const COMMIT: &str = "abcdef0123456789abcdef0123456789abcdef01";
 struct Received {
     /// Which connection of the fake it came on, from 1.
     connection: usize,
+    /// The client's end of that connection.
+    peer: Option<SocketAddr>,
     head: String,
     body: Vec<u8>,
 }
@@ -50,6 +53,13 @@ enum Act {
     Hang,
     /// Read the request, write these bytes, then never finish.
     ReplyThenHang(Vec<u8>),
+    /// Read the request, write `first`, wait until `gate` holds `true`, then
+    /// write `rest` (a runner whose answer takes as long as the test says).
+    ReplyWhenReleased {
+        first: Vec<u8>,
+        rest: Vec<u8>,
+        gate: watch::Receiver<bool>,
+    },
 }
 
 /// A fake runner on `127.0.0.1:<port>`; aborted (all sockets closed) on drop.
@@ -120,8 +130,10 @@ async fn serve_connection(
     if matches!(act, Act::CloseAtOnce) {
         return;
     }
+    let peer = stream.peer_addr().ok();
     while let Some(mut request) = read_request(&mut stream).await {
         request.connection = connection;
+        request.peer = peer;
         let _ = tx.send(request);
         match &act {
             Act::Reply(bytes) => {
@@ -138,6 +150,18 @@ async fn serve_connection(
             Act::ReplyThenHang(bytes) => {
                 let _ = stream.write_all(bytes).await;
                 std::future::pending::<()>().await;
+            }
+            Act::ReplyWhenReleased { first, rest, gate } => {
+                if stream.write_all(first).await.is_err() {
+                    return;
+                }
+                let mut gate = gate.clone();
+                if gate.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                if stream.write_all(rest).await.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -175,6 +199,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<Received> {
     }
     Some(Received {
         connection: 0,
+        peer: None,
         head,
         body: buf[head_end..head_end + length].to_vec(),
     })
@@ -200,8 +225,21 @@ const GOOD_BODY: &str = "{\"build_logs\":\"step 'lint' build started!\\nLinting.
 
 fn quick_config() -> HttpRunnerConfig {
     HttpRunnerConfig {
-        step_timeout: Duration::from_secs(20),
         connect_timeout: Duration::from_secs(2),
+        ..HttpRunnerConfig::default()
+    }
+}
+
+/// A connect timeout far shorter than the waits the tests below check.
+const SHORT_CONNECT: Duration = Duration::from_millis(100);
+
+/// How long a call must still be pending for a test to say "it keeps waiting":
+/// several connect timeouts.
+const STILL_WAITING_AFTER: Duration = Duration::from_millis(600);
+
+fn short_connect_config() -> HttpRunnerConfig {
+    HttpRunnerConfig {
+        connect_timeout: SHORT_CONNECT,
         ..HttpRunnerConfig::default()
     }
 }
@@ -350,38 +388,153 @@ async fn a_connection_closed_before_reading_is_lost_not_unreachable() {
     assert!(matches!(error, RunnerError::Lost(_)), "{error}");
 }
 
+/// The engine's step timeout is the only clock on a request: a runner that says
+/// nothing for many connect timeouts is still waited for, and its late answer
+/// counts.
 #[tokio::test]
-async fn a_runner_that_never_answers_is_lost_after_the_step_timeout() {
-    let fake = Fake::start(Act::Hang).await;
-    let config = HttpRunnerConfig {
-        step_timeout: Duration::from_millis(300),
-        connect_timeout: Duration::from_millis(200),
-        ..HttpRunnerConfig::default()
-    };
-    let runner = runner_at(RunnerAddr::from_socket_addr(fake.addr), config);
-    let started = Instant::now();
-    let error = runner.run(&request("lint", 1)).await.expect_err("timeout");
-    assert!(matches!(error, RunnerError::Lost(_)), "{error}");
-    assert!(error.to_string().contains("step timeout"), "{error}");
-    assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_names_the_attempt(&error);
+async fn a_late_answer_is_waited_for_and_counts() {
+    for (first, rest) in [
+        // Nothing at all until released.
+        (
+            Vec::new(),
+            response("200 OK", "application/json", GOOD_BODY),
+        ),
+        // The head and part of the body, then a stall in the middle of the body.
+        split_in_body(response("200 OK", "application/json", GOOD_BODY), 10),
+    ] {
+        let (release, gate) = watch::channel(false);
+        let mut fake = Fake::start(Act::ReplyWhenReleased { first, rest, gate }).await;
+        let runner = runner_at(
+            RunnerAddr::from_socket_addr(fake.addr),
+            short_connect_config(),
+        );
+        let lint = request("lint", 1);
+        let mut call = std::pin::pin!(runner.run(&lint));
+        let early = tokio::time::timeout(STILL_WAITING_AFTER, &mut call).await;
+        assert!(
+            early.is_err(),
+            "the call ended before the runner answered: {early:?}"
+        );
+        fake.received
+            .recv()
+            .await
+            .expect("the request reached the runner");
+        release.send(true).expect("the fake waits at the gate");
+        let output = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the answer is read once it comes")
+            .expect("a late answer is a good answer");
+        assert_eq!(output.verdict, StepVerdict::Success);
+        assert_eq!(output.logs, "step 'lint' build started!\nLinting...");
+    }
+}
+
+/// A response split `into` bytes after the end of its head.
+fn split_in_body(mut bytes: Vec<u8>, into: usize) -> (Vec<u8>, Vec<u8>) {
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let rest = bytes.split_off(head_end + into);
+    (bytes, rest)
+}
+
+/// A runner that accepted the request and never answers keeps the call pending:
+/// the HTTP runner never cuts short a request the engine still holds open.
+#[tokio::test]
+async fn a_runner_that_never_answers_keeps_the_request_open() {
+    let mut fake = Fake::start(Act::Hang).await;
+    let runner = runner_at(
+        RunnerAddr::from_socket_addr(fake.addr),
+        short_connect_config(),
+    );
+    let lint = request("lint", 1);
+    let mut call = std::pin::pin!(runner.run(&lint));
+    let result = tokio::time::timeout(STILL_WAITING_AFTER, &mut call).await;
+    assert!(result.is_err(), "the call ended by itself: {result:?}");
+    fake.received
+        .recv()
+        .await
+        .expect("the request reached the runner");
+    // Still pending after the request is known to have arrived.
+    let result = tokio::time::timeout(STILL_WAITING_AFTER, &mut call).await;
+    assert!(result.is_err(), "the call ended by itself: {result:?}");
 }
 
 #[tokio::test]
-async fn a_body_that_never_ends_is_lost_after_the_step_timeout() {
+async fn a_body_that_stalls_keeps_the_request_open() {
     let fake = Fake::start(Act::ReplyThenHang(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"build"
             .to_vec(),
     ))
     .await;
+    let runner = runner_at(
+        RunnerAddr::from_socket_addr(fake.addr),
+        short_connect_config(),
+    );
+    let result = tokio::time::timeout(STILL_WAITING_AFTER, runner.run(&request("lint", 1))).await;
+    assert!(result.is_err(), "the call ended by itself: {result:?}");
+}
+
+/// TCP keepalive is what ends a request to a machine that vanished; check that
+/// the client's socket has its keepalive timer armed with the configured idle
+/// time (Linux shows socket timers in `/proc/net/tcp`).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn requests_go_out_with_tcp_keepalive() {
+    let mut fake = Fake::start(Act::Hang).await;
     let config = HttpRunnerConfig {
-        step_timeout: Duration::from_millis(300),
-        connect_timeout: Duration::from_millis(200),
-        ..HttpRunnerConfig::default()
+        keepalive_idle: Duration::from_secs(40),
+        ..quick_config()
     };
     let runner = runner_at(RunnerAddr::from_socket_addr(fake.addr), config);
-    let error = runner.run(&request("lint", 1)).await.expect_err("timeout");
-    assert!(matches!(error, RunnerError::Lost(_)), "{error}");
+    let call = tokio::spawn(async move { runner.run(&request("lint", 1)).await });
+    let received = fake.received.recv().await.expect("the request arrived");
+    let client = received.peer.expect("the fake knows the client's address");
+    // `tr` is 2 while the keepalive timer is pending; `tm->when` is in clock
+    // ticks (USER_HZ, 100 a second), in hexadecimal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (timer, when) = loop {
+        let found = client_socket_timer(client);
+        if let Some((2, when)) = found {
+            break (2, when);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no keepalive timer on the client's socket {client}: {found:?}"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(timer, 2);
+    assert!(
+        (30 * 100..=40 * 100).contains(&when),
+        "the keepalive timer fires in {when} ticks, not within the configured 40 s"
+    );
+    call.abort();
+}
+
+/// The `tr` and `tm->when` columns of the socket whose local address is `local`,
+/// from `/proc/net/tcp`.
+#[cfg(target_os = "linux")]
+fn client_socket_timer(local: SocketAddr) -> Option<(u8, u64)> {
+    let SocketAddr::V4(v4) = local else {
+        panic!("the fake listens on IPv4, the client is {local}")
+    };
+    let ip = u32::from_le_bytes(v4.ip().octets());
+    let wanted = format!("{ip:08X}:{:04X}", v4.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&wanted.as_str()) {
+            return None;
+        }
+        let (timer, when) = fields.get(5)?.split_once(':')?;
+        Some((
+            u8::from_str_radix(timer, 16).ok()?,
+            u64::from_str_radix(when, 16).ok()?,
+        ))
+    })
 }
 
 #[tokio::test]
@@ -569,5 +722,86 @@ async fn calls_may_run_concurrently() {
         .collect();
     for call in calls {
         call.await.expect("task").expect("each call succeeds");
+    }
+}
+
+#[tokio::test]
+async fn a_probe_runs_no_step_and_any_http_answer_means_up() {
+    for (status, body) in [
+        ("404 Not Found", "404 page not found"),
+        ("200 OK", "hello"),
+        ("503 Service Unavailable", "busy"),
+    ] {
+        let mut fake = Fake::start(text(status, body)).await;
+        let probe = fake.runner().probe().await;
+        assert_eq!(probe, Probe::Up, "{status}");
+        let received = fake.received.recv().await.expect("the probe arrived");
+        assert!(
+            received.head.starts_with("GET / HTTP/1.1\r\n"),
+            "{}",
+            received.head
+        );
+        let id = received.header("x-request-id").expect("a request id");
+        assert!(id.starts_with("probe-"), "{id}");
+    }
+}
+
+#[tokio::test]
+async fn a_probe_of_a_closed_port_is_down() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("addr")
+    }; // closed here: nobody listens on it now
+    let runner = runner_at(RunnerAddr::from_socket_addr(port), quick_config());
+    let probe = runner.probe().await;
+    let Probe::Down(reason) = &probe else {
+        panic!("expected Down, got {probe:?}");
+    };
+    assert!(reason.contains("cannot connect"), "{reason}");
+    assert!(
+        reason.contains(&port.to_string()),
+        "the address is named: {reason}"
+    );
+}
+
+/// A socket that accepts and never answers (a hung runner, or the simulator
+/// after a crash) is down once the probe timeout is over, not later.
+#[tokio::test]
+async fn a_probe_of_a_runner_that_never_answers_is_down_within_the_probe_timeout() {
+    let probe_timeout = Duration::from_millis(300);
+    let fake = Fake::start(Act::Hang).await;
+    let config = HttpRunnerConfig {
+        probe_timeout,
+        ..quick_config()
+    };
+    let runner = runner_at(RunnerAddr::from_socket_addr(fake.addr), config);
+    let started = Instant::now();
+    let probe = tokio::time::timeout(Duration::from_secs(10), runner.probe())
+        .await
+        .expect("the probe ends by itself");
+    let took = started.elapsed();
+    let Probe::Down(reason) = &probe else {
+        panic!("expected Down, got {probe:?}");
+    };
+    assert!(reason.contains("probe timeout"), "{reason}");
+    assert!(took >= probe_timeout, "down after only {took:?}");
+    assert!(
+        took < probe_timeout + Duration::from_secs(2),
+        "down only after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_probe_answered_by_something_that_is_not_http_or_by_a_close_is_down() {
+    for act in [
+        Act::Reply(b"hello, this is not HTTP\r\n\r\n".to_vec()),
+        Act::CloseAfterRequest,
+        Act::CloseAtOnce,
+    ] {
+        let fake = Fake::start(act).await;
+        let probe = tokio::time::timeout(Duration::from_secs(10), fake.runner().probe())
+            .await
+            .expect("the probe ends by itself");
+        assert!(matches!(probe, Probe::Down(_)), "{probe:?}");
     }
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ci_engine::{RunnerError, StepRequest, StepRunner, StepVerdict};
+use ci_engine::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
 use ci_server::http_runner::{HttpRunnerConfig, HttpStepRunner, RunnerAddr};
 use step_runner_sim::{ServeEnd, SimConfig, serve};
 use tokio::net::TcpListener;
@@ -45,10 +45,7 @@ impl Sim {
         HttpStepRunner::new(
             RunnerAddr::from_socket_addr(self.addr),
             "/repos/demo".into(),
-            HttpRunnerConfig {
-                step_timeout: DEADLINE,
-                ..HttpRunnerConfig::default()
-            },
+            HttpRunnerConfig::default(),
         )
         .expect("runner builds")
     }
@@ -71,6 +68,14 @@ fn request(step: &str) -> StepRequest {
     }
 }
 
+/// Runs `step`, failing the test after [`DEADLINE`]: the HTTP runner has no
+/// timeout of its own once connected.
+async fn run_within(runner: &HttpStepRunner, step: &str) -> Result<StepOutput, RunnerError> {
+    tokio::time::timeout(DEADLINE, runner.run(&request(step)))
+        .await
+        .unwrap_or_else(|_| panic!("{step} got no answer within {DEADLINE:?}"))
+}
+
 #[tokio::test]
 async fn every_step_runs_against_the_simulator() {
     let sim = Sim::start(quick(SimConfig {
@@ -85,7 +90,7 @@ async fn every_step_runs_against_the_simulator() {
         ("build", "Building..."),
         ("test", "Testing..."),
     ] {
-        let output = runner.run(&request(step)).await.expect("the step runs");
+        let output = run_within(&runner, step).await.expect("the step runs");
         assert_eq!(output.verdict, StepVerdict::Success, "{step}");
         assert!(output.logs.contains(marker), "{step}: {}", output.logs);
         assert!(
@@ -110,9 +115,7 @@ async fn a_failed_build_is_a_failure_verdict() {
         ..SimConfig::default()
     }))
     .await;
-    let output = sim
-        .runner()
-        .run(&request("build"))
+    let output = run_within(&sim.runner(), "build")
         .await
         .expect("the build runs");
     assert_eq!(output.verdict, StepVerdict::Failure);
@@ -121,9 +124,7 @@ async fn a_failed_build_is_a_failure_verdict() {
 #[tokio::test]
 async fn an_unknown_step_is_rejected_with_the_runner_text() {
     let sim = Sim::start(quick(SimConfig::default())).await;
-    let error = sim
-        .runner()
-        .run(&request("Lint"))
+    let error = run_within(&sim.runner(), "Lint")
         .await
         .expect_err("case-sensitive step names");
     let RunnerError::Rejected(message) = &error else {
@@ -142,7 +143,7 @@ async fn a_crash_is_lost_then_unreachable_until_restarted_on_the_same_port() {
     let addr = sim.addr;
     let runner = sim.runner();
 
-    let error = runner.run(&request("test")).await.expect_err("it crashes");
+    let error = run_within(&runner, "test").await.expect_err("it crashes");
     assert!(matches!(error, RunnerError::Lost(_)), "{error}");
     let end = tokio::time::timeout(DEADLINE, sim.server)
         .await
@@ -151,11 +152,15 @@ async fn a_crash_is_lost_then_unreachable_until_restarted_on_the_same_port() {
         .expect("serve ran");
     assert_eq!(end, ServeEnd::Crashed);
 
-    let error = runner
-        .run(&request("lint"))
+    let error = run_within(&runner, "lint")
         .await
         .expect_err("nobody listens");
     assert!(matches!(error, RunnerError::Unreachable(_)), "{error}");
+    let probe = runner.probe().await;
+    assert!(
+        matches!(&probe, Probe::Down(r) if r.contains("cannot connect")),
+        "{probe:?}"
+    );
 
     let listener = TcpListener::bind(addr).await.expect("same port again");
     let _restarted = Sim::on(
@@ -165,9 +170,33 @@ async fn a_crash_is_lost_then_unreachable_until_restarted_on_the_same_port() {
             ..SimConfig::default()
         }),
     );
-    let output = runner
-        .run(&request("lint"))
+    assert_eq!(
+        runner.probe().await,
+        Probe::Up,
+        "the restarted runner answers probes"
+    );
+    let output = run_within(&runner, "lint")
         .await
         .expect("the restarted runner answers");
     assert_eq!(output.verdict, StepVerdict::Success);
+}
+
+/// The probe's request, `GET /`, is answered like every path but the step
+/// endpoint, as the original runner does: `404 page not found`, and no step runs.
+#[tokio::test]
+async fn the_simulator_answers_a_probe_without_running_a_step() {
+    let sim = Sim::start(quick(SimConfig {
+        crashable: false,
+        ..SimConfig::default()
+    }))
+    .await;
+    let response = reqwest::get(format!("http://{}/", sim.addr))
+        .await
+        .expect("GET / answers");
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response.text().await.expect("a body").trim(),
+        "404 page not found"
+    );
+    assert_eq!(sim.runner().probe().await, Probe::Up);
 }

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ci_engine::{RunnerError, StepRequest, StepRunner, StepVerdict};
-use ci_server::http_runner::HttpRunnerConfig;
+use ci_engine::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
+use ci_server::http_runner::{HttpRunnerConfig, HttpStepRunner};
 use ci_server::supervisor::{
     BUNDLED_SIM_ARG, RunnerSupervisor, SupervisorConfig, SupervisorError, SupervisorStatus,
 };
@@ -38,10 +38,15 @@ fn request(step: &str) -> StepRequest {
 }
 
 fn runner_config() -> HttpRunnerConfig {
-    HttpRunnerConfig {
-        step_timeout: DEADLINE,
-        ..HttpRunnerConfig::default()
-    }
+    HttpRunnerConfig::default()
+}
+
+/// Runs `step` on `runner`, failing the test after [`DEADLINE`]: the HTTP runner
+/// has no timeout of its own once connected.
+async fn run_within(runner: &HttpStepRunner, step: &str) -> Result<StepOutput, RunnerError> {
+    tokio::time::timeout(DEADLINE, runner.run(&request(step)))
+        .await
+        .unwrap_or_else(|_| panic!("{step} got no answer within {DEADLINE:?}"))
 }
 
 /// Waits (bounded) until the supervisor's status satisfies `done`.
@@ -95,11 +100,18 @@ async fn the_bundled_simulator_starts_runs_steps_and_stops() {
     let runner = supervisor
         .step_runner("/repos/demo".into(), runner_config())
         .expect("runner");
-    let output = runner.run(&request("lint")).await.expect("lint runs");
+    let output = run_within(&runner, "lint").await.expect("lint runs");
     assert_eq!(output.verdict, StepVerdict::Success);
+    assert_eq!(
+        runner.probe().await,
+        Probe::Up,
+        "the simulator answers probes"
+    );
 
     supervisor.shutdown().await;
     wait_until_refused(addr).await;
+    let probe = runner.probe().await;
+    assert!(matches!(probe, Probe::Down(_)), "{probe:?}");
 }
 
 #[tokio::test]
@@ -121,14 +133,13 @@ async fn a_crashed_runner_is_restarted_on_the_same_port() {
         .expect("runner");
 
     for round in 1..=2 {
-        let error = runner.run(&request("test")).await.expect_err("it crashes");
+        let error = run_within(&runner, "test").await.expect_err("it crashes");
         assert!(matches!(error, RunnerError::Lost(_)), "{error}");
         let status = wait_for(&supervisor, "restarted", |s| s.up && s.restarts >= round).await;
         assert_eq!(status.addr, addr, "the address must stay the same");
         assert_eq!(status.exits, round);
         assert_ne!(status.pid, first_pid);
-        let output = runner
-            .run(&request("lint"))
+        let output = run_within(&runner, "lint")
             .await
             .expect("the restarted runner answers");
         assert_eq!(output.verdict, StepVerdict::Success);
@@ -252,7 +263,7 @@ async fn crash(supervisor: &RunnerSupervisor) {
     let runner = supervisor
         .step_runner("/repos/demo".into(), runner_config())
         .expect("runner");
-    let error = runner.run(&request("test")).await.expect_err("it crashes");
+    let error = run_within(&runner, "test").await.expect_err("it crashes");
     assert!(matches!(error, RunnerError::Lost(_)), "{error}");
     wait_for(supervisor, "down", |s| s.exits >= 1).await;
 }
@@ -311,8 +322,7 @@ async fn a_taken_port_moves_the_runner_and_its_step_runner_follows() {
     );
     assert_eq!(status.restarts, 1);
     assert_eq!(runner.addr().port(), status.addr.port());
-    let output = runner
-        .run(&request("lint"))
+    let output = run_within(&runner, "lint")
         .await
         .expect("the step runner follows the move");
     assert_eq!(output.verdict, StepVerdict::Success);

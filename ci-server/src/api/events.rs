@@ -51,3 +51,44 @@ pub fn to_sse(value: serde_json::Value) -> Event {
         .to_owned();
     Event::message(value.to_string()).event_type(kind)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ci_engine::{AttemptOutcome, StepStatus};
+
+    #[test]
+    fn every_field_of_a_step_event_reaches_the_stream() {
+        let finished = event_json(&EngineEvent::StepFinished {
+            commit: "abc".into(),
+            step: "build".into(),
+            attempt: 2,
+            outcome: AttemptOutcome::Lost,
+            status: StepStatus::Pending,
+            retry_in_ms: Some(750),
+        });
+        assert_eq!(finished["type"], "step_finished");
+        assert_eq!(finished["retry_in_ms"], 750);
+        assert_eq!(finished["outcome"], "lost");
+        assert_eq!(finished["status"], "pending");
+
+        let withdrawn = event_json(&EngineEvent::StepWithdrawn {
+            commit: "abc".into(),
+            step: "test".into(),
+            attempt: 3,
+            reason: "connection refused".into(),
+        });
+        assert_eq!(
+            withdrawn,
+            serde_json::json!({
+                "type": "step_withdrawn",
+                "commit": "abc",
+                "step": "test",
+                "attempt": 3,
+                "reason": "connection refused",
+            })
+        );
+        let sse = to_sse(withdrawn).to_string();
+        assert!(sse.contains("event: step_withdrawn"), "{sse}");
+    }
+}

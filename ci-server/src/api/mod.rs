@@ -76,9 +76,9 @@ impl Api {
 #[derive(ApiResponse)]
 pub enum EventsResponse {
     /// Server-sent events: first `connected`, then one per engine event
-    /// (`run_queued`, `step_started`, `step_finished`, `run_finished`,
-    /// `runner_down`, `runner_up`), or `lagged` when the client fell behind. The
-    /// data is JSON with a `type` field naming the event.
+    /// (`run_queued`, `step_started`, `step_finished`, `step_withdrawn`,
+    /// `run_finished`, `runner_down`, `runner_up`), or `lagged` when the client
+    /// fell behind. The data is JSON with a `type` field naming the event.
     #[oai(status = 200)]
     Ok(EventStream<BoxStream<'static, serde_json::Value>>),
     /// No engine runs behind this API.

@@ -97,8 +97,9 @@ pub enum AttemptOutcomeDto {
     Success,
     /// The step ran and failed.
     Failure,
-    /// The runner died, dropped the connection or timed out mid-step (a crash);
-    /// the step is retried. Never a verdict about the commit.
+    /// The runner died or dropped the connection mid-step (a crash), or gave no
+    /// answer within the step timeout (the request is left open until it
+    /// answers); the step is retried. Never a verdict about the commit.
     Lost,
     /// The runner refused the request; not retried.
     Rejected,

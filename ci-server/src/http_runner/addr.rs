@@ -59,6 +59,15 @@ impl RunnerAddr {
         url
     }
 
+    /// The URL a probe asks, `<base>/`: no step runs there (the original runner
+    /// answers `404 page not found` to every path but the step endpoint).
+    pub fn probe_url(&self) -> Url {
+        let mut url = self.base.clone();
+        let path = format!("{}/", self.prefix());
+        url.set_path(&path);
+        url
+    }
+
     /// The host as written in the URL (`127.0.0.1`, `[::1]`, `runner.lan`).
     pub fn host(&self) -> &str {
         self.base.host_str().unwrap_or_default()
@@ -208,6 +217,15 @@ mod tests {
         let b = ok("HTTP://host");
         assert_eq!(b.port(), 80);
         assert_eq!(b.trigger_url().as_str(), "http://host/step/trigger");
+    }
+
+    #[test]
+    fn probes_ask_the_base_with_its_prefix() {
+        assert_eq!(ok(":8080").probe_url().as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(
+            ok("http://proxy:8000/runners/a/").probe_url().as_str(),
+            "http://proxy:8000/runners/a/"
+        );
     }
 
     #[test]

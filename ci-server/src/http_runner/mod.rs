@@ -9,10 +9,49 @@
 //! |---|---|
 //! | connection refused, no route, DNS failure, connect timeout | [`RunnerError::Unreachable`] |
 //! | connection closed or reset before the whole response, empty reply | [`RunnerError::Lost`] |
-//! | no complete response within [`HttpRunnerConfig::step_timeout`] | [`RunnerError::Lost`] |
+//! | the connection went dead: TCP keepalive probes went unanswered (the runner's machine vanished) | [`RunnerError::Lost`] |
 //! | HTTP 4xx | [`RunnerError::Rejected`], with the runner's plain-text body |
 //! | HTTP 5xx (the original runner never sends one) | [`RunnerError::Lost`] |
 //! | a reply that is not HTTP, a status other than 200/4xx/5xx, a 200 body that is not the expected JSON, a `status` other than `Success`/`Failure`, a body over [`HttpRunnerConfig::max_body_bytes`] | [`RunnerError::Protocol`] |
+//!
+//! # No clock of its own
+//!
+//! A request has **no overall timeout**: a step takes as long as the runner
+//! needs, and a response that is slow to come (or a body that stalls) is the
+//! engine's business. The engine's [`EngineConfig::step_timeout`] records the
+//! attempt `lost` but keeps the request open, holding its concurrency permit,
+//! until the runner answers, so that the runner is never asked to run more steps
+//! of a class at once than the class allows. The HTTP runner therefore never cuts
+//! a request the engine still holds open. Only two things end a request early:
+//!
+//! - the **connect timeout** ([`HttpRunnerConfig::connect_timeout`]), before any
+//!   byte is written: [`RunnerError::Unreachable`];
+//! - **TCP keepalive** ([`HttpRunnerConfig::keepalive_idle`],
+//!   [`keepalive_interval`](HttpRunnerConfig::keepalive_interval),
+//!   [`keepalive_retries`](HttpRunnerConfig::keepalive_retries)): the kernel of a
+//!   live runner machine answers keepalive probes however long the step takes,
+//!   but a machine that vanished (power loss, network gone) does not, and the
+//!   connection then fails as [`RunnerError::Lost`] (by default after about 60 s
+//!   of silence) instead of holding a permit forever. A runner machine that
+//!   rebooted answers with a reset, which is `Lost` at once.
+//!
+//! The engine drops the future when it stops for good or when the runner held a
+//! request it gave up on past [`EngineConfig::abandon_limit`]; dropping it closes
+//! the connection.
+//!
+//! [`HttpRunnerConfig::for_engine`] derives the connect timeout from the engine's
+//! settings; use it rather than setting the fields by hand.
+//!
+//! # Probing
+//!
+//! [`StepRunner::probe`] sends `GET <base>/` (the original runner answers every
+//! path but `/step/trigger` with `404 page not found`, as does the bundled
+//! simulator): it runs no step. Any HTTP response is [`Probe::Up`]; a refused
+//! connection, a connect timeout, a connection closed without a response, a reply
+//! that is not HTTP, or no response head within [`HttpRunnerConfig::probe_timeout`]
+//! is [`Probe::Down`] with the reason. It is never [`Probe::Unsupported`].
+//!
+//! # Connections
 //!
 //! `Unreachable` promises the engine that nothing reached the runner. That is only
 //! true because every request opens a **new connection**: the client keeps no idle
@@ -26,7 +65,11 @@
 //!
 //! Every attempt carries an `X-Request-Id` header (`<commit:8>-<step>-a<attempt>-<unique>`)
 //! which is logged with `tracing` and quoted in every error message, so a line in
-//! the runner's log can be matched with an attempt in the engine's.
+//! the runner's log can be matched with an attempt in the engine's. Probes carry
+//! one too (`probe-<unique>`).
+//!
+//! [`EngineConfig::step_timeout`]: ci_engine::EngineConfig::step_timeout
+//! [`EngineConfig::abandon_limit`]: ci_engine::EngineConfig::abandon_limit
 
 mod addr;
 
@@ -35,7 +78,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use ci_engine::{RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
+use ci_engine::{
+    EngineConfig, Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict,
+};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -49,17 +94,44 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// How many bytes of an unexpected body are quoted in an error message.
 const BODY_PREVIEW_BYTES: usize = 200;
 
+/// The longest connecting to the runner may take, by default and at most when
+/// derived by [`HttpRunnerConfig::for_engine`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a [probe](StepRunner::probe) waits for a response head, by default.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Timeouts and limits of an [`HttpStepRunner`].
+///
+/// There is deliberately no whole-request timeout: see the [module
+/// documentation](self#no-clock-of-its-own). Build it with
+/// [`for_engine`](Self::for_engine) so that the connect timeout fits the engine's
+/// step timeout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRunnerConfig {
-    /// The longest a step may take, from connecting to the last byte of the
-    /// response. Past it the attempt is [`RunnerError::Lost`]. Default: 10 minutes
-    /// (the original runner's steps take under a second, but a step may wait for
-    /// the runner's lock behind others). Must be longer than `connect_timeout`.
-    pub step_timeout: Duration,
     /// The longest connecting may take; past it the runner is
-    /// [`RunnerError::Unreachable`]. Default: 5 seconds.
+    /// [`RunnerError::Unreachable`] (nothing was sent). Longer than zero. Default:
+    /// [`DEFAULT_CONNECT_TIMEOUT`] (5 s).
     pub connect_timeout: Duration,
+    /// The longest a [probe](StepRunner::probe) waits, from connecting to the
+    /// response head; past it the probe says [`Probe::Down`]. Connecting within it
+    /// is bounded by `connect_timeout` as for any request. Longer than zero.
+    /// Default: [`DEFAULT_PROBE_TIMEOUT`] (3 s).
+    pub probe_timeout: Duration,
+    /// How long a connection may be silent (typically: waiting for a step's
+    /// answer) before the kernel sends the first TCP keepalive probe
+    /// (`SO_KEEPALIVE`, `TCP_KEEPIDLE`). Longer than zero. Default: 30 s.
+    pub keepalive_idle: Duration,
+    /// The wait between unanswered keepalive probes (`TCP_KEEPINTVL`). Longer
+    /// than zero. Default: 10 s.
+    pub keepalive_interval: Duration,
+    /// How many unanswered keepalive probes end the connection (`TCP_KEEPCNT`);
+    /// the request then fails as [`RunnerError::Lost`]. At least 1. Default: 3,
+    /// so a connection to a machine that vanished fails after about
+    /// `keepalive_idle + keepalive_retries × keepalive_interval` = 60 s of
+    /// silence. A live runner's kernel answers the probes however long its
+    /// step takes.
+    pub keepalive_retries: u32,
     /// The largest response body accepted; a larger one is a
     /// [`RunnerError::Protocol`] error. Default: 16 MiB.
     pub max_body_bytes: usize,
@@ -68,10 +140,38 @@ pub struct HttpRunnerConfig {
 impl Default for HttpRunnerConfig {
     fn default() -> Self {
         Self {
-            step_timeout: Duration::from_secs(600),
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            keepalive_idle: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_retries: 3,
             max_body_bytes: 16 * 1024 * 1024,
         }
+    }
+}
+
+impl HttpRunnerConfig {
+    /// The settings for a runner driven by an engine with `engine`'s settings:
+    /// the defaults, with a connect timeout of half the engine's step timeout,
+    /// at most [`DEFAULT_CONNECT_TIMEOUT`]. Keeping it shorter than the step
+    /// timeout means a runner that cannot be reached is reported
+    /// [`RunnerError::Unreachable`] before the engine's step timeout gives up on
+    /// the attempt. The engine's step timeout is the only clock on a request
+    /// once it is sent.
+    pub fn for_engine(engine: &EngineConfig) -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT.min(engine.step_timeout / 2),
+            ..Self::default()
+        }
+    }
+
+    /// How long a dead connection may stay silent before keepalive ends it:
+    /// `keepalive_idle + keepalive_retries × keepalive_interval`.
+    pub fn keepalive_deadline(&self) -> Duration {
+        self.keepalive_idle.saturating_add(
+            self.keepalive_interval
+                .saturating_mul(self.keepalive_retries),
+        )
     }
 }
 
@@ -110,8 +210,11 @@ impl Endpoint {
 /// A [`StepRunner`] that sends each step to a step runner over HTTP.
 ///
 /// Safe to share and to call concurrently (`Arc<HttpStepRunner>`); each call opens
-/// its own connection. Dropping a call's future closes its connection (the runner
-/// may still finish the step; its result is then discarded).
+/// its own connection. A call waits for the runner's answer as long as the
+/// connection lives: it has no timeout of its own once connected (see the
+/// [module documentation](self#no-clock-of-its-own)). Dropping a call's future
+/// closes its connection (the runner may still finish the step; its result is
+/// then discarded).
 #[derive(Debug)]
 pub struct HttpStepRunner {
     client: reqwest::Client,
@@ -147,9 +250,7 @@ impl HttpStepRunner {
     ///
     /// # Errors
     ///
-    /// [`HttpRunnerError::Config`] when a timeout is zero or `connect_timeout` is
-    /// not shorter than `step_timeout` (a step timeout firing while still
-    /// connecting could not be told apart from one after sending);
+    /// [`HttpRunnerError::Config`] when a timeout or keepalive setting is zero;
     /// [`HttpRunnerError::Client`] when reqwest cannot build its client.
     pub fn new(
         base: RunnerAddr,
@@ -179,16 +280,22 @@ impl HttpStepRunner {
         repo_path: String,
         config: HttpRunnerConfig,
     ) -> Result<Self, HttpRunnerError> {
-        if config.step_timeout.is_zero() || config.connect_timeout.is_zero() {
-            return Err(HttpRunnerError::Config(
-                "step_timeout and connect_timeout must be longer than zero".into(),
-            ));
+        for (name, value) in [
+            ("connect_timeout", config.connect_timeout),
+            ("probe_timeout", config.probe_timeout),
+            ("keepalive_idle", config.keepalive_idle),
+            ("keepalive_interval", config.keepalive_interval),
+        ] {
+            if value.is_zero() {
+                return Err(HttpRunnerError::Config(format!(
+                    "{name} must be longer than zero"
+                )));
+            }
         }
-        if config.connect_timeout >= config.step_timeout {
-            return Err(HttpRunnerError::Config(format!(
-                "connect_timeout ({:?}) must be shorter than step_timeout ({:?})",
-                config.connect_timeout, config.step_timeout
-            )));
+        if config.keepalive_retries == 0 {
+            return Err(HttpRunnerError::Config(
+                "keepalive_retries must be at least 1".into(),
+            ));
         }
         let client = reqwest::Client::builder()
             // Never reuse a connection: see the module documentation.
@@ -198,7 +305,12 @@ impl HttpStepRunner {
             .no_proxy()
             .http1_only()
             .connect_timeout(config.connect_timeout)
-            .timeout(config.step_timeout)
+            // No `.timeout(...)`: the engine's step timeout is the only clock on a
+            // request once it is sent (see the module documentation). Keepalive
+            // ends connections to a machine that is gone.
+            .tcp_keepalive(config.keepalive_idle)
+            .tcp_keepalive_interval(config.keepalive_interval)
+            .tcp_keepalive_retries(config.keepalive_retries)
             .build()
             .map_err(HttpRunnerError::Client)?;
         Ok(Self {
@@ -236,6 +348,45 @@ impl HttpStepRunner {
                 }
             })
             .collect()
+    }
+
+    /// A request id for one probe: `probe-<nonce><seq>`.
+    fn probe_id(&self) -> String {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        format!("probe-{:08x}{seq:x}", self.id_nonce)
+    }
+
+    /// `GET <base>/` without a step; see [`StepRunner::probe`] on this type.
+    async fn send_probe(&self, addr: &RunnerAddr, probe_id: &str) -> Probe {
+        let url = addr.probe_url();
+        let request = self
+            .client
+            .get(url.clone())
+            .header(REQUEST_ID_HEADER, probe_id)
+            .send();
+        match tokio::time::timeout(self.config.probe_timeout, request).await {
+            // The response is dropped unread: the connection is closed, and the
+            // runner's status and body do not matter.
+            Ok(Ok(response)) => {
+                debug!(%url, status = %response.status(), "probe answered: the runner is up");
+                Probe::Up
+            }
+            Ok(Err(error)) => {
+                let chain = error_chain(&error);
+                let reason = if error.is_connect() {
+                    format!("cannot connect: {chain}")
+                } else if is_not_http(&error) {
+                    format!("it answers, but not in HTTP: {chain}")
+                } else {
+                    format!("no response: {chain}")
+                };
+                Probe::Down(reason)
+            }
+            Err(_) => Probe::Down(format!(
+                "no response within the probe timeout of {:?}",
+                self.config.probe_timeout
+            )),
+        }
     }
 
     async fn send(&self, request: &StepRequest, request_id: &str) -> Result<StepOutput, Failure> {
@@ -300,6 +451,26 @@ impl StepRunner for HttpStepRunner {
             }
         }
     }
+
+    /// `GET <base>/`, which runs no step (the original runner and the bundled
+    /// simulator answer `404 page not found`). Any HTTP response, whatever its
+    /// status, is [`Probe::Up`]. A refused connection, a connect timeout, a
+    /// connection closed without a response, a reply that is not HTTP, or no
+    /// response head within [`HttpRunnerConfig::probe_timeout`] is
+    /// [`Probe::Down`], whose text names the probe and the address. Never
+    /// [`Probe::Unsupported`]. Returns within `probe_timeout`.
+    async fn probe(&self) -> Probe {
+        let addr = self.endpoint.current();
+        let probe_id = self.probe_id();
+        match self.send_probe(&addr, &probe_id).await {
+            Probe::Down(reason) => {
+                // The engine probes repeatedly while the runner is down: debug only.
+                debug!(%addr, probe_id, reason, "probe: the runner is down");
+                Probe::Down(format!("{reason} [probe {probe_id} to {addr}]"))
+            }
+            other => other,
+        }
+    }
 }
 
 /// A failure before the request id and address are added to its message.
@@ -329,9 +500,12 @@ impl Failure {
             // connection is ever reused, see the module docs).
             Self::Unreachable(format!("cannot connect: {chain}"))
         } else if error.is_timeout() {
+            // There is no request timeout: a timeout after connecting can only be
+            // the kernel giving up on a silent connection (TCP keepalive).
             Self::Lost(format!(
-                "no complete response within the step timeout of {:?}: {chain}",
-                config.step_timeout
+                "the connection went dead: TCP keepalive probes went unanswered for about {:?} \
+                 (has the runner's machine gone away?): {chain}",
+                config.keepalive_deadline()
             ))
         } else if is_not_http(error) {
             Self::Protocol(format!("the reply is not HTTP: {chain}"))
@@ -540,22 +714,75 @@ mod tests {
     }
 
     #[test]
-    fn inconsistent_timeouts_are_refused() {
+    fn zero_timeouts_and_keepalive_settings_are_refused() {
         let addr: RunnerAddr = ":1".parse().expect("valid");
-        for config in [
-            HttpRunnerConfig {
-                connect_timeout: Duration::from_secs(10),
-                step_timeout: Duration::from_secs(10),
-                ..HttpRunnerConfig::default()
-            },
-            HttpRunnerConfig {
-                step_timeout: Duration::ZERO,
-                ..HttpRunnerConfig::default()
-            },
+        let d = HttpRunnerConfig::default;
+        for (field, config) in [
+            (
+                "connect_timeout",
+                HttpRunnerConfig {
+                    connect_timeout: Duration::ZERO,
+                    ..d()
+                },
+            ),
+            (
+                "probe_timeout",
+                HttpRunnerConfig {
+                    probe_timeout: Duration::ZERO,
+                    ..d()
+                },
+            ),
+            (
+                "keepalive_idle",
+                HttpRunnerConfig {
+                    keepalive_idle: Duration::ZERO,
+                    ..d()
+                },
+            ),
+            (
+                "keepalive_interval",
+                HttpRunnerConfig {
+                    keepalive_interval: Duration::ZERO,
+                    ..d()
+                },
+            ),
+            (
+                "keepalive_retries",
+                HttpRunnerConfig {
+                    keepalive_retries: 0,
+                    ..d()
+                },
+            ),
         ] {
-            let err = HttpStepRunner::new(addr.clone(), "/r".into(), config)
-                .expect_err("inconsistent timeouts");
+            let err =
+                HttpStepRunner::new(addr.clone(), "/r".into(), config).expect_err("a zero setting");
             assert!(matches!(err, HttpRunnerError::Config(_)), "{err}");
+            assert!(err.to_string().contains(field), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn the_connect_timeout_is_half_the_step_timeout_at_most_five_seconds() {
+        let engine = |step_timeout| EngineConfig {
+            step_timeout,
+            ..EngineConfig::default()
+        };
+        let long = HttpRunnerConfig::for_engine(&engine(Duration::from_secs(600)));
+        assert_eq!(long.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(long, HttpRunnerConfig::default());
+        let short = HttpRunnerConfig::for_engine(&engine(Duration::from_millis(500)));
+        assert_eq!(short.connect_timeout, Duration::from_millis(250));
+        assert_eq!(
+            HttpRunnerConfig::for_engine(&EngineConfig::default()).connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn the_documented_keepalive_deadline_is_a_minute() {
+        assert_eq!(
+            HttpRunnerConfig::default().keepalive_deadline(),
+            Duration::from_secs(60)
+        );
     }
 }
