@@ -1,4 +1,4 @@
-//! Property tests of the scheduler's invariants (DESIGN.md), each over at
+//! Property tests of the scheduler's invariants (docs/architecture.md), each over at
 //! least 256 random scenarios: random pipelines (DAGs, unlimited / exclusive /
 //! limited classes, shared groups), random arrivals, durations, failures,
 //! crashes, rejections, outages and cancels, all in paused tokio time.

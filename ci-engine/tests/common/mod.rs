@@ -1,6 +1,7 @@
 //! Shared harness for the engine's property and simulation tests: run an engine
-//! on a simulated runner in paused time, then check the invariants of
-//! DESIGN.md against the store and the runner's trace.
+//! on a simulated runner in paused time, then check the scheduler's invariants
+//! (listed in docs/architecture.md) against the store, the events and the
+//! runner's trace.
 
 #![allow(dead_code, clippy::unwrap_used)]
 

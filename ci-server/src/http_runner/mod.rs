@@ -1,5 +1,5 @@
 //! [`HttpStepRunner`]: a [`StepRunner`] that speaks the step-runner protocol
-//! (`/work/shared/spec/step-runner-protocol.md`, `POST /step/trigger`) over HTTP/1.1
+//! (`POST /step/trigger`, described in docs/step-runner-sim.md) over HTTP/1.1
 //! with reqwest, and turns every way the runner can misbehave into the right
 //! [`RunnerError`].
 //!
