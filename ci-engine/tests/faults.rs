@@ -118,6 +118,17 @@ impl StepRunner for Scripted {
     }
 }
 
+/// A runner whose builds take `build` and whose other steps answer at once.
+fn slow_builds(build: Duration) -> Arc<Scripted> {
+    Scripted::new(
+        Box::new(move |r, _| match r.step.as_str() {
+            "build" => Action::Answer(build, ok()),
+            _ => Action::Answer(Duration::ZERO, ok()),
+        }),
+        Box::new(|| Probe::Up),
+    )
+}
+
 fn engine(runner: Arc<dyn StepRunner>, store: Arc<MemoryStore>, config: EngineConfig) -> Engine {
     Engine::new(Pipeline::standard(), runner, store, config).unwrap()
 }
@@ -136,13 +147,7 @@ fn events_of(engine: &Engine) -> tokio::task::JoinHandle<Vec<(Instant, EngineEve
 #[tokio::test(start_paused = true)]
 async fn a_timed_out_build_keeps_the_permit_until_the_runner_answers_it() {
     // Builds take 10 s; the step timeout is 4 s. Two commits.
-    let runner = Scripted::new(
-        Box::new(|r, _| match r.step.as_str() {
-            "build" => Action::Answer(Duration::from_secs(10), ok()),
-            _ => Action::Answer(Duration::ZERO, ok()),
-        }),
-        Box::new(|| Probe::Up),
-    );
+    let runner = slow_builds(Duration::from_secs(10));
     let store = Arc::new(MemoryStore::new());
     let config = EngineConfig {
         step_timeout: Duration::from_secs(4),
@@ -365,13 +370,7 @@ async fn a_runner_that_answers_but_keeps_losing_a_step_gets_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancel_keeps_the_permit_until_the_runner_answers() {
-    let runner = Scripted::new(
-        Box::new(|r, _| match r.step.as_str() {
-            "build" => Action::Answer(Duration::from_secs(10), ok()),
-            _ => Action::Answer(Duration::ZERO, ok()),
-        }),
-        Box::new(|| Probe::Up),
-    );
+    let runner = slow_builds(Duration::from_secs(10));
     let store = Arc::new(MemoryStore::new());
     let engine = engine(runner.clone(), store.clone(), EngineConfig::default());
     let handle = engine.handle();
@@ -405,13 +404,7 @@ async fn a_cancel_keeps_the_permit_until_the_runner_answers() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancel_during_the_shutdown_grace_is_answered() {
-    let runner = Scripted::new(
-        Box::new(|r, _| match r.step.as_str() {
-            "build" => Action::Answer(Duration::from_secs(20), ok()),
-            _ => Action::Answer(Duration::ZERO, ok()),
-        }),
-        Box::new(|| Probe::Up),
-    );
+    let runner = slow_builds(Duration::from_secs(20));
     let store = Arc::new(MemoryStore::new());
     let engine = engine(runner, store.clone(), EngineConfig::default());
     let handle = engine.handle();
@@ -473,29 +466,16 @@ fn the_engine_refuses_a_configuration_it_cannot_work_with() {
         Box::new(|_, _| Action::Answer(Duration::ZERO, ok())),
         Box::new(|| Probe::Up),
     );
-    for (field, config) in [
-        (
-            "max_in_flight",
-            EngineConfig {
-                max_in_flight: 0,
-                ..EngineConfig::default()
-            },
-        ),
-        (
-            "max_attempts",
-            EngineConfig {
-                max_attempts: 0,
-                ..EngineConfig::default()
-            },
-        ),
-        (
-            "step_timeout",
-            EngineConfig {
-                step_timeout: Duration::ZERO,
-                ..EngineConfig::default()
-            },
-        ),
-    ] {
+    /// A field's name and a change that makes it invalid.
+    type Spoil = (&'static str, fn(&mut EngineConfig));
+    let cases: [Spoil; 3] = [
+        ("max_in_flight", |c| c.max_in_flight = 0),
+        ("max_attempts", |c| c.max_attempts = 0),
+        ("step_timeout", |c| c.step_timeout = Duration::ZERO),
+    ];
+    for (field, spoil) in cases {
+        let mut config = EngineConfig::default();
+        spoil(&mut config);
         let e = Engine::new(
             Pipeline::standard(),
             runner.clone(),

@@ -162,6 +162,21 @@ fn scenario(
     }
 }
 
+/// `s` with cancels of its commits: each pick is (offset in ms, index of the
+/// commit, modulo their number).
+fn with_cancels(mut s: Scenario, picks: Vec<(u64, usize)>) -> Scenario {
+    let ids: Vec<CommitId> = s
+        .batches
+        .iter()
+        .flat_map(|(_, b)| b.iter().map(|c| c.id.clone()))
+        .collect();
+    s.cancels = picks
+        .into_iter()
+        .map(|(at, i)| (Duration::from_millis(at), ids[i % ids.len()].clone()))
+        .collect();
+    s
+}
+
 fn engine_config() -> impl Strategy<Value = EngineConfig> {
     (
         1u32..=4,
@@ -293,13 +308,7 @@ proptest! {
         s in faulty(),
         picks in proptest::collection::vec((0u64..5_000, 0usize..48), 0..3),
     ) {
-        let mut s = s;
-        let ids: Vec<CommitId> = s.batches.iter().flat_map(|(_, b)| b.iter().map(|c| c.id.clone())).collect();
-        s.cancels = picks
-            .into_iter()
-            .map(|(at, i)| (Duration::from_millis(at), ids[i % ids.len()].clone()))
-            .collect();
-        let o = simulate(&s);
+        let o = simulate(&with_cancels(s, picks));
         prop_assert_eq!(o.check_always(), Ok(()));
         prop_assert_eq!(o.check_events_match_store(), Ok(()));
     }
@@ -311,13 +320,7 @@ proptest! {
         s in faulty(),
         picks in proptest::collection::vec((0u64..5_000, 0usize..48), 1..4),
     ) {
-        let mut s = s;
-        let ids: Vec<CommitId> = s.batches.iter().flat_map(|(_, b)| b.iter().map(|c| c.id.clone())).collect();
-        s.cancels = picks
-            .into_iter()
-            .map(|(at, i)| (Duration::from_millis(at), ids[i % ids.len()].clone()))
-            .collect();
-        let o = simulate(&s);
+        let o = simulate(&with_cancels(s, picks));
         prop_assert_eq!(o.check_always(), Ok(()));
     }
 

@@ -241,86 +241,30 @@ mod tests {
     #[test]
     fn the_default_is_valid_and_each_bad_setting_is_named() {
         assert_eq!(EngineConfig::default().validate(), Ok(()));
-        let bad: Vec<(&str, EngineConfig)> = vec![
-            (
-                "max_attempts",
-                EngineConfig {
-                    max_attempts: 0,
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "max_in_flight",
-                EngineConfig {
-                    max_in_flight: 0,
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "event_capacity",
-                EngineConfig {
-                    event_capacity: 0,
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "step_timeout",
-                EngineConfig {
-                    step_timeout: Duration::ZERO,
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "abandon_limit",
-                EngineConfig {
-                    abandon_limit: Duration::ZERO,
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "unreachable_limit",
-                EngineConfig {
-                    unreachable_limit: Duration::ZERO,
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "probe_interval",
-                EngineConfig {
-                    probe_interval: Duration::ZERO,
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "source_retry",
-                EngineConfig {
-                    source_retry: Duration::ZERO,
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "retry_backoff_max",
-                EngineConfig {
-                    retry_backoff_max: Duration::from_millis(10),
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "probe_interval_max",
-                EngineConfig {
-                    probe_interval_max: Duration::from_millis(10),
-                    ..EngineConfig::default()
-                },
-            ),
-            (
-                "retry_jitter_percent",
-                EngineConfig {
-                    retry_jitter_percent: 101,
-                    ..EngineConfig::default()
-                },
-            ),
+        /// A field's name and a change that makes it invalid.
+        type Spoil = (&'static str, fn(&mut EngineConfig));
+        let bad: [Spoil; 11] = [
+            ("max_attempts", |c| c.max_attempts = 0),
+            ("max_in_flight", |c| c.max_in_flight = 0),
+            ("event_capacity", |c| c.event_capacity = 0),
+            ("step_timeout", |c| c.step_timeout = Duration::ZERO),
+            ("abandon_limit", |c| c.abandon_limit = Duration::ZERO),
+            ("unreachable_limit", |c| {
+                c.unreachable_limit = Duration::ZERO
+            }),
+            ("probe_interval", |c| c.probe_interval = Duration::ZERO),
+            ("source_retry", |c| c.source_retry = Duration::ZERO),
+            ("retry_backoff_max", |c| {
+                c.retry_backoff_max = Duration::from_millis(10);
+            }),
+            ("probe_interval_max", |c| {
+                c.probe_interval_max = Duration::from_millis(10);
+            }),
+            ("retry_jitter_percent", |c| c.retry_jitter_percent = 101),
         ];
-        for (field, config) in bad {
+        for (field, spoil) in bad {
+            let mut config = EngineConfig::default();
+            spoil(&mut config);
             let e = config.validate().expect_err(field);
             assert_eq!(e.field, field);
             assert!(e.to_string().contains(field), "{e}");

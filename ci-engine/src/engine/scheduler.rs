@@ -146,6 +146,8 @@ pub(crate) struct Scheduler {
     outage: Option<Outage>,
     /// How many outages have begun.
     outages: u64,
+    /// Requests held past the abandon limit (flights with `overdue` set).
+    overdue: usize,
     /// `Some(false)` once the runner said it cannot be probed without a step.
     probe_supported: Option<bool>,
     stopping: bool,
@@ -186,6 +188,7 @@ impl Scheduler {
             next_seq: 0,
             outage: None,
             outages: 0,
+            overdue: 0,
             probe_supported: None,
             stopping: false,
         }
@@ -513,11 +516,7 @@ impl Scheduler {
     /// answer could end the outage: the limit is final for such a runner, and
     /// they are dropped. Otherwise the outage waits for a step to probe with.
     fn no_step_to_probe_with(&mut self) {
-        let overdue = self
-            .task_index
-            .values()
-            .any(|t| matches!(t, Task::Step(f) if f.overdue));
-        if overdue {
+        if self.overdue > 0 {
             warn!(
                 "the runner cannot be probed without a step and none can be sent; giving up on the requests it held past the abandon limit"
             );
@@ -612,6 +611,9 @@ impl Scheduler {
                         .insert((flight.seq, flight.step));
                 }
             }
+        }
+        if flight.overdue {
+            self.overdue = self.overdue.saturating_sub(1);
         }
         let class = &mut self.classes[self.pipeline.class_of(flight.step)];
         class.in_flight = class.in_flight.saturating_sub(1);
@@ -734,7 +736,7 @@ impl Scheduler {
                 .ready
                 .insert((seq, step));
             let reason = reason.clone();
-            self.runner_unreachable(reason.clone());
+            self.runner_down(reason.clone());
             let withdrawn = EngineEvent::StepWithdrawn {
                 commit,
                 step: name,
@@ -793,28 +795,30 @@ impl Scheduler {
             }
             Err(RunnerError::Unreachable(_)) => unreachable!("handled above"),
         };
-        let outcome = record
-            .attempts
-            .last()
-            .map_or(AttemptOutcome::Lost, |a| a.outcome);
-        let event = self.settle_attempt(seq, step, number, outcome, verdict, commit, name);
+        let event = self.settle_attempt(seq, step, number, verdict);
         self.commit_change_then(seq, vec![event]).await
     }
 
-    /// After attempt `number` of a step ended with `outcome`: ends the step or
-    /// schedules its retry, and says so in a `StepFinished` event.
-    #[allow(clippy::too_many_arguments)]
+    /// After attempt `number` of a step ended (its outcome recorded): ends the
+    /// step or schedules its retry, and says so in a `StepFinished` event.
     fn settle_attempt(
         &mut self,
         seq: u64,
         step: usize,
         number: u32,
-        outcome: AttemptOutcome,
         verdict: Verdict,
-        commit: CommitId,
-        name: String,
     ) -> EngineEvent {
         let now = Instant::now();
+        let (commit, name, outcome) = {
+            let slot = &self.runs[&seq];
+            let record = &slot.run.steps[step];
+            let outcome = record
+                .attempts
+                .iter()
+                .find(|a| a.number == number)
+                .map_or(AttemptOutcome::Lost, |a| a.outcome);
+            (slot.run.id().clone(), record.name.clone(), outcome)
+        };
         let mut retry_in = None;
         let verdict = match verdict {
             Verdict::AtOnce | Verdict::Backoff => {
@@ -921,6 +925,9 @@ impl Scheduler {
             info!("runner answers again");
             self.emit(EngineEvent::RunnerUp);
         }
+        if self.overdue == 0 {
+            return;
+        }
         let overdue: Vec<TaskId> = self
             .task_index
             .iter()
@@ -929,12 +936,10 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        if !overdue.is_empty() {
-            warn!(
-                requests = overdue.len(),
-                "the runner answers but still holds requests given up on long ago; dropping them"
-            );
-        }
+        warn!(
+            requests = overdue.len(),
+            "the runner answers but still holds requests given up on long ago; dropping them"
+        );
         for id in overdue {
             if let Some(Task::Step(flight)) = self.task_index.remove(&id) {
                 flight.abort.abort();
@@ -968,10 +973,6 @@ impl Scheduler {
         }
     }
 
-    fn runner_unreachable(&mut self, reason: String) {
-        self.runner_down(reason);
-    }
-
     /// Ends `error` every ready step that has waited for a runner that is down
     /// longer than the configured limit, and sets when to look again.
     async fn expire_waiting(&mut self) -> Result<(), EngineError> {
@@ -996,6 +997,7 @@ impl Scheduler {
         if let Some(o) = &mut self.outage {
             o.next_expiry = next;
         }
+        let mut changed = BTreeSet::new();
         for (seq, step) in expired {
             self.classes[self.pipeline.class_of(step)]
                 .ready
@@ -1007,6 +1009,10 @@ impl Scheduler {
                 ));
             }
             self.finish_step(seq, step, StepStatus::Error);
+            changed.insert(seq);
+        }
+        // One store write per run, however many of its steps expired.
+        for seq in changed {
             self.commit_change(seq).await?;
         }
         Ok(())
@@ -1051,6 +1057,7 @@ impl Scheduler {
             self.abandon_deadlines.pop_first();
             if let Some(Task::Step(flight)) = self.task_index.get_mut(&id) {
                 flight.overdue = true;
+                self.overdue += 1;
                 let step = self.pipeline.steps()[flight.step].name.clone();
                 self.runner_down(format!(
                     "the runner still holds a request of step {step} {}s after the engine gave up on it",
@@ -1112,15 +1119,7 @@ impl Scheduler {
         attempt.finished_at = Some(now_millis());
         attempt.duration_ms = Some(millis(timeout));
         warn!(commit = %commit.short(10), step = %name, attempt = number, "step timed out");
-        let event = self.settle_attempt(
-            seq,
-            step,
-            number,
-            AttemptOutcome::Lost,
-            Verdict::Backoff,
-            commit,
-            name,
-        );
+        let event = self.settle_attempt(seq, step, number, Verdict::Backoff);
         self.commit_change_then(seq, vec![event]).await
     }
 

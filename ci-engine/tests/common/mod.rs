@@ -642,6 +642,23 @@ impl Outcome {
     /// status, unless the step ended later without an attempt (cancel, the
     /// unreachable limit).
     pub fn check_events_match_store(&self) -> Result<(), String> {
+        /// Ends the open attempt of a step, which must be `attempt`.
+        fn close(
+            open: &mut HashMap<(CommitId, String), u32>,
+            k: usize,
+            commit: &CommitId,
+            step: &str,
+            attempt: u32,
+            how: &str,
+        ) -> Result<(), String> {
+            if open.remove(&(commit.clone(), step.to_owned())) == Some(attempt) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "event {k}: attempt {attempt} of {step} of {commit} {how} without being open"
+                ))
+            }
+        }
         let runs: HashMap<&CommitId, &Run> = self.runs.iter().map(|r| (r.id(), r)).collect();
         let mut queued: HashMap<CommitId, usize> = HashMap::new();
         let mut finished: HashMap<CommitId, RunStatus> = HashMap::new();
@@ -700,14 +717,9 @@ impl Outcome {
                     status,
                     ..
                 } => {
-                    let key = (commit.clone(), step.clone());
-                    if open.remove(&key) != Some(*attempt) {
-                        return Err(format!(
-                            "event {k}: attempt {attempt} of {step} of {commit} finished without being open"
-                        ));
-                    }
+                    close(&mut open, k, commit, step, *attempt, "finished")?;
                     ended.insert((commit.clone(), step.clone(), *attempt), *outcome);
-                    last_status.insert(key, *status);
+                    last_status.insert((commit.clone(), step.clone()), *status);
                 }
                 EngineEvent::StepWithdrawn {
                     commit,
@@ -715,12 +727,7 @@ impl Outcome {
                     attempt,
                     ..
                 } => {
-                    let key = (commit.clone(), step.clone());
-                    if open.remove(&key) != Some(*attempt) {
-                        return Err(format!(
-                            "event {k}: attempt {attempt} of {step} of {commit} withdrawn without being open"
-                        ));
-                    }
+                    close(&mut open, k, commit, step, *attempt, "withdrawn")?;
                     withdrawn.insert((commit.clone(), step.clone(), *attempt));
                 }
                 _ => {}
