@@ -7,6 +7,8 @@
 //! - [`CommitSource`] ([`source`]): yields new commits, parents first.
 //! - [`StepRunner`] ([`runner`]): runs one step of one commit; its
 //!   [`RunnerError`] tells *unreachable*, *lost*, *rejected* and *protocol* apart.
+//!   A [`RunnerPool`] ([`pool`]) puts several behind one engine, each with its
+//!   own permits.
 //! - [`RunStore`] ([`store`]): the durable record of runs; [`MemoryStore`] is the
 //!   in-memory reference implementation.
 //! - [`Engine`] ([`engine`]): the scheduler that takes commits from a source,
@@ -20,6 +22,7 @@
 pub mod engine;
 pub mod memory_store;
 pub mod model;
+pub mod pool;
 pub mod runner;
 pub mod source;
 pub mod store;
@@ -30,8 +33,9 @@ pub use engine::{ConfigError, Engine, EngineConfig, EngineError, EngineEvent, En
 pub use memory_store::MemoryStore;
 pub use model::{
     Attempt, AttemptOutcome, Commit, CommitId, Concurrency, Pipeline, PipelineError, Run,
-    RunStatus, StepRecord, StepSpec, StepStatus,
+    RunStatus, Scope, StepRecord, StepSpec, StepStatus,
 };
+pub use pool::{PoolError, PoolMember, RunnerPool, RunnerState, RunnerStatus};
 pub use runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
 pub use source::{BoxError, CommitSource, SourceError};
 pub use store::{RunPage, RunQuery, RunStore, StoreError};

@@ -186,7 +186,7 @@ async fn an_unreachable_runner_costs_no_attempt_and_is_waited_for() {
         .unwrap();
     let up = seen
         .iter()
-        .position(|e| matches!(e, EngineEvent::RunnerUp))
+        .position(|e| matches!(e, EngineEvent::RunnerUp { .. }))
         .unwrap();
     assert!(down < up);
     assert!(matches!(

@@ -215,7 +215,7 @@ async fn a_runner_holding_a_request_past_the_abandon_limit_is_probed_and_then_fr
     let down = events
         .iter()
         .find_map(|(t, e)| match e {
-            EngineEvent::RunnerDown { reason } => Some((*t, reason.clone())),
+            EngineEvent::RunnerDown { reason, .. } => Some((*t, reason.clone())),
             _ => None,
         })
         .expect("the runner is taken to be down");
@@ -227,7 +227,7 @@ async fn a_runner_holding_a_request_past_the_abandon_limit_is_probed_and_then_fr
     );
     let up = events
         .iter()
-        .find(|(_, e)| matches!(e, EngineEvent::RunnerUp))
+        .find(|(_, e)| matches!(e, EngineEvent::RunnerUp { .. }))
         .expect("the probe ends the outage");
     let retry = events
         .iter()
@@ -301,7 +301,7 @@ async fn a_step_lost_to_a_crash_is_retried_as_soon_as_the_runner_is_back() {
     assert_eq!(lost, Some(Some(0)));
     let (answered_again, _) = events
         .iter()
-        .find(|(_, e)| matches!(e, EngineEvent::RunnerUp))
+        .find(|(_, e)| matches!(e, EngineEvent::RunnerUp { .. }))
         .unwrap();
     let since_back = *answered_again - back;
     // Probes wait at most a twentieth of the outage (or the minimum interval).

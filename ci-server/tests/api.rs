@@ -35,6 +35,7 @@ fn attempt(number: u32, outcome: AttemptOutcome, reason: Option<&str>, logs: &st
         finished_at: Some(1_700_000_000_500 + i64::from(number) * 1000),
         duration_ms: Some(500),
         runner_duration_ms: Some(480),
+        runner: Some("http://127.0.0.1:8080".to_owned()),
     }
 }
 

@@ -31,6 +31,8 @@ pub enum EngineEvent {
         step: String,
         /// Attempt number, from 1.
         attempt: u32,
+        /// The id of the runner it is sent to.
+        runner: String,
     },
     /// An attempt ended.
     StepFinished {
@@ -71,13 +73,18 @@ pub enum EngineEvent {
         /// Its final status.
         status: RunStatus,
     },
-    /// The runner is down (it refused a request, or it has held a request the
+    /// A runner is down (it refused a request, or it has held a request the
     /// engine gave up on for longer than the abandon limit); nothing is
-    /// dispatched until it answers a probe.
+    /// dispatched to it until it answers a probe. The other runners carry on.
     RunnerDown {
+        /// The runner's id.
+        runner: String,
         /// What the runner error said.
         reason: String,
     },
-    /// The runner answers again; dispatch resumes.
-    RunnerUp,
+    /// A runner answers again; it takes steps again.
+    RunnerUp {
+        /// The runner's id.
+        runner: String,
+    },
 }

@@ -1,10 +1,11 @@
 //! The scheduler: [`Engine`] takes commits from a [`CommitSource`], records runs in
-//! a [`RunStore`] and drives their steps through a [`StepRunner`].
+//! a [`RunStore`] and drives their steps through a [`RunnerPool`] of
+//! [`StepRunner`]s.
 //!
 //! One task owns all scheduling state (in `scheduler`), so the rules are plain
-//! sequential code: a step is dispatched when its needs have succeeded, its
-//! concurrency class has a free permit and the global cap allows; among ready
-//! steps the oldest commit goes first. Runner calls run in spawned tasks and come
+//! sequential code: a step is dispatched when its needs have succeeded and a
+//! runner that is up has a free permit for its concurrency class within its
+//! cap; among ready steps the oldest commit goes first. Runner calls run in spawned tasks and come
 //! back to the owner as results. Every state change is written to the store
 //! before it is announced as an [`EngineEvent`].
 
@@ -21,6 +22,7 @@ pub use config::{ConfigError, EngineConfig};
 pub use events::EngineEvent;
 
 use crate::model::{CommitId, Pipeline};
+use crate::pool::{RunnerPool, RunnerStatus};
 use crate::runner::StepRunner;
 use crate::source::CommitSource;
 use crate::store::{RunStore, StoreError};
@@ -53,6 +55,9 @@ pub(crate) enum Command {
     Cancel {
         commit: CommitId,
         reply: oneshot::Sender<Result<CancelOutcome, EngineError>>,
+    },
+    Runners {
+        reply: oneshot::Sender<Vec<RunnerStatus>>,
     },
 }
 
@@ -88,12 +93,24 @@ impl EngineHandle {
             .map_err(|_| EngineError::NotRunning)?;
         answer.await.map_err(|_| EngineError::NotRunning)?
     }
+
+    /// Each runner of the pool as the engine sees it now, in pool order.
+    ///
+    /// # Errors
+    /// [`EngineError::NotRunning`] when the engine is not running.
+    pub async fn runners(&self) -> Result<Vec<RunnerStatus>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Runners { reply })
+            .map_err(|_| EngineError::NotRunning)?;
+        answer.await.map_err(|_| EngineError::NotRunning)
+    }
 }
 
-/// The CI engine: a pipeline, a runner and a store, ready to take commits.
+/// The CI engine: a pipeline, runners and a store, ready to take commits.
 pub struct Engine {
     pipeline: Arc<Pipeline>,
-    runner: Arc<dyn StepRunner>,
+    runners: RunnerPool,
     store: Arc<dyn RunStore>,
     config: EngineConfig,
     handle: EngineHandle,
@@ -101,7 +118,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine that runs `pipeline` on `runner` and records in `store`.
+    /// An engine that runs `pipeline` on one `runner` (a pool of one, with the
+    /// id `runner`) and records in `store`.
     ///
     /// # Errors
     /// [`ConfigError`] when `config` fails [`EngineConfig::validate`].
@@ -111,12 +129,26 @@ impl Engine {
         store: Arc<dyn RunStore>,
         config: EngineConfig,
     ) -> Result<Self, ConfigError> {
+        Self::with_pool(pipeline, RunnerPool::single(runner), store, config)
+    }
+
+    /// An engine that runs `pipeline` on the runners of `runners` (see
+    /// [`crate::pool`] for how steps are spread) and records in `store`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when `config` fails [`EngineConfig::validate`].
+    pub fn with_pool(
+        pipeline: Pipeline,
+        runners: RunnerPool,
+        store: Arc<dyn RunStore>,
+        config: EngineConfig,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(config.event_capacity);
         Ok(Self {
             pipeline: Arc::new(pipeline),
-            runner,
+            runners,
             store,
             config,
             handle: EngineHandle {
@@ -157,7 +189,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let scheduler = scheduler::Scheduler::new(
             self.pipeline,
-            self.runner,
+            self.runners,
             self.store,
             self.config,
             self.handle.events.clone(),

@@ -24,6 +24,7 @@ use super::{CancelOutcome, Command, EngineConfig, EngineError, EngineEvent};
 use crate::model::{
     Attempt, AttemptOutcome, Commit, CommitId, Pipeline, Run, StepRecord, StepStatus, now_millis,
 };
+use crate::pool::{RunnerPool, RunnerState, RunnerStatus};
 use crate::runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
 use crate::source::CommitSource;
 use crate::store::{RunStore, StoreError};
@@ -126,6 +127,7 @@ struct Finished {
 
 pub(crate) struct Scheduler {
     pipeline: Arc<Pipeline>,
+    pool: RunnerPool,
     runner: Arc<dyn StepRunner>,
     store: Arc<dyn RunStore>,
     config: EngineConfig,
@@ -156,11 +158,12 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub(crate) fn new(
         pipeline: Arc<Pipeline>,
-        runner: Arc<dyn StepRunner>,
+        pool: RunnerPool,
         store: Arc<dyn RunStore>,
         config: EngineConfig,
         events: broadcast::Sender<EngineEvent>,
     ) -> Self {
+        let runner = Arc::clone(&pool.members()[0].runner);
         let classes = pipeline
             .classes()
             .iter()
@@ -172,6 +175,7 @@ impl Scheduler {
             .collect();
         Self {
             pipeline,
+            pool,
             runner,
             store,
             config,
@@ -544,9 +548,9 @@ impl Scheduler {
         let number = slot.steps[step].next_attempt;
         slot.steps[step].next_attempt = number.saturating_add(1);
         let record = &mut slot.run.steps[step];
-        record
-            .attempts
-            .push(Attempt::new(number, AttemptOutcome::Running, now_millis()));
+        let mut attempt = Attempt::new(number, AttemptOutcome::Running, now_millis());
+        attempt.runner = Some(self.pool.members()[0].id.clone());
+        record.attempts.push(attempt);
         record.status = StepStatus::Running;
         slot.steps[step].phase = Phase::InFlight;
         let request = StepRequest {
@@ -560,6 +564,7 @@ impl Scheduler {
             commit: request.commit.clone(),
             step: request.step.clone(),
             attempt: number,
+            runner: self.pool.members()[0].id.clone(),
         };
         self.commit_change_then(seq, vec![started]).await?;
         debug!(commit = %request.commit.short(10), step = %request.step, attempt = number, probe, "dispatch");
@@ -923,7 +928,9 @@ impl Scheduler {
     fn runner_answered(&mut self) {
         if self.outage.take().is_some() {
             info!("runner answers again");
-            self.emit(EngineEvent::RunnerUp);
+            self.emit(EngineEvent::RunnerUp {
+                runner: self.pool.members()[0].id.clone(),
+            });
         }
         if self.overdue == 0 {
             return;
@@ -962,7 +969,10 @@ impl Scheduler {
                     probe_in_flight: false,
                     next_expiry: now + self.config.unreachable_limit,
                 });
-                self.emit(EngineEvent::RunnerDown { reason });
+                self.emit(EngineEvent::RunnerDown {
+                    runner: self.pool.members()[0].id.clone(),
+                    reason,
+                });
             }
             Some(o) => {
                 // A step sent as the probe was refused: probe again later.
@@ -1139,6 +1149,21 @@ impl Scheduler {
                     other => other,
                 };
                 let _ = reply.send(answer);
+                Ok(())
+            }
+            Command::Runners { reply } => {
+                let _ = reply.send(vec![RunnerStatus {
+                    id: self.pool.members()[0].id.clone(),
+                    state: if self.outage.is_some() { RunnerState::Down } else { RunnerState::Up },
+                    since: now_millis(),
+                    in_flight: 0,
+                    in_flight_by_class: BTreeMap::new(),
+                    held: 0,
+                    outages: self.outages,
+                    crashes: 0,
+                    lost_attempts: 0,
+                    last_error: None,
+                }]);
                 Ok(())
             }
         }

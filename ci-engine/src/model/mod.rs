@@ -5,7 +5,7 @@ mod pipeline;
 mod run;
 
 pub use commit::{Commit, CommitId};
-pub use pipeline::{ClassSpec, Concurrency, Pipeline, PipelineError, StepSpec};
+pub use pipeline::{ClassSpec, Concurrency, Pipeline, PipelineError, Scope, StepSpec};
 pub use run::{
     Attempt, AttemptOutcome, Run, RunStatus, StepRecord, StepStatus, UnixMillis, now_millis,
 };

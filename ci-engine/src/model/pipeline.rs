@@ -1,9 +1,11 @@
 //! A pipeline is data: named steps, the steps each one needs (a DAG), and the
-//! concurrency class that limits how many of a kind run at once.
+//! concurrency class that limits how many of a kind run at once, on each runner
+//! or across the pool.
 //!
 //! [`Pipeline::new`] validates once, so the scheduler can rely on a sound graph.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,30 +32,69 @@ impl Concurrency {
     }
 }
 
+/// Where a concurrency class's limit applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// On each runner separately (the default): a runner's locks are its own, so
+    /// with three runners an exclusive class runs three at once, one on each.
+    #[default]
+    Runner,
+    /// Across the whole pool: an exclusive pool-wide class runs one at a time
+    /// whichever runner it is on (a deploy, say).
+    Pool,
+}
+
 /// One step of a pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepSpec {
-    /// Name sent to the runner (`lint`, `build`, `test`, …); unique in a pipeline.
+    /// The step's name in runs and records; unique in a pipeline.
     pub name: String,
+    /// The step the runner is asked to run (`lint`, `build`, `test`, …); `None`
+    /// means the same as `name`.
+    #[serde(default)]
+    pub run: Option<String>,
     /// Steps that must succeed, in the same run, before this one starts.
     #[serde(default)]
     pub needs: Vec<String>,
     /// The limit of the step's concurrency class.
     pub concurrency: Concurrency,
     /// A named class shared with other steps; without it the class is the step's own.
-    /// Every step of a group must declare the same `concurrency`.
+    /// Every step of a group must declare the same `concurrency` and `scope`.
     #[serde(default)]
     pub group: Option<String>,
+    /// Whether the class limit applies per runner or across the pool.
+    #[serde(default)]
+    pub scope: Scope,
+    /// A step this one needs (directly or not) whose runner this one must run
+    /// on, because its outputs live there. The step waits for that runner,
+    /// as for an outage, rather than going elsewhere.
+    #[serde(default)]
+    pub same_runner_as: Option<String>,
+    /// Attempts allowed before the step ends `error`; `None` takes the engine's
+    /// [`max_attempts`](crate::EngineConfig::max_attempts).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// How long one attempt may take; `None` takes the engine's
+    /// [`step_timeout`](crate::EngineConfig::step_timeout).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 impl StepSpec {
-    /// A step with no needs and no group.
+    /// A step with no needs, no group, per-runner scope and the engine's
+    /// attempt limit and timeout.
     pub fn new(name: impl Into<String>, concurrency: Concurrency) -> Self {
         Self {
             name: name.into(),
+            run: None,
             needs: Vec::new(),
             concurrency,
             group: None,
+            scope: Scope::Runner,
+            same_runner_as: None,
+            max_attempts: None,
+            timeout: None,
         }
     }
 
@@ -69,9 +110,44 @@ impl StepSpec {
         self
     }
 
+    /// Sets where the class limit applies.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// Asks the runner to run `step` instead of a step called like this one.
+    pub fn runs(mut self, step: impl Into<String>) -> Self {
+        self.run = Some(step.into());
+        self
+    }
+
+    /// Pins the step to the runner where `step` (one of its needs) succeeded.
+    pub fn same_runner_as(mut self, step: impl Into<String>) -> Self {
+        self.same_runner_as = Some(step.into());
+        self
+    }
+
+    /// Sets the step's own attempt limit.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Sets the step's own timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// The key of the step's concurrency class: its group, or its own name.
     pub fn class_key(&self) -> &str {
         self.group.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The step the runner is asked to run.
+    pub fn runner_step(&self) -> &str {
+        self.run.as_deref().unwrap_or(&self.name)
     }
 }
 
@@ -102,21 +178,50 @@ pub enum PipelineError {
     /// `Limit(0)` can never run anything.
     #[error("step {0:?} has a concurrency limit of 0")]
     ZeroLimit(String),
-    /// Steps of one group disagree on the group's limit.
-    #[error("group {group:?} is declared with different concurrency limits")]
+    /// Steps of one group disagree on the group's limit or scope.
+    #[error("group {group:?} is declared with different concurrency limits or scopes")]
     GroupMismatch {
         /// The group name.
         group: String,
     },
+    /// `same_runner_as` names a step this step does not need.
+    #[error(
+        "step {step:?} asks for the runner of {target:?}, which is not a step it needs (directly or through its needs)"
+    )]
+    SameRunnerNotANeed {
+        /// The step that declares `same_runner_as`.
+        step: String,
+        /// The step it names.
+        target: String,
+    },
+    /// A step allows zero attempts or has a zero timeout.
+    #[error("step {step:?}: {problem}")]
+    BadValue {
+        /// The step.
+        step: String,
+        /// What is wrong, in words.
+        problem: String,
+    },
+    /// The runner step name (`run`) is empty or has characters the protocol
+    /// cannot carry.
+    #[error("step {step:?} runs {run:?}: use letters, digits, '-', '_' or '.'")]
+    InvalidRunnerStep {
+        /// The pipeline step.
+        step: String,
+        /// The runner step it names.
+        run: String,
+    },
 }
 
-/// A concurrency class after validation: its key and limit.
+/// A concurrency class after validation: its key, limit and scope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClassSpec {
     /// Group name or step name.
     pub key: String,
     /// `None` is unlimited.
     pub limit: Option<u32>,
+    /// Whether the limit is per runner or pool-wide.
+    pub scope: Scope,
 }
 
 /// A validated pipeline: steps in a topological order (every step after all it
@@ -128,6 +233,7 @@ pub struct Pipeline {
     dependents: Vec<Vec<usize>>,
     class_of: Vec<usize>,
     classes: Vec<ClassSpec>,
+    same_runner_as: Vec<Option<usize>>,
 }
 
 impl Pipeline {
@@ -143,18 +249,34 @@ impl Pipeline {
         }
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (i, s) in steps.iter().enumerate() {
-            let valid = !s.name.is_empty()
-                && s.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if !valid {
+            if !valid_name(&s.name) {
                 return Err(PipelineError::InvalidName(s.name.clone()));
+            }
+            if let Some(run) = &s.run
+                && !valid_name(run)
+            {
+                return Err(PipelineError::InvalidRunnerStep {
+                    step: s.name.clone(),
+                    run: run.clone(),
+                });
             }
             if index.insert(s.name.as_str(), i).is_some() {
                 return Err(PipelineError::DuplicateStep(s.name.clone()));
             }
             if s.concurrency == Concurrency::Limit(0) {
                 return Err(PipelineError::ZeroLimit(s.name.clone()));
+            }
+            if s.max_attempts == Some(0) {
+                return Err(PipelineError::BadValue {
+                    step: s.name.clone(),
+                    problem: "attempts must be at least 1".into(),
+                });
+            }
+            if s.timeout == Some(Duration::ZERO) {
+                return Err(PipelineError::BadValue {
+                    step: s.name.clone(),
+                    problem: "the timeout must be longer than zero".into(),
+                });
             }
         }
         let mut needs_idx = vec![Vec::new(); steps.len()];
@@ -198,6 +320,23 @@ impl Pipeline {
             }
         }
 
+        let mut same_runner_as = Vec::with_capacity(steps.len());
+        for (i, s) in steps.iter().enumerate() {
+            let Some(target) = &s.same_runner_as else {
+                same_runner_as.push(None);
+                continue;
+            };
+            let j = steps
+                .iter()
+                .position(|t| &t.name == target)
+                .filter(|&j| needs_transitively(&needs, i, j))
+                .ok_or_else(|| PipelineError::SameRunnerNotANeed {
+                    step: s.name.clone(),
+                    target: target.clone(),
+                })?;
+            same_runner_as.push(Some(j));
+        }
+
         let mut classes: Vec<ClassSpec> = Vec::new();
         let mut class_index: BTreeMap<String, usize> = BTreeMap::new();
         let mut class_of = Vec::with_capacity(steps.len());
@@ -206,7 +345,7 @@ impl Pipeline {
             let limit = s.concurrency.limit();
             let ci = match class_index.get(&key) {
                 Some(&ci) => {
-                    if classes[ci].limit != limit {
+                    if classes[ci].limit != limit || classes[ci].scope != s.scope {
                         return Err(PipelineError::GroupMismatch { group: key });
                     }
                     ci
@@ -215,6 +354,7 @@ impl Pipeline {
                     classes.push(ClassSpec {
                         key: key.clone(),
                         limit,
+                        scope: s.scope,
                     });
                     class_index.insert(key, classes.len() - 1);
                     classes.len() - 1
@@ -228,6 +368,7 @@ impl Pipeline {
             dependents,
             class_of,
             classes,
+            same_runner_as,
         })
     }
 
@@ -281,6 +422,35 @@ impl Pipeline {
     pub fn classes(&self) -> &[ClassSpec] {
         &self.classes
     }
+
+    /// Index of the step whose runner step `i` must run on, if it is pinned.
+    pub fn same_runner_as(&self, i: usize) -> Option<usize> {
+        self.same_runner_as[i]
+    }
+}
+
+/// Step and runner-step names: letters, digits, `-`, `_`, `.`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether step `i` needs step `j`, directly or through its needs (indices in
+/// topological order, so a need always has a lower index).
+fn needs_transitively(needs: &[Vec<usize>], i: usize, j: usize) -> bool {
+    let mut stack = needs[i].clone();
+    let mut seen = vec![false; needs.len()];
+    while let Some(k) = stack.pop() {
+        if k == j {
+            return true;
+        }
+        if !std::mem::replace(&mut seen[k], true) {
+            stack.extend(&needs[k]);
+        }
+    }
+    false
 }
 
 impl Default for Pipeline {
@@ -417,6 +587,68 @@ mod tests {
         assert!(matches!(
             Pipeline::new(self_loop),
             Err(PipelineError::Cycle(_))
+        ));
+    }
+
+    #[test]
+    fn same_runner_as_must_name_a_need() {
+        let p = Pipeline::new(vec![
+            StepSpec::new("build", Concurrency::Exclusive),
+            StepSpec::new("test", Concurrency::Exclusive).needs("build"),
+            StepSpec::new("package", Concurrency::Exclusive)
+                .needs("test")
+                .same_runner_as("build"),
+        ])
+        .unwrap();
+        assert_eq!(p.same_runner_as(2), Some(0), "a need of a need counts");
+        assert_eq!(p.same_runner_as(1), None);
+        let not_a_need = Pipeline::new(vec![
+            StepSpec::new("build", Concurrency::Exclusive),
+            StepSpec::new("lint", Concurrency::Unlimited).same_runner_as("build"),
+        ]);
+        assert_eq!(
+            not_a_need,
+            Err(PipelineError::SameRunnerNotANeed {
+                step: "lint".into(),
+                target: "build".into()
+            })
+        );
+        let unknown = Pipeline::new(vec![
+            StepSpec::new("lint", Concurrency::Unlimited).same_runner_as("nope"),
+        ]);
+        assert!(matches!(
+            unknown,
+            Err(PipelineError::SameRunnerNotANeed { .. })
+        ));
+    }
+
+    #[test]
+    fn scopes_and_per_step_values_are_checked() {
+        let p = Pipeline::new(vec![
+            StepSpec::new("deploy", Concurrency::Exclusive)
+                .scope(Scope::Pool)
+                .runs("build"),
+        ])
+        .unwrap();
+        assert_eq!(p.classes()[0].scope, Scope::Pool);
+        assert_eq!(p.steps()[0].runner_step(), "build");
+        let mixed = Pipeline::new(vec![
+            StepSpec::new("a", Concurrency::Exclusive).group("g"),
+            StepSpec::new("b", Concurrency::Exclusive)
+                .group("g")
+                .scope(Scope::Pool),
+        ]);
+        assert!(matches!(mixed, Err(PipelineError::GroupMismatch { .. })));
+        let zero = Pipeline::new(vec![StepSpec::new("a", Concurrency::Unlimited).max_attempts(0)]);
+        assert!(matches!(zero, Err(PipelineError::BadValue { .. })));
+        let zero = Pipeline::new(vec![
+            StepSpec::new("a", Concurrency::Unlimited).timeout(Duration::ZERO),
+        ]);
+        assert!(matches!(zero, Err(PipelineError::BadValue { .. })));
+        let bad_run = Pipeline::new(vec![StepSpec::new("a", Concurrency::Unlimited).runs("a b")]);
+        assert!(matches!(
+            bad_run,
+            Err(PipelineError::InvalidRunnerStep { .. })
         ));
     }
 

@@ -234,6 +234,11 @@ pub struct Attempt {
     pub duration_ms: Option<u64>,
     /// Duration reported by the runner, milliseconds.
     pub runner_duration_ms: Option<u64>,
+    /// The id of the runner the request went to (see
+    /// [`RunnerPool`](crate::RunnerPool)); `None` in records from before runners
+    /// had ids.
+    #[serde(default)]
+    pub runner: Option<String>,
 }
 
 impl Attempt {
@@ -249,6 +254,7 @@ impl Attempt {
             finished_at: None,
             duration_ms: None,
             runner_duration_ms: None,
+            runner: None,
         }
     }
 }

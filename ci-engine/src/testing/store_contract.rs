@@ -147,6 +147,8 @@ fn attempt(number: u32, outcome: AttemptOutcome, logs: &str) -> Attempt {
         finished_at: (!running).then_some(1_700_000_001_500),
         duration_ms: (!running).then_some(1000),
         runner_duration_ms: (!running).then_some(990),
+        // Some attempts name their runner, some (older records) do not.
+        runner: (number % 2 == 1).then(|| format!("http://runner-{number}.test:8080")),
     }
 }
 

@@ -547,7 +547,7 @@ impl Outcome {
                 EngineEvent::RunnerDown { .. } => {
                     down.insert(*at, true);
                 }
-                EngineEvent::RunnerUp => {
+                EngineEvent::RunnerUp { .. } => {
                     down.insert(*at, false);
                 }
                 _ => {}
@@ -693,6 +693,7 @@ impl Outcome {
                     commit,
                     step,
                     attempt,
+                    ..
                 } => {
                     let key = (commit.clone(), step.clone());
                     if let Some(n) = open.get(&key) {

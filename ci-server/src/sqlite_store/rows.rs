@@ -289,6 +289,7 @@ fn read_steps(conn: &Connection, run: &mut Run, logs: Logs) -> Result<()> {
                 .get::<_, Option<i64>>(8)?
                 .map(|v| to_u64("runner_duration_ms", v))
                 .transpose()?,
+            runner: None,
         };
         usize::try_from(step)
             .ok()
