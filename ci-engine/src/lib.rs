@@ -32,7 +32,8 @@ pub mod testing;
 pub use engine::{ConfigError, Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
 pub use memory_store::MemoryStore;
 pub use model::{
-    Attempt, AttemptOutcome, Commit, CommitId, Concurrency, Pipeline, PipelineError, Run,
+    Attempt, AttemptOutcome, Commit, CommitId, Concurrency, Pipeline, PipelineError,
+    PipelineFileError, Run,
     RunStatus, Scope, StepRecord, StepSpec, StepStatus,
 };
 pub use pool::{PoolError, PoolMember, RunnerPool, RunnerState, RunnerStatus};

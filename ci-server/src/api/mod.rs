@@ -12,6 +12,7 @@
 pub mod events;
 pub mod model;
 pub mod page;
+pub mod runners;
 
 use std::sync::Arc;
 
@@ -49,6 +50,7 @@ pub struct Api {
     store: Arc<dyn RunStore>,
     engine: Option<EngineHandle>,
     stop: Option<watch::Receiver<bool>>,
+    runners: Option<runners::RunnerDirectory>,
 }
 
 impl Api {
@@ -59,7 +61,16 @@ impl Api {
             store,
             engine,
             stop: None,
+            runners: None,
         }
+    }
+
+    /// Describes the runners (addresses, repository paths, restarts) in
+    /// `GET /runners`, next to the engine's view of them.
+    #[must_use]
+    pub fn with_runners(mut self, directory: runners::RunnerDirectory) -> Self {
+        self.runners = Some(directory);
+        self
     }
 
     /// Ends every event stream once `stop` holds `true` (or its sender is
