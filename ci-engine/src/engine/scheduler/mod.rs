@@ -1,0 +1,942 @@
+//! The scheduling loop and the state it owns. Nothing here is shared: one task
+//! runs [`Scheduler::run`]; runner calls and probes run in spawned tasks and
+//! report back.
+//!
+//! Steps go to the runners of a [`RunnerPool`]. Each runner has its own permits
+//! for the classes whose limit applies per runner, its own cap on requests in
+//! flight, and its own health: a runner that is down gets nothing and is probed
+//! on its own while the others carry on. Pool-wide classes count their requests
+//! over every runner.
+//!
+//! A request's concurrency permit is held until the request has really ended
+//! (the runner answered, the connection closed, or the runner refused it), also
+//! when the engine gave up on it earlier (a timeout or a cancel): the attempt is
+//! recorded at once, the request stays open. So a runner never holds more
+//! requests of a class than the class allows. Only a request held past
+//! [`EngineConfig::abandon_limit`] after the engine gave up on it is dropped, and
+//! only once its runner has answered a probe.
+//!
+//! The code is split by concern: this module holds the state, the loop,
+//! admission and dispatch; `outcomes` what happens when a request ends, a timer
+//! fires or a command arrives; `health` each runner's outages, probes and
+//! status.
+
+mod health;
+mod outcomes;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::{AbortHandle, Id as TaskId, JoinSet};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{Command, EngineConfig, EngineError, EngineEvent};
+use crate::model::{
+    Attempt, AttemptOutcome, Commit, CommitId, Pipeline, Run, Scope, StepRecord, StepStatus,
+    UnixMillis, now_millis,
+};
+use crate::pool::RunnerPool;
+use crate::runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner};
+use crate::source::CommitSource;
+use crate::store::RunStore;
+
+/// Where a step is in the scheduler's eyes (the record holds the status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Some need has not succeeded yet.
+    Blocked,
+    /// In a ready queue of its class.
+    Ready,
+    /// Waiting to be retried at the given time.
+    Backoff(Instant),
+    /// Its retry is due, but a runner still holds an earlier attempt of it
+    /// that the engine gave up on: it becomes ready when that request ends.
+    Held,
+    /// An attempt is in flight.
+    InFlight,
+    /// Terminal.
+    Done,
+}
+
+struct StepSlot {
+    unmet: usize,
+    phase: Phase,
+    /// When the step last became ready (for the unreachable limit).
+    ready_since: Instant,
+    /// The number the next attempt gets; numbers are never reused.
+    next_attempt: u32,
+    /// The outage count when the step last lost an attempt to a closed
+    /// connection: a second such loss with no outage in between backs off.
+    lost_at_outage: Option<u64>,
+    /// Requests of earlier attempts, given up on, that a runner still holds.
+    open_abandoned: u32,
+    /// The runner the step succeeded on (for steps pinned to it).
+    ran_on: Option<usize>,
+    /// The runner the step must run on (`same_runner_as`), once known.
+    pin: Option<usize>,
+}
+
+struct RunSlot {
+    run: Run,
+    steps: Vec<StepSlot>,
+}
+
+/// A concurrency class: its limit and scope, and the steps that wait for it.
+struct ClassState {
+    limit: Option<u32>,
+    scope: Scope,
+    /// Open requests of the class on all runners, given-up ones included.
+    in_flight: u32,
+    /// Ready steps that may go to any runner, as `(run seq, step index)`: the
+    /// first is the oldest commit's.
+    ready: BTreeSet<(u64, usize)>,
+    /// Ready steps pinned to a runner, per runner.
+    pinned: Vec<BTreeSet<(u64, usize)>>,
+}
+
+/// One runner of the pool: its open requests and its health.
+struct RunnerSlot {
+    id: String,
+    runner: Arc<dyn StepRunner>,
+    /// Open requests, given-up ones included (against `max_in_flight`).
+    in_flight: usize,
+    /// Open requests per class.
+    class_in_flight: Vec<u32>,
+    /// Open requests the engine gave up on.
+    held: u32,
+    /// Requests held past the abandon limit (flights with `overdue` set).
+    overdue: usize,
+    /// Set while the runner is down.
+    outage: Option<Outage>,
+    /// `Some(false)` once the runner said it cannot be probed without a step.
+    probe_supported: Option<bool>,
+    /// Since when (wall clock) it has been up or down.
+    since: UnixMillis,
+    outages: u64,
+    crashes: u64,
+    lost_attempts: u64,
+    /// Whether a request was lost since the runner last answered: further
+    /// losses belong to the same crash.
+    losing: bool,
+    last_error: Option<String>,
+}
+
+impl RunnerSlot {
+    /// Whether the runner is under its cap on requests in flight.
+    fn has_room(&self, max_in_flight: usize) -> bool {
+        self.in_flight < max_in_flight
+    }
+}
+
+/// An open request to a runner.
+struct Flight {
+    seq: u64,
+    step: usize,
+    attempt: u32,
+    /// Index of the runner in the pool.
+    runner: usize,
+    /// Sent as the probe of its runner's outage.
+    probe: bool,
+    /// When the engine stops waiting for the answer.
+    deadline: Instant,
+    /// When the engine gave up on the request (timeout, cancel): its attempt is
+    /// recorded, its answer will be ignored, its permit is still held.
+    abandoned: Option<Instant>,
+    /// Held past the abandon limit: dropped when the runner answers a probe.
+    overdue: bool,
+    abort: AbortHandle,
+}
+
+/// A spawned task: a request, or a probe of the runner with this index.
+enum Task {
+    Step(Flight),
+    Probe(usize),
+}
+
+/// What a spawned task hands back.
+enum TaskOutput {
+    Step(Finished),
+    Probe(Probe),
+}
+
+/// A runner is down: nothing is dispatched to it; it is probed one probe at a time.
+struct Outage {
+    since: Instant,
+    next_probe: Instant,
+    probe_in_flight: bool,
+}
+
+/// What a runner task hands back.
+struct Finished {
+    result: Result<StepOutput, RunnerError>,
+    elapsed: Duration,
+}
+
+pub(crate) struct Scheduler {
+    pipeline: Arc<Pipeline>,
+    store: Arc<dyn RunStore>,
+    config: EngineConfig,
+    events: broadcast::Sender<EngineEvent>,
+    runs: BTreeMap<u64, RunSlot>,
+    by_commit: HashMap<CommitId, u64>,
+    classes: Vec<ClassState>,
+    runners: Vec<RunnerSlot>,
+    tasks: JoinSet<TaskOutput>,
+    task_index: HashMap<TaskId, Task>,
+    /// Step timeouts of requests the engine still waits for.
+    deadlines: BTreeSet<(Instant, TaskId)>,
+    /// When given-up requests pass the abandon limit.
+    abandon_deadlines: BTreeSet<(Instant, TaskId)>,
+    backoff: BTreeSet<(Instant, u64, usize)>,
+    next_seq: u64,
+    /// How many outages have begun, over all runners.
+    outages: u64,
+    /// When to look again for steps that waited past the unreachable limit;
+    /// `None` while every runner is up.
+    next_expiry: Option<Instant>,
+    stopping: bool,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        pipeline: Arc<Pipeline>,
+        pool: RunnerPool,
+        store: Arc<dyn RunStore>,
+        config: EngineConfig,
+        events: broadcast::Sender<EngineEvent>,
+    ) -> Self {
+        let n_runners = pool.len();
+        let classes = pipeline
+            .classes()
+            .iter()
+            .map(|c| ClassState {
+                limit: c.limit,
+                scope: c.scope,
+                in_flight: 0,
+                ready: BTreeSet::new(),
+                pinned: vec![BTreeSet::new(); n_runners],
+            })
+            .collect();
+        let started = now_millis();
+        let runners = pool
+            .members()
+            .iter()
+            .map(|m| RunnerSlot {
+                id: m.id.clone(),
+                runner: Arc::clone(&m.runner),
+                in_flight: 0,
+                class_in_flight: vec![0; pipeline.classes().len()],
+                held: 0,
+                overdue: 0,
+                outage: None,
+                probe_supported: None,
+                since: started,
+                outages: 0,
+                crashes: 0,
+                lost_attempts: 0,
+                losing: false,
+                last_error: None,
+            })
+            .collect();
+        Self {
+            pipeline,
+            store,
+            config,
+            events,
+            runs: BTreeMap::new(),
+            by_commit: HashMap::new(),
+            classes,
+            runners,
+            tasks: JoinSet::new(),
+            task_index: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            abandon_deadlines: BTreeSet::new(),
+            backoff: BTreeSet::new(),
+            next_seq: 0,
+            outages: 0,
+            next_expiry: None,
+            stopping: false,
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        source: Box<dyn CommitSource>,
+        shutdown: impl Future<Output = ()> + Send,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), EngineError> {
+        self.recover().await?;
+        let (batch_tx, mut batches) = mpsc::channel(1);
+        let feeder = tokio::spawn(feed(source, batch_tx, self.config.source_retry));
+        let _abort_feeder = AbortOnDrop(feeder.abort_handle());
+        let mut source_open = true;
+        tokio::pin!(shutdown);
+        self.dispatch().await?;
+        loop {
+            if !source_open && self.runs.is_empty() {
+                info!("source exhausted and every run finished");
+                break;
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    info!(in_flight = self.task_index.len(), "shutting down");
+                    self.stopping = true;
+                    break;
+                }
+                Some(command) = commands.recv() => self.on_command(command).await?,
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_joined(joined).await?;
+                }
+                batch = batches.recv(), if source_open => match batch {
+                    Some(commits) => self.on_commits(commits).await?,
+                    None => source_open = false,
+                },
+                () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    self.on_timer().await?;
+                }
+            }
+            self.dispatch().await?;
+        }
+        drop(batches);
+        if self.stopping {
+            self.drain(&mut commands).await?;
+        }
+        Ok(())
+    }
+
+    /// At shutdown: let open requests end within the grace period, answering
+    /// commands meanwhile; then record what is still in flight as interrupted
+    /// (taken up again at the next start) and drop the requests.
+    async fn drain(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), EngineError> {
+        let deadline = Instant::now() + self.config.shutdown_grace;
+        while self.task_index.values().any(|t| matches!(t, Task::Step(_))) {
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                Some(command) = commands.recv() => self.on_command(command).await?,
+                Some(joined) = self.tasks.join_next_with_id() => self.on_joined(joined).await?,
+                () = tokio::time::sleep_until(deadline) => {
+                    self.interrupt_all().await?;
+                    break;
+                }
+                () = tokio::time::sleep_until(wake.unwrap_or(deadline)), if wake.is_some() => {
+                    self.on_timer().await?;
+                }
+            }
+        }
+        self.tasks.abort_all();
+        Ok(())
+    }
+
+    /// Records every attempt still awaited as interrupted, at shutdown.
+    async fn interrupt_all(&mut self) -> Result<(), EngineError> {
+        let mut live: Vec<(u64, usize, u32)> = self
+            .task_index
+            .values()
+            .filter_map(|t| match t {
+                Task::Step(f) if f.abandoned.is_none() => Some((f.seq, f.step, f.attempt)),
+                _ => None,
+            })
+            .collect();
+        warn!(
+            abandoned = live.len(),
+            "shutdown grace expired; steps still in flight resume at the next start"
+        );
+        live.sort_unstable();
+        let mut events: BTreeMap<u64, Vec<EngineEvent>> = BTreeMap::new();
+        for (seq, step, number) in live {
+            let Some(slot) = self.runs.get_mut(&seq) else {
+                continue;
+            };
+            let commit = slot.run.id().clone();
+            let record = &mut slot.run.steps[step];
+            let Some(attempt) = record.attempts.iter_mut().find(|a| a.number == number) else {
+                continue;
+            };
+            attempt.outcome = AttemptOutcome::Interrupted;
+            attempt.reason = Some("the engine stopped while the step was in flight".into());
+            attempt.finished_at = Some(now_millis());
+            record.status = StepStatus::Pending;
+            events
+                .entry(seq)
+                .or_default()
+                .push(EngineEvent::StepFinished {
+                    commit,
+                    step: record.name.clone(),
+                    attempt: number,
+                    outcome: AttemptOutcome::Interrupted,
+                    status: StepStatus::Pending,
+                    retry_in_ms: Some(0),
+                });
+        }
+        for (seq, events) in events {
+            self.commit_change_then(seq, events).await?;
+        }
+        Ok(())
+    }
+
+    // ----- start-up ---------------------------------------------------------
+
+    /// Takes up the runs the store holds as unfinished.
+    async fn recover(&mut self) -> Result<(), EngineError> {
+        self.next_seq = self.store.max_seq().await?.map_or(0, |m| m + 1);
+        let unfinished = self.store.unfinished_runs().await?;
+        if !unfinished.is_empty() {
+            info!(runs = unfinished.len(), "resuming unfinished runs");
+        }
+        for mut run in unfinished {
+            self.normalize_steps(&mut run);
+            for step in &mut run.steps {
+                let mut interrupted = false;
+                for attempt in &mut step.attempts {
+                    if attempt.outcome == AttemptOutcome::Running {
+                        attempt.outcome = AttemptOutcome::Interrupted;
+                        attempt.reason =
+                            Some("the engine stopped while the step was in flight".into());
+                        attempt.finished_at = Some(now_millis());
+                        interrupted = true;
+                    }
+                }
+                if step.status == StepStatus::Running || interrupted && !step.status.is_terminal() {
+                    step.status = StepStatus::Pending;
+                }
+            }
+            self.next_seq = self.next_seq.max(run.seq + 1);
+            self.admit(run).await?;
+        }
+        Ok(())
+    }
+
+    /// Lines a stored run's steps up with the pipeline: index `i` of
+    /// `run.steps` is pipeline step `i`. Steps the pipeline no longer has are kept
+    /// after them, and skipped if they had not finished.
+    fn normalize_steps(&self, run: &mut Run) {
+        let in_order = run.steps.iter().map(|s| s.name.as_str()).eq(self
+            .pipeline
+            .steps()
+            .iter()
+            .map(|s| s.name.as_str()));
+        if in_order {
+            return;
+        }
+        let mut old: Vec<Option<StepRecord>> = run.steps.drain(..).map(Some).collect();
+        for spec in self.pipeline.steps() {
+            let found = old
+                .iter_mut()
+                .find(|s| s.as_ref().is_some_and(|s| s.name == spec.name))
+                .and_then(Option::take);
+            run.steps
+                .push(found.unwrap_or_else(|| StepRecord::pending(spec.name.clone())));
+        }
+        for mut extra in old.into_iter().flatten() {
+            if !extra.status.is_terminal() {
+                extra.status = StepStatus::Skipped;
+                extra.reason = Some("the step is no longer in the pipeline".into());
+            }
+            run.steps.push(extra);
+        }
+    }
+
+    // ----- new commits ------------------------------------------------------
+
+    async fn on_commits(&mut self, commits: Vec<Commit>) -> Result<(), EngineError> {
+        for commit in commits {
+            if self.by_commit.contains_key(&commit.id) {
+                continue;
+            }
+            let run = Run::new(commit, self.next_seq, &self.pipeline);
+            if !self.store.insert_run(&run).await? {
+                debug!(commit = %run.id(), "commit already has a run");
+                continue;
+            }
+            self.next_seq += 1;
+            self.emit(EngineEvent::RunQueued {
+                commit: run.id().clone(),
+                seq: run.seq,
+            });
+            self.admit(run).await?;
+        }
+        Ok(())
+    }
+
+    /// Builds the scheduling state of a run whose steps are pending or terminal,
+    /// skips what can no longer run, queues what is ready, and persists.
+    async fn admit(&mut self, mut run: Run) -> Result<(), EngineError> {
+        let now = Instant::now();
+        let n = self.pipeline.len();
+        let mut steps: Vec<StepSlot> = Vec::with_capacity(n);
+        for i in 0..n {
+            let status = run.steps[i].status;
+            let next_attempt = run.steps[i]
+                .attempts
+                .iter()
+                .map(|a| a.number)
+                .max()
+                .unwrap_or(0)
+                .saturating_add(1);
+            let ran_on = (status == StepStatus::Success)
+                .then(|| self.succeeded_on(&run.steps[i]))
+                .flatten();
+            let mut slot = StepSlot {
+                unmet: 0,
+                phase: Phase::Done,
+                ready_since: now,
+                next_attempt,
+                lost_at_outage: None,
+                open_abandoned: 0,
+                ran_on,
+                pin: None,
+            };
+            if !status.is_terminal() {
+                let needs = self.pipeline.needs_of(i);
+                if let Some(&bad) = needs.iter().find(|&&j| {
+                    run.steps[j].status.is_terminal() && run.steps[j].status != StepStatus::Success
+                }) {
+                    let reason = skip_reason(&run.steps[bad]);
+                    let step = &mut run.steps[i];
+                    step.status = StepStatus::Skipped;
+                    step.reason = Some(reason);
+                } else if let Some(reason) = self.lost_pin(&run, i) {
+                    let step = &mut run.steps[i];
+                    step.status = StepStatus::Error;
+                    step.reason = Some(reason);
+                } else {
+                    slot.unmet = needs
+                        .iter()
+                        .filter(|&&j| run.steps[j].status != StepStatus::Success)
+                        .count();
+                    slot.phase = Phase::Blocked;
+                }
+            }
+            steps.push(slot);
+        }
+        let seq = run.seq;
+        let ready: Vec<usize> = (0..n)
+            .filter(|&i| steps[i].phase == Phase::Blocked && steps[i].unmet == 0)
+            .collect();
+        self.by_commit.insert(run.id().clone(), seq);
+        self.runs.insert(seq, RunSlot { run, steps });
+        for i in ready {
+            self.make_ready(seq, i, now);
+        }
+        self.commit_change(seq).await
+    }
+
+    /// The pool index of the runner a successful step's last attempt ran on.
+    fn succeeded_on(&self, record: &StepRecord) -> Option<usize> {
+        let id = record
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.outcome == AttemptOutcome::Success)?
+            .runner
+            .as_deref()?;
+        self.runners.iter().position(|r| r.id == id)
+    }
+
+    /// Why step `i` of a stored run can never run: it must run where a step
+    /// succeeded on a runner that is no longer in the pool.
+    fn lost_pin(&self, run: &Run, i: usize) -> Option<String> {
+        let j = self.pipeline.same_runner_as(i)?;
+        let record = &run.steps[j];
+        if record.status != StepStatus::Success {
+            return None;
+        }
+        let id = record
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.outcome == AttemptOutcome::Success)?
+            .runner
+            .as_deref()?;
+        (!self.runners.iter().any(|r| r.id == id)).then(|| {
+            format!(
+                "must run where {:?} ran, on runner {id}, which is no longer in the pool",
+                record.name
+            )
+        })
+    }
+
+    /// Puts step `step` of run `seq` in the ready queue it belongs to: its
+    /// pinned runner's, or the class's shared one.
+    fn make_ready(&mut self, seq: u64, step: usize, now: Instant) {
+        let Some(slot) = self.runs.get_mut(&seq) else {
+            return;
+        };
+        let pin = self
+            .pipeline
+            .same_runner_as(step)
+            .and_then(|j| slot.steps[j].ran_on);
+        let s = &mut slot.steps[step];
+        s.phase = Phase::Ready;
+        s.ready_since = now;
+        s.pin = pin;
+        let class = &mut self.classes[self.pipeline.class_of(step)];
+        match pin {
+            Some(r) => class.pinned[r].insert((seq, step)),
+            None => class.ready.insert((seq, step)),
+        };
+    }
+
+    /// Takes a ready step out of its queue.
+    fn unqueue(&mut self, seq: u64, step: usize) {
+        let pin = self.runs.get(&seq).and_then(|s| s.steps[step].pin);
+        let class = &mut self.classes[self.pipeline.class_of(step)];
+        match pin {
+            Some(r) => class.pinned[r].remove(&(seq, step)),
+            None => class.ready.remove(&(seq, step)),
+        };
+    }
+
+    // ----- dispatch ---------------------------------------------------------
+
+    /// Starts every step that may start now. First each runner that is down
+    /// and due gets its probe; then, as long as some ready step can go
+    /// somewhere, the oldest such step goes to the runner that is up, has room
+    /// under its cap and a free permit for the step's class, with the fewest
+    /// requests of that class in flight (then the fewest in flight, then the
+    /// first in pool order). Pinned steps go to their runner only.
+    async fn dispatch(&mut self) -> Result<(), EngineError> {
+        if self.stopping {
+            return Ok(());
+        }
+        for r in 0..self.runners.len() {
+            self.probe_if_due(r).await?;
+        }
+        while let Some((seq, step, r)) = self.next_dispatch() {
+            self.unqueue(seq, step);
+            self.start(seq, step, r, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether runner `r` has a permit for class `c` (its own count for a
+    /// per-runner class, the pool's for a pool-wide one) and room under its cap.
+    fn has_permit(&self, c: usize, r: usize) -> bool {
+        let class = &self.classes[c];
+        let runner = &self.runners[r];
+        if !runner.has_room(self.config.max_in_flight) {
+            return false;
+        }
+        let count = match class.scope {
+            Scope::Runner => runner.class_in_flight[c],
+            Scope::Pool => class.in_flight,
+        };
+        class.limit.is_none_or(|l| count < l)
+    }
+
+    /// Whether runner `r` takes steps now: it is up.
+    fn takes_steps(&self, r: usize) -> bool {
+        self.runners[r].outage.is_none()
+    }
+
+    /// The oldest ready step that some runner can take now, and that runner.
+    fn next_dispatch(&self) -> Option<(u64, usize, usize)> {
+        let mut best: Option<((u64, usize), usize)> = None;
+        let mut consider = |key: (u64, usize), r: usize| {
+            if best.is_none_or(|(b, _)| key < b) {
+                best = Some((key, r));
+            }
+        };
+        for (c, class) in self.classes.iter().enumerate() {
+            if let Some(&key) = class.ready.first()
+                && let Some(r) = self.least_loaded(c)
+            {
+                consider(key, r);
+            }
+            for (r, pinned) in class.pinned.iter().enumerate() {
+                if let Some(&key) = pinned.first()
+                    && self.takes_steps(r)
+                    && self.has_permit(c, r)
+                {
+                    consider(key, r);
+                }
+            }
+        }
+        best.map(|((seq, step), r)| (seq, step, r))
+    }
+
+    /// Among the runners that are up with a permit for class `c`: the fewest
+    /// requests of the class in flight, then the fewest in flight, then the
+    /// first in pool order.
+    fn least_loaded(&self, c: usize) -> Option<usize> {
+        (0..self.runners.len())
+            .filter(|&r| self.takes_steps(r) && self.has_permit(c, r))
+            .min_by_key(|&r| {
+                let runner = &self.runners[r];
+                (runner.class_in_flight[c], runner.in_flight, r)
+            })
+    }
+
+    /// The oldest ready step runner `r` could run as a probe: one pinned to it
+    /// or free to go anywhere, with a permit on it.
+    fn probe_step_for(&self, r: usize) -> Option<(u64, usize)> {
+        self.classes
+            .iter()
+            .enumerate()
+            .filter(|&(c, _)| self.has_permit(c, r))
+            .filter_map(|(_, class)| {
+                let any = class.ready.first().copied();
+                let pinned = class.pinned[r].first().copied();
+                any.into_iter().chain(pinned).min()
+            })
+            .min()
+    }
+
+    async fn start(
+        &mut self,
+        seq: u64,
+        step: usize,
+        r: usize,
+        probe: bool,
+    ) -> Result<(), EngineError> {
+        let runner_id = self.runners[r].id.clone();
+        let spec = &self.pipeline.steps()[step];
+        let timeout = spec.timeout.unwrap_or(self.config.step_timeout);
+        let runner_step = spec.runner_step().to_owned();
+        let slot = self
+            .runs
+            .get_mut(&seq)
+            .expect("a queued step belongs to a live run");
+        let number = slot.steps[step].next_attempt;
+        slot.steps[step].next_attempt = number.saturating_add(1);
+        slot.steps[step].phase = Phase::InFlight;
+        let commit = slot.run.id().clone();
+        let record = &mut slot.run.steps[step];
+        let mut attempt = Attempt::new(number, AttemptOutcome::Running, now_millis());
+        attempt.runner = Some(runner_id.clone());
+        record.attempts.push(attempt);
+        record.status = StepStatus::Running;
+        let request = StepRequest {
+            step: runner_step,
+            commit,
+            attempt: number,
+        };
+        // Write ahead: if the process dies now, the next start sees the attempt
+        // as in flight and records it as interrupted.
+        let started = EngineEvent::StepStarted {
+            commit: request.commit.clone(),
+            step: record.name.clone(),
+            attempt: number,
+            runner: runner_id.clone(),
+        };
+        self.commit_change_then(seq, vec![started]).await?;
+        debug!(commit = %request.commit.short(10), step = %request.step, attempt = number, runner = %runner_id, probe, "dispatch");
+
+        let c = self.pipeline.class_of(step);
+        self.classes[c].in_flight += 1;
+        let runner = &mut self.runners[r];
+        runner.class_in_flight[c] += 1;
+        runner.in_flight += 1;
+        let call = Arc::clone(&runner.runner);
+        let abort = self.tasks.spawn(async move {
+            let started = Instant::now();
+            let result = call.run(&request).await;
+            TaskOutput::Step(Finished {
+                result,
+                elapsed: started.elapsed(),
+            })
+        });
+        let deadline = Instant::now() + timeout;
+        self.deadlines.insert((deadline, abort.id()));
+        self.task_index.insert(
+            abort.id(),
+            Task::Step(Flight {
+                seq,
+                step,
+                attempt: number,
+                runner: r,
+                probe,
+                deadline,
+                abandoned: None,
+                overdue: false,
+                abort,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Frees the permit of a request that has ended (or was dropped); a retry
+    /// that waited for it becomes ready.
+    fn release(&mut self, id: TaskId, flight: &Flight) {
+        self.deadlines.remove(&(flight.deadline, id));
+        let runner = &mut self.runners[flight.runner];
+        if let Some(at) = flight.abandoned {
+            runner.held = runner.held.saturating_sub(1);
+            self.abandon_deadlines
+                .remove(&(at + self.config.abandon_limit, id));
+            let mut now_ready = false;
+            if let Some(slot) = self.runs.get_mut(&flight.seq) {
+                let s = &mut slot.steps[flight.step];
+                s.open_abandoned = s.open_abandoned.saturating_sub(1);
+                now_ready = s.open_abandoned == 0 && s.phase == Phase::Held;
+            }
+            if now_ready {
+                self.make_ready(flight.seq, flight.step, Instant::now());
+            }
+        }
+        let runner = &mut self.runners[flight.runner];
+        if flight.overdue {
+            runner.overdue = runner.overdue.saturating_sub(1);
+        }
+        let c = self.pipeline.class_of(flight.step);
+        runner.class_in_flight[c] = runner.class_in_flight[c].saturating_sub(1);
+        runner.in_flight = runner.in_flight.saturating_sub(1);
+        if flight.probe
+            && let Some(o) = &mut runner.outage
+        {
+            o.probe_in_flight = false;
+        }
+        let class = &mut self.classes[c];
+        class.in_flight = class.in_flight.saturating_sub(1);
+    }
+
+    /// Marks a request the engine no longer waits for; it keeps its permit.
+    fn abandon(&mut self, id: TaskId, now: Instant) {
+        let limit = self.config.abandon_limit;
+        if let Some(Task::Step(flight)) = self.task_index.get_mut(&id)
+            && flight.abandoned.is_none()
+        {
+            flight.abandoned = Some(now);
+            self.deadlines.remove(&(flight.deadline, id));
+            self.abandon_deadlines.insert((now + limit, id));
+            self.runners[flight.runner].held += 1;
+            if let Some(slot) = self.runs.get_mut(&flight.seq) {
+                slot.steps[flight.step].open_abandoned += 1;
+            }
+        }
+    }
+
+    // ----- bookkeeping ------------------------------------------------------
+
+    /// Settles run `seq`'s status, writes it to the store, and if it finished
+    /// announces that and forgets it.
+    async fn commit_change(&mut self, seq: u64) -> Result<(), EngineError> {
+        self.commit_change_then(seq, Vec::new()).await
+    }
+
+    /// [`commit_change`](Self::commit_change), announcing `events` once the
+    /// change is stored and before the run's end, if it ended.
+    async fn commit_change_then(
+        &mut self,
+        seq: u64,
+        events: Vec<EngineEvent>,
+    ) -> Result<(), EngineError> {
+        let Some(slot) = self.runs.get_mut(&seq) else {
+            return Ok(());
+        };
+        slot.run.settle();
+        self.store.update_run(&slot.run).await?;
+        for event in events {
+            self.emit(event);
+        }
+        let Some(slot) = self.runs.get(&seq) else {
+            return Ok(());
+        };
+        if slot.run.status.is_terminal() {
+            let slot = self.runs.remove(&seq).expect("present above");
+            self.by_commit.remove(slot.run.id());
+            info!(commit = %slot.run.id().short(10), status = %slot.run.status, failed = ?slot.run.failed_steps, "run finished");
+            self.emit(EngineEvent::RunFinished {
+                commit: slot.run.commit.id,
+                status: slot.run.status,
+            });
+        }
+        Ok(())
+    }
+
+    fn emit(&self, event: EngineEvent) {
+        // No subscribers is fine: events are notifications, the store is the record.
+        let _ = self.events.send(event);
+    }
+}
+
+/// What becomes of a step after an attempt.
+#[derive(Clone, Copy, Debug)]
+enum Verdict {
+    /// It ends with this status.
+    End(StepStatus),
+    /// Retried as soon as the runner accepts requests.
+    AtOnce,
+    /// Retried after a (jittered) backoff.
+    Backoff,
+}
+
+/// Whether a request's result shows the runner accepting requests. A lost
+/// probe counts: its connection was accepted.
+fn answered(result: &Result<StepOutput, RunnerError>, probe: bool) -> bool {
+    match result {
+        Ok(_) | Err(RunnerError::Rejected(_) | RunnerError::Protocol(_)) => true,
+        Err(RunnerError::Lost(_)) => probe,
+        Err(RunnerError::Unreachable(_)) => false,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A stable hash of an attempt, the draw of its retry's jitter (FNV-1a).
+fn jitter_key(commit: &CommitId, step: &str, attempt: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in commit
+        .as_str()
+        .bytes()
+        .chain([0])
+        .chain(step.bytes())
+        .chain(attempt.to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn skip_reason(need: &StepRecord) -> String {
+    format!("needs {:?}, which ended {}", need.name, need.status)
+}
+
+/// Aborts a task when dropped, so the source feeder never outlives the engine.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long the feeder waits after a source returned an empty batch.
+const EMPTY_BATCH_PAUSE: Duration = Duration::from_millis(50);
+
+/// Pulls batches from the source into the engine's channel; retries errors.
+async fn feed(
+    mut source: Box<dyn CommitSource>,
+    batches: mpsc::Sender<Vec<Commit>>,
+    retry: Duration,
+) {
+    loop {
+        match source.next_commits().await {
+            // Nothing new: a pause, so a source that answers at once cannot spin.
+            Ok(Some(commits)) if commits.is_empty() => tokio::time::sleep(EMPTY_BATCH_PAUSE).await,
+            Ok(Some(commits)) => {
+                if batches.send(commits).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "commit source failed; asking again in {}s", retry.as_secs_f64());
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
