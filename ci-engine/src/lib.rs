@@ -33,8 +33,7 @@ pub use engine::{ConfigError, Engine, EngineConfig, EngineError, EngineEvent, En
 pub use memory_store::MemoryStore;
 pub use model::{
     Attempt, AttemptOutcome, Commit, CommitId, Concurrency, Pipeline, PipelineError,
-    PipelineFileError, Run,
-    RunStatus, Scope, StepRecord, StepSpec, StepStatus,
+    PipelineFileError, Run, RunStatus, Scope, StepRecord, StepSpec, StepStatus,
 };
 pub use pool::{PoolError, PoolMember, RunnerPool, RunnerState, RunnerStatus};
 pub use runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};

@@ -639,7 +639,9 @@ mod tests {
                 .scope(Scope::Pool),
         ]);
         assert!(matches!(mixed, Err(PipelineError::GroupMismatch { .. })));
-        let zero = Pipeline::new(vec![StepSpec::new("a", Concurrency::Unlimited).max_attempts(0)]);
+        let zero = Pipeline::new(vec![
+            StepSpec::new("a", Concurrency::Unlimited).max_attempts(0),
+        ]);
         assert!(matches!(zero, Err(PipelineError::BadValue { .. })));
         let zero = Pipeline::new(vec![
             StepSpec::new("a", Concurrency::Unlimited).timeout(Duration::ZERO),

@@ -111,7 +111,13 @@ pub struct TraceEvent {
     pub attempt: u32,
     /// What happened.
     pub kind: TraceKind,
+    /// Position in one order shared by every simulated runner of the process:
+    /// orders events of several runners (of a pool) that share an instant.
+    pub order: u64,
 }
+
+/// The source of [`TraceEvent::order`].
+static TRACE_ORDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Kinds of [`TraceEvent`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +165,7 @@ fn record(state: &mut State, request: &StepRequest, kind: TraceKind) {
         step: request.step.clone(),
         attempt: request.attempt,
         kind,
+        order: TRACE_ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     });
 }
 

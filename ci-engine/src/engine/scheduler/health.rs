@@ -81,7 +81,10 @@ impl Scheduler {
         match probe {
             Probe::Up => self.runner_answered(r),
             Probe::Down(reason) => {
-                let next = self.runners[r].outage.as_ref().map(|o| now + delay(o.since));
+                let next = self.runners[r]
+                    .outage
+                    .as_ref()
+                    .map(|o| now + delay(o.since));
                 let runner = &mut self.runners[r];
                 if let (Some(o), Some(next)) = (&mut runner.outage, next) {
                     debug!(runner = %runner.id, %reason, "probe: runner still down");
