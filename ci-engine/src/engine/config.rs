@@ -8,7 +8,9 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
     /// Attempts per step that count (lost, rejected, finished) before the step
-    /// ends `error`. At least 1. Default 5.
+    /// ends `error`, unless the step sets its own
+    /// ([`StepSpec::max_attempts`](crate::StepSpec::max_attempts)). At least 1.
+    /// Default 5.
     pub max_attempts: u32,
     /// Wait before the first retry that backs off (a timeout, a protocol error,
     /// a runner that answers but keeps losing the step); doubles each retry.
@@ -22,7 +24,9 @@ pub struct EngineConfig {
     pub retry_jitter_percent: u8,
     /// An attempt with no answer after this long is recorded `lost` and retried
     /// after a backoff; the request itself stays open, holding its permit, until
-    /// the runner answers it (see `abandon_limit`). Longer than zero. Default 30 min.
+    /// the runner answers it (see `abandon_limit`). A step may set its own
+    /// ([`StepSpec::timeout`](crate::StepSpec::timeout)). Longer than zero.
+    /// Default 30 min.
     pub step_timeout: Duration,
     /// How long a request the engine gave up on (timed out, or its run was
     /// cancelled) may stay open on the runner. Past it the runner is taken to be
@@ -30,11 +34,12 @@ pub struct EngineConfig {
     /// requests it held past the limit are dropped and their permits come back.
     /// Longer than zero. Default 2 min.
     pub abandon_limit: Duration,
-    /// Requests in flight to the runner at once, over all classes (given-up
+    /// Requests in flight to each runner at once, over all classes (given-up
     /// requests still open count). At least 1. Default 32.
     pub max_in_flight: usize,
-    /// A ready step that has waited this long for a runner that is down ends
-    /// `error`. Longer than zero. Default 10 min.
+    /// A ready step that has waited this long for a runner ends `error`: a
+    /// step pinned to a runner (`same_runner_as`) while that runner is down,
+    /// any other step while every runner is down. Longer than zero. Default 10 min.
     pub unreachable_limit: Duration,
     /// Shortest wait between probes of a runner that is down. Longer than zero.
     /// Default 50 ms.
