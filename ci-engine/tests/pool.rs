@@ -789,3 +789,51 @@ fn the_engine_reports_each_runners_state() {
         run.abort();
     });
 }
+
+#[test]
+fn a_pin_to_a_runner_no_longer_in_the_pool_ends_the_step_error_at_restart() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use ci_engine::{Attempt, RunStore};
+        // A run stored by an engine whose pool had runner "gone": build
+        // succeeded there, test had not started.
+        let store = Arc::new(MemoryStore::new());
+        let pipeline = pinned_pipeline();
+        let mut run = Run::new(Commit::bare("00000001"), 0, &pipeline);
+        let mut build = Attempt::new(1, AttemptOutcome::Success, 1);
+        build.runner = Some("gone".into());
+        run.steps[0].attempts.push(build);
+        run.steps[0].status = StepStatus::Success;
+        run.status = RunStatus::Running;
+        store.insert_run(&run).await.unwrap();
+
+        let sims = vec![SimRunner::new(fixed(100))];
+        let engine = Engine::with_pool(
+            pipeline,
+            pool_of(&sims),
+            store.clone(),
+            EngineConfig::default(),
+        )
+        .unwrap();
+        engine
+            .run(
+                Box::new(ScriptedSource::new(Vec::new())),
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
+        let run = store.get_run("00000001").await.unwrap();
+        assert_eq!(run.status, RunStatus::Error);
+        assert_eq!(run.steps[1].status, StepStatus::Error);
+        let reason = run.steps[1].reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains("runner gone") && reason.contains("no longer in the pool"),
+            "{reason}"
+        );
+        assert!(sims[0].trace().is_empty(), "nothing was sent");
+    });
+}

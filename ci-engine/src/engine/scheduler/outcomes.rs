@@ -61,7 +61,8 @@ impl Scheduler {
                         runner = %self.runners[flight.runner].id,
                         "a request given up on has ended"
                     );
-                    self.note_result(flight.runner, &finished.result, flight.probe);
+                    // Its loss (if it was lost) was counted at the timeout.
+                    self.note_result(flight.runner, &finished.result, flight.probe, false);
                     return Ok(());
                 }
                 self.on_result(flight, finished).await
@@ -70,25 +71,30 @@ impl Scheduler {
     }
 
     /// What a request's result says about its runner: it answers (an outage
-    /// ends), it lost the request (a crash), or it could not be reached.
+    /// ends), it lost the request (a crash; counted as a lost attempt when
+    /// `new_loss`), or it could not be reached.
     fn note_result(
         &mut self,
         r: usize,
         result: &Result<crate::runner::StepOutput, RunnerError>,
         probe: bool,
+        new_loss: bool,
     ) {
         let runner = &mut self.runners[r];
         match result {
-            Err(RunnerError::Lost(reason) | RunnerError::Protocol(reason)) => {
-                runner.last_error = Some(reason.clone());
-            }
-            Err(RunnerError::Unreachable(reason)) => {
+            Err(
+                RunnerError::Lost(reason)
+                | RunnerError::Protocol(reason)
+                | RunnerError::Unreachable(reason),
+            ) => {
                 runner.last_error = Some(reason.clone());
             }
             _ => {}
         }
         if let Err(RunnerError::Lost(_)) = result {
-            runner.lost_attempts += 1;
+            if new_loss {
+                runner.lost_attempts += 1;
+            }
             if !runner.losing {
                 runner.losing = true;
                 runner.crashes += 1;
@@ -107,7 +113,7 @@ impl Scheduler {
             runner: r,
             ..
         } = flight;
-        self.note_result(r, &finished.result, probe);
+        self.note_result(r, &finished.result, probe, true);
         let outages = self.outages;
         let Some(slot) = self.runs.get_mut(&seq) else {
             return Ok(());
