@@ -8,6 +8,7 @@
 //! the bound address) and the single line explaining a bad configuration.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -15,7 +16,8 @@ use tokio::net::TcpListener;
 
 use crate::addr::{AddrError, parse_listen_addr};
 use crate::config::{ConfigError, SimConfig};
-use crate::server::{ServeEnd, serve};
+use crate::request_log::RequestLog;
+use crate::server::{ServeEnd, serve, serve_with_request_log};
 
 /// Exit code after a simulated crash (the original's `log.Fatal`).
 pub const EXIT_CRASHED: i32 = 1;
@@ -30,6 +32,8 @@ pub const EXIT_INTERRUPTED: i32 = 0;
 const ADDR_VARS: [&str; 2] = ["STEP_RUNNER_SERVER_ADDR", "ORCA_STEP_RUNNER_SERVER_ADDR"];
 /// Crash switch variables; either one set to exactly `false` turns crashes off.
 const CRASHABLE_VARS: [&str; 2] = ["CI_SERVER_CRASHABLE", "ORCA_CI_SERVER_CRASHABLE"];
+/// The request log variable, read when `--request-log` is not given.
+const REQUEST_LOG_VAR: &str = "STEP_RUNNER_REQUEST_LOG";
 /// The original's default listen address.
 const DEFAULT_ADDR: &str = ":8080";
 
@@ -40,7 +44,8 @@ Environment:
                              ORCA_STEP_RUNNER_SERVER_ADDR is read when it is unset or empty
   CI_SERVER_CRASHABLE        `false` turns the crash off, like --no-crash;
                              ORCA_CI_SERVER_CRASHABLE=false does the same
-  RUST_LOG                   log filter for the request log on stderr (default info)
+  STEP_RUNNER_REQUEST_LOG    request log file when --request-log is not given
+  RUST_LOG                   log filter for the log on stderr (default info)
 
 Exit codes: 1 after a simulated crash, 143 after SIGTERM, 0 after Ctrl-C,
 2 when the configuration is bad or the address cannot be bound.";
@@ -76,6 +81,11 @@ pub struct SimArgs {
     /// a request's simulate_build_time still wins).
     #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     pub test_ms: Option<u64>,
+    /// Append one JSON line to PATH for each step request received ("start"),
+    /// each answer ("end") and the crash ("crash"); several processes may
+    /// share one file. Overrides STEP_RUNNER_REQUEST_LOG.
+    #[arg(long, value_name = "PATH")]
+    pub request_log: Option<PathBuf>,
 }
 
 impl Default for SimArgs {
@@ -91,6 +101,7 @@ impl Default for SimArgs {
             lint_ms: None,
             build_ms: None,
             test_ms: None,
+            request_log: None,
         }
     }
 }
@@ -125,6 +136,14 @@ pub enum StartError {
     Bind {
         /// The address that could not be bound.
         addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The request log file cannot be opened for appending.
+    #[error("cannot open the request log {}: {source}", path.display())]
+    RequestLog {
+        /// The file.
+        path: PathBuf,
         /// What the operating system said.
         source: std::io::Error,
     },
@@ -168,6 +187,16 @@ pub fn resolve(args: &SimArgs) -> Result<(SocketAddr, SimConfig), StartError> {
     Ok((addr, config))
 }
 
+/// The request log file `args` or the environment asks for; an empty
+/// variable counts as unset.
+pub fn request_log_path(args: &SimArgs) -> Option<PathBuf> {
+    args.request_log.clone().or_else(|| {
+        std::env::var_os(REQUEST_LOG_VAR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
 /// Completes at SIGTERM or SIGINT and records the matching exit code.
 #[cfg(unix)]
 fn shutdown_signal(
@@ -206,6 +235,12 @@ fn shutdown_signal(
 
 async fn start(args: SimArgs) -> Result<i32, StartError> {
     let (addr, config) = resolve(&args)?;
+    let request_log = match request_log_path(&args) {
+        Some(path) => Some(
+            RequestLog::open(&path).map_err(|source| StartError::RequestLog { path, source })?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
@@ -214,9 +249,16 @@ async fn start(args: SimArgs) -> Result<i32, StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
     let code = Arc::new(AtomicI32::new(EXIT_INTERRUPTED));
     let shutdown = shutdown_signal(Arc::clone(&code))?;
-    tracing::info!(%local, ?config, "Starting server");
+    let log_path = request_log
+        .as_ref()
+        .map(|log| log.path().display().to_string());
+    tracing::info!(%local, ?config, request_log = ?log_path, "Starting server");
     eprintln!("{}{local}", crate::LISTENING_PREFIX);
-    match serve(listener, config, shutdown).await {
+    let served = match request_log {
+        Some(log) => serve_with_request_log(listener, config, log, shutdown).await,
+        None => serve(listener, config, shutdown).await,
+    };
+    match served {
         Ok(ServeEnd::Shutdown) => Ok(code.load(Ordering::SeqCst)),
         Ok(ServeEnd::Crashed) => Ok(EXIT_CRASHED),
         Err(error) => Err(StartError::Bind {
@@ -285,6 +327,15 @@ mod tests {
         };
         let (addr, config) = resolve(&args).expect("valid flags");
         assert_eq!(addr.to_string(), "127.0.0.1:0");
+        let logged = SimArgs {
+            request_log: Some(PathBuf::from("requests.jsonl")),
+            ..args.clone()
+        };
+        assert_eq!(
+            request_log_path(&logged),
+            Some(PathBuf::from("requests.jsonl")),
+            "the flag gives the path"
+        );
         assert!(!config.crashable);
         assert_eq!(
             (config.seed, config.lint_ms, config.fail_rate),

@@ -12,6 +12,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::go_json::{Scan, Scanner, decode_payload};
+use crate::request_log::LoggedRequest;
 use crate::server::Shared;
 use crate::steps::StepOutcome;
 
@@ -188,7 +189,21 @@ enum Answer {
     Crash,
 }
 
-async fn trigger(shared: &Shared, request: Request<Incoming>) -> Answer {
+/// A step request with a `start` line in the request log, and the step's
+/// status once it ran.
+struct Started {
+    request: LoggedRequest,
+    step_status: Option<String>,
+}
+
+/// Runs the step a trigger request asks for. When the server has a request
+/// log, a request whose body decodes gets a `start` line, and `started` says
+/// which, for the `end` or `crash` line.
+async fn trigger(
+    shared: &Shared,
+    request: Request<Incoming>,
+    started: &mut Option<Started>,
+) -> Answer {
     if request.method() != Method::POST {
         return Answer::Respond(text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -205,8 +220,19 @@ async fn trigger(shared: &Shared, request: Request<Incoming>) -> Answer {
         Ok(payload) => payload,
         Err(message) => return Answer::Respond(text(StatusCode::BAD_REQUEST, &message)),
     };
+    if let Some(recorder) = &shared.recorder {
+        *started = Some(Started {
+            request: recorder.start(&payload.step_name, &payload.commit_hash),
+            step_status: None,
+        });
+    }
     match shared.simulator.run(&payload).await {
-        StepOutcome::Ran(response) => Answer::Respond(json(response.to_go_json())),
+        StepOutcome::Ran(response) => {
+            if let Some(started) = started {
+                started.step_status = Some(response.status.clone());
+            }
+            Answer::Respond(json(response.to_go_json()))
+        }
         StepOutcome::UnknownStep => Answer::Respond(text(StatusCode::BAD_REQUEST, "Unknown step!")),
         StepOutcome::Crash => Answer::Crash,
     }
@@ -221,6 +247,7 @@ pub async fn handle(
 ) -> Result<HttpResponse, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let mut started = None;
     let answer = if request.uri() == "*" && method == Method::OPTIONS {
         // Go's server answers `OPTIONS *` itself.
         let mut response = Response::new(Full::new(Bytes::new()));
@@ -236,17 +263,24 @@ pub async fn handle(
         Answer::Respond(redirect(&method, &location))
     } else if is_trigger_path(&path) {
         tracing::info!("[Step Handler] Received request from {peer}");
-        trigger(&shared, request).await
+        trigger(&shared, request, &mut started).await
     } else {
         Answer::Respond(text(StatusCode::NOT_FOUND, "404 page not found"))
     };
     match answer {
         Answer::Respond(response) if !shared.has_crashed() => {
-            tracing::info!(%peer, %method, path, status = response.status().as_u16(), "request");
+            let status = response.status().as_u16();
+            if let (Some(recorder), Some(started)) = (&shared.recorder, &started) {
+                recorder.end(&started.request, status, started.step_status.as_deref());
+            }
+            tracing::info!(%peer, %method, path, status, "request");
             Ok(response)
         }
         Answer::Respond(_) => shared.never_answer().await,
         Answer::Crash => {
+            if let (Some(recorder), Some(started)) = (&shared.recorder, &started) {
+                recorder.crash(&started.request);
+            }
             shared.crash();
             shared.never_answer().await
         }

@@ -10,6 +10,8 @@
 //! - `steps`: the lint/build/test simulation, per-step locks, random draws.
 //! - `go_json`: Go `encoding/json`-compatible decoding (same error messages)
 //!   and encoding (same escaping).
+//! - [`RequestLog`] (in `request_log`): the optional JSON-lines record of step
+//!   requests, answers and the crash ([`serve_with_request_log`]).
 //! - [`SimConfig`] (in `config`), [`parse_listen_addr`] (in `addr`).
 //! - [`cli`]: the program itself (flags, environment, signals, exit codes), for
 //!   the `step-runner-sim` binary and for other binaries that embed it.
@@ -20,12 +22,14 @@ mod config;
 mod go_json;
 mod http;
 mod protocol;
+mod request_log;
 mod server;
 mod steps;
 
 pub use addr::{AddrError, parse_listen_addr};
 pub use config::{ConfigError, SimConfig};
-pub use server::{ServeEnd, serve};
+pub use request_log::RequestLog;
+pub use server::{ServeEnd, serve, serve_with_request_log};
 
 /// What the startup line on stderr starts with; the bound address follows.
 pub const LISTENING_PREFIX: &str = "step-runner-sim listening on ";

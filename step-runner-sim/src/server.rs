@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::config::SimConfig;
+use crate::request_log::{RequestLog, RequestRecorder};
 use crate::steps::Simulator;
 
 /// How serving ended.
@@ -30,6 +31,8 @@ pub enum ServeEnd {
 pub struct Shared {
     /// The steps, their locks and randomness.
     pub simulator: Simulator,
+    /// Where step requests, answers and the crash are recorded, if anywhere.
+    pub recorder: Option<RequestRecorder>,
     crashed: AtomicBool,
     crash_signal: Notify,
 }
@@ -64,11 +67,37 @@ pub async fn serve(
     config: SimConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<ServeEnd> {
+    serve_with(listener, config, None, shutdown).await
+}
+
+/// [`serve`], also recording every step request, answer and the crash in
+/// `request_log` (the format is in `docs/step-runner-sim.md`): a `start` line
+/// once a request's body is decoded, an `end` line just before its answer is
+/// written, and a `crash` line before the server goes down.
+///
+/// Fails as [`serve`] does, and when the listener's address cannot be read.
+pub async fn serve_with_request_log(
+    listener: TcpListener,
+    config: SimConfig,
+    request_log: RequestLog,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<ServeEnd> {
+    let recorder = RequestRecorder::new(request_log, listener.local_addr()?);
+    serve_with(listener, config, Some(recorder), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    config: SimConfig,
+    recorder: Option<RequestRecorder>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<ServeEnd> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let shared = Arc::new(Shared {
         simulator: Simulator::new(config),
+        recorder,
         crashed: AtomicBool::new(false),
         crash_signal: Notify::new(),
     });

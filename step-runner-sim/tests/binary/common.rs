@@ -16,11 +16,12 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Environment variables the simulator reads; cleared so the caller's
 /// environment cannot change a test.
-const SIM_VARS: [&str; 4] = [
+const SIM_VARS: [&str; 5] = [
     "STEP_RUNNER_SERVER_ADDR",
     "ORCA_STEP_RUNNER_SERVER_ADDR",
     "CI_SERVER_CRASHABLE",
     "ORCA_CI_SERVER_CRASHABLE",
+    "STEP_RUNNER_REQUEST_LOG",
 ];
 
 /// The simulator binary, configured with `args` and `env`, not yet started.
@@ -43,6 +44,8 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 /// A running simulator process; killed when dropped.
 pub struct Sim {
     child: Child,
+    /// The process id.
+    pub pid: u32,
     /// The address from the startup line.
     pub addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
@@ -60,6 +63,7 @@ impl Sim {
     /// Starts the binary with exactly `args` and `env` and waits for its startup line.
     pub async fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Sim {
         let mut child = command(args, env).spawn().expect("spawn step-runner-sim");
+        let pid = child.id().expect("a process just started has an id");
         let stderr = child.stderr.take().expect("stderr is piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (count_tx, line_count) = watch::channel(0usize);
@@ -88,6 +92,7 @@ impl Sim {
         };
         Sim {
             child,
+            pid,
             addr,
             lines,
             line_count,

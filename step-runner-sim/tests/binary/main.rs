@@ -8,4 +8,5 @@ mod common;
 mod concurrency;
 mod crash;
 mod process;
+mod request_log;
 mod wire;

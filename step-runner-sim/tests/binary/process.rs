@@ -158,6 +158,8 @@ async fn help_documents_every_flag_and_variable() {
         "ORCA_STEP_RUNNER_SERVER_ADDR",
         "CI_SERVER_CRASHABLE",
         "ORCA_CI_SERVER_CRASHABLE",
+        "--request-log",
+        "STEP_RUNNER_REQUEST_LOG",
         "143",
     ] {
         assert!(help.contains(item), "--help lacks {item}:\n{help}");
