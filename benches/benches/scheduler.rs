@@ -1,5 +1,6 @@
 //! Wall-clock cost of the scheduler: commits through the standard pipeline
-//! against a runner that answers at once, with the in-memory store.
+//! against runners that answer at once, with the in-memory store; one runner,
+//! and a pool of three (dispatch then weighs every runner for every step).
 //! Run: `cargo bench -p benches --bench scheduler`.
 
 // criterion's macros generate functions without doc comments.
@@ -10,19 +11,23 @@ use std::time::Duration;
 
 use benches::instant_runner;
 use ci_engine::testing::sim::{ScriptedSource, chain_commits};
-use ci_engine::{Engine, EngineConfig, MemoryStore, Pipeline};
+use ci_engine::{Engine, EngineConfig, MemoryStore, Pipeline, PoolMember, RunnerPool};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-fn run_commits(rt: &tokio::runtime::Runtime, n: usize) {
+fn run_commits(rt: &tokio::runtime::Runtime, n: usize, runners: usize) {
     rt.block_on(async {
         let store = Arc::new(MemoryStore::new());
-        let engine = Engine::new(
-            Pipeline::standard(),
-            instant_runner(),
-            store,
-            EngineConfig::default(),
+        let pool = RunnerPool::new(
+            (0..runners)
+                .map(|r| PoolMember {
+                    id: format!("r{r}"),
+                    runner: instant_runner(),
+                })
+                .collect(),
         )
-        .expect("a valid engine configuration");
+        .expect("distinct runner ids");
+        let engine = Engine::with_pool(Pipeline::standard(), pool, store, EngineConfig::default())
+            .expect("a valid engine configuration");
         let source = ScriptedSource::new(vec![(Duration::ZERO, chain_commits(n))]);
         engine
             .run(Box::new(source), std::future::pending())
@@ -40,9 +45,16 @@ fn scheduler(c: &mut Criterion) {
     for n in [100usize, 1_000] {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
-            b.iter(|| run_commits(&rt, n));
+            b.iter(|| run_commits(&rt, n, 1));
         });
     }
+    group.finish();
+    let mut group = c.benchmark_group("engine_commits_pool3");
+    let n = 1_000usize;
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+        b.iter(|| run_commits(&rt, n, 3));
+    });
     group.finish();
 }
 
