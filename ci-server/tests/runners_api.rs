@@ -233,38 +233,50 @@ async fn an_unreachable_runner_is_down_while_the_others_carry_the_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_in_flight_are_counted_per_class() {
-    // Slow steps, so that a request is seen in flight.
+async fn requests_in_flight_are_counted_per_runner_and_class() {
+    // Slow steps, so that requests are seen in flight. The standard pipeline
+    // starts lint and build at once (test needs build).
     let b = green_runner(2, 3000, 3000);
     let c = green_runner(3, 3000, 3000);
     let store = Arc::new(MemoryStore::new());
     let running = Running::start(pool(&[("b", &b), ("c", &c)]), &store, 1);
     let cli = TestClient::new(ci_server::api::app(running.api()));
 
+    let in_flight = |r: &Value| r["in_flight"].as_u64().unwrap_or(0);
     let deadline = Instant::now() + PATIENCE;
-    let busy = loop {
+    let runners = loop {
         let runners = get_json(&cli, "/runners", StatusCode::OK).await;
-        let busy = runners
+        let total: u64 = runners
             .as_array()
             .expect("array")
             .iter()
-            .find(|r| r["in_flight"].as_u64().is_some_and(|n| n > 0))
-            .cloned();
-        if let Some(busy) = busy {
-            break busy;
+            .map(in_flight)
+            .sum();
+        if total >= 2 {
+            break runners;
         }
-        assert!(Instant::now() < deadline, "nothing in flight: {runners}");
+        assert!(
+            Instant::now() < deadline,
+            "lint and build never in flight: {runners}"
+        );
         tokio::time::sleep(POLL).await;
     };
-    // The standard pipeline starts with lint alone.
-    assert_eq!(busy["in_flight"], 1, "{busy}");
+    let mut classes = serde_json::Map::new();
+    for r in runners.as_array().expect("array") {
+        assert_eq!(r["state"], "up", "{r}");
+        assert_eq!(r["held"], 0, "{r}");
+        // Each runner got one: the engine spreads steps over idle runners.
+        assert_eq!(in_flight(r), 1, "{runners}");
+        let by_class = r["in_flight_by_class"].as_object().expect("an object");
+        let sum: u64 = by_class.values().filter_map(Value::as_u64).sum();
+        assert_eq!(sum, in_flight(r), "per class adds up to in_flight: {r}");
+        classes.extend(by_class.clone());
+    }
     assert_eq!(
-        busy["in_flight_by_class"],
-        serde_json::json!({ "lint": 1 }),
-        "{busy}"
+        Value::Object(classes),
+        serde_json::json!({ "lint": 1, "build": 1 }),
+        "{runners}"
     );
-    assert_eq!(busy["held"], 0, "{busy}");
-    assert_eq!(busy["state"], "up", "{busy}");
     running.stop().await;
 }
 

@@ -250,7 +250,9 @@ pub async fn check(
         unreachable_limit,
     );
     if let Some(reason) = &health.reason {
-        tracing::warn!(%reason, "health check: unavailable");
+        // Checked as often as a load balancer likes; the causes are logged
+        // where they happen.
+        tracing::debug!(%reason, "health check: unavailable");
     }
     health
 }

@@ -192,9 +192,7 @@ pub async fn list(
             RunnersResponse::Ok(Json(merge(statuses, &directory)))
         }
         Err(e) => {
-            if e != EngineQueryError::NoEngine {
-                tracing::warn!(error = %e, "cannot list the runners");
-            }
+            tracing::debug!(error = %e, "cannot list the runners");
             RunnersResponse::Unavailable(Json(ErrorBody::new(e.to_string())))
         }
     }
