@@ -35,7 +35,9 @@ fn attempt(number: u32, outcome: AttemptOutcome, reason: Option<&str>, logs: &st
         finished_at: Some(1_700_000_000_500 + i64::from(number) * 1000),
         duration_ms: Some(500),
         runner_duration_ms: Some(480),
-        runner: Some("http://127.0.0.1:8080".to_owned()),
+        // First attempts name their runner; later ones look like records from
+        // before runners had ids.
+        runner: (number == 1).then(|| "runner-a".to_owned()),
     }
 }
 
@@ -301,6 +303,12 @@ async fn a_run_is_found_by_full_hash_or_prefix_with_steps_and_attempts() {
     assert_eq!(attempts[0]["duration_ms"], 500);
     assert_eq!(attempts[0]["runner_duration_ms"], 480);
     assert!(attempts[0]["started_at"].is_i64());
+    assert_eq!(attempts[0]["runner"], "runner-a");
+    assert!(
+        attempts[1].get("runner").is_some_and(Value::is_null),
+        "an attempt without a runner has `runner: null`: {}",
+        attempts[1]
+    );
 
     for prefix in ["cccc", "cccc0000", "CCCC0000"] {
         let body = expect_json(
@@ -353,7 +361,7 @@ async fn step_logs_are_plain_text() {
     let text = resp.0.into_body().into_string().await.expect("text");
     assert_eq!(
         text,
-        "=== attempt 1: failure ===\nstep 'build' ran\nStep completed\n"
+        "=== attempt 1 on runner-a: failure ===\nstep 'build' ran\nStep completed\n"
     );
 
     let resp = cli.get(format!("/run/{ERROR}/steps/test/log")).send().await;
@@ -361,7 +369,8 @@ async fn step_logs_are_plain_text() {
     let text = resp.0.into_body().into_string().await.expect("text");
     assert_eq!(
         text,
-        "=== attempt 1: lost (runner died) ===\n=== attempt 2: lost (runner died) ===\npartial\n"
+        "=== attempt 1 on runner-a: lost (runner died) ===\n\
+         === attempt 2: lost (runner died) ===\npartial\n"
     );
 
     let resp = cli
@@ -464,6 +473,20 @@ async fn the_openapi_document_describes_every_endpoint_and_error() {
     let log = &paths["/run/{commit}/steps/{step}/log"]["get"];
     assert!(log["responses"]["200"]["content"]["text/plain; charset=utf-8"].is_object());
     assert!(paths.get("/events").is_some());
+    let runners = &paths["/runners"]["get"];
+    for code in ["200", "503"] {
+        assert!(
+            runners["responses"].get(code).is_some(),
+            "/runners lacks {code}"
+        );
+    }
+    let health = &paths["/healthz"]["get"];
+    for code in ["200", "503"] {
+        assert!(
+            health["responses"].get(code).is_some(),
+            "/healthz lacks {code}"
+        );
+    }
     assert!(paths.get("/").is_none(), "the page is not part of the API");
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
     for name in [
@@ -473,9 +496,49 @@ async fn the_openapi_document_describes_every_endpoint_and_error() {
         "RunDetail",
         "StepInfo",
         "AttemptInfo",
+        "Runner",
+        "Health",
     ] {
         assert!(schemas.contains_key(name), "no schema {name}");
     }
+    let described = |schema: &str, field: &str| {
+        schemas[schema]["properties"][field]
+            .get("description")
+            .and_then(Value::as_str)
+            .is_some_and(|d| !d.is_empty())
+    };
+    assert!(described("AttemptInfo", "runner"));
+    for field in [
+        "id",
+        "state",
+        "since",
+        "in_flight",
+        "in_flight_by_class",
+        "held",
+        "outages",
+        "crashes",
+        "lost_attempts",
+        "last_error",
+        "address",
+        "repo_path",
+        "bundled",
+        "restarts",
+    ] {
+        assert!(
+            described("Runner", field),
+            "Runner.{field} is not described"
+        );
+    }
+    for field in ["status", "role", "reason", "store", "runners"] {
+        assert!(
+            described("Health", field),
+            "Health.{field} is not described"
+        );
+    }
+    assert_eq!(
+        schemas["RunnerState"]["enum"],
+        serde_json::json!(["up", "down", "probing"])
+    );
     let statuses = &schemas["RunStatus"]["enum"];
     assert_eq!(
         statuses,
@@ -520,6 +583,40 @@ async fn events_without_an_engine_are_503() {
 }
 
 #[tokio::test]
+async fn runners_without_an_engine_are_503_saying_so() {
+    let cli = client().await;
+    let message = expect_error(
+        cli.get("/runners").send().await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert!(message.contains("the engine is not running"), "{message}");
+}
+
+#[tokio::test]
+async fn health_without_an_engine_is_ok_with_unknown_runners() {
+    let cli = client().await;
+    let body = expect_json(cli.get("/healthz").send().await, StatusCode::OK).await;
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["role"], "primary");
+    assert!(body["reason"].is_null(), "{body}");
+    assert_eq!(body["store"]["ok"], true);
+    assert_eq!(body["runners"]["known"], false);
+    assert!(body["runners"]["up"].is_null(), "{body}");
+    assert!(
+        body["runners"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("engine")),
+        "{body}"
+    );
+    let default_limit = EngineConfig::default().unreachable_limit.as_millis();
+    assert_eq!(
+        body["unreachable_limit_ms"].as_u64().map(u128::from),
+        Some(default_limit)
+    );
+}
+
+#[tokio::test]
 async fn events_stream_the_engines_progress() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
     let green = StepBehaviour::green(1, 5);
@@ -556,6 +653,7 @@ async fn events_stream_the_engines_progress() {
     let source = ScriptedSource::chain(1, Duration::ZERO);
     let engine_task = tokio::spawn(engine.run(Box::new(source), std::future::pending()));
     let mut seen = Vec::new();
+    let mut started_on = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     // The engine may announce the run's end before its last step's end; wait for both.
     let count = |seen: &[String], kind: &str| seen.iter().filter(|t| *t == kind).count();
@@ -564,7 +662,13 @@ async fn events_stream_the_engines_progress() {
             .await
             .unwrap_or_else(|_| panic!("no run_finished in time; saw {seen:?}"))
             .expect("the stream stays open while the engine runs");
-        seen.push(next.value().object().get("type").string().to_owned());
+        let value = next.value();
+        let event = value.object();
+        let kind = event.get("type").string().to_owned();
+        if kind == "step_started" {
+            started_on.push(event.get("runner").string().to_owned());
+        }
+        seen.push(kind);
     }
     assert_eq!(
         seen.first().map(String::as_str),
@@ -572,6 +676,10 @@ async fn events_stream_the_engines_progress() {
         "{seen:?}"
     );
     assert_eq!(count(&seen, "step_started"), 3, "{seen:?}");
+    assert!(
+        started_on.iter().all(|r| r == "runner"),
+        "a one-runner engine names its runner `runner`: {started_on:?}"
+    );
     assert_eq!(count(&seen, "run_finished"), 1, "{seen:?}");
     engine_task
         .await

@@ -91,4 +91,49 @@ mod tests {
         let sse = to_sse(withdrawn).to_string();
         assert!(sse.contains("event: step_withdrawn"), "{sse}");
     }
+
+    #[test]
+    fn runner_events_name_their_runner() {
+        let started = event_json(&EngineEvent::StepStarted {
+            commit: "abc".into(),
+            step: "build".into(),
+            attempt: 1,
+            runner: "runner-2".into(),
+        });
+        assert_eq!(
+            started,
+            serde_json::json!({
+                "type": "step_started",
+                "commit": "abc",
+                "step": "build",
+                "attempt": 1,
+                "runner": "runner-2",
+            })
+        );
+
+        let down = event_json(&EngineEvent::RunnerDown {
+            runner: "runner-1".into(),
+            reason: "runner unreachable: connection refused".into(),
+        });
+        assert_eq!(
+            down,
+            serde_json::json!({
+                "type": "runner_down",
+                "runner": "runner-1",
+                "reason": "runner unreachable: connection refused",
+            })
+        );
+        let sse = to_sse(down).to_string();
+        assert!(sse.contains("event: runner_down"), "{sse}");
+        assert!(sse.contains("\"runner\":\"runner-1\""), "{sse}");
+
+        let up = event_json(&EngineEvent::RunnerUp {
+            runner: "runner-1".into(),
+        });
+        assert_eq!(
+            up,
+            serde_json::json!({ "type": "runner_up", "runner": "runner-1" })
+        );
+        assert!(to_sse(up).to_string().contains("event: runner_up"));
+    }
 }

@@ -1,15 +1,25 @@
-//! The HTTP API: runs, their steps and logs, as JSON described by an OpenAPI
-//! document, with Swagger UI at `/docs`.
+//! The HTTP API: runs, their steps and logs, the runners of the pool and the
+//! server's health, as JSON described by an OpenAPI document, with Swagger UI at
+//! `/docs`.
 //!
 //! The API only reads the [`RunStore`]; the engine writes it. Every answer that is
 //! not a success is a JSON [`ErrorBody`] with the right status code (400 for a
 //! malformed request, 404 for an unknown run, 409 for an ambiguous commit prefix,
-//! 500 when the store fails), never `200 null`.
+//! 500 when the store fails, 503 for `/events` and `/runners` without a running
+//! engine), never `200 null`. The one exception is `GET /healthz`, whose 503
+//! has the same [`health::Health`] body as its 200.
+//!
+//! - [`model`]: the JSON shapes of runs, steps and attempts.
+//! - [`runners`]: `GET /runners`, the engine's runners joined with their addresses.
+//! - [`health`]: `GET /healthz`.
+//! - [`events`]: `GET /events`, the engine's events as server-sent events.
+//! - [`page`]: the live page at `/`.
 //!
 //! [`app`] assembles the whole HTTP application (API, `/openapi.json`, `/docs`);
 //! `docs/api.md` describes every endpoint with examples.
 
 pub mod events;
+pub mod health;
 pub mod model;
 pub mod page;
 pub mod runners;
@@ -18,7 +28,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use ci_engine::{EngineHandle, RunQuery, RunStatus, RunStore, StoreError};
+use ci_engine::{EngineConfig, EngineHandle, RunQuery, RunStatus, RunStore, StoreError};
 use futures::stream::BoxStream;
 use poem::http::StatusCode;
 use poem::{Endpoint, EndpointExt, IntoResponse, Route};
@@ -51,6 +61,9 @@ pub struct Api {
     engine: Option<EngineHandle>,
     stop: Option<watch::Receiver<bool>>,
     runners: Option<runners::RunnerDirectory>,
+    role: health::Role,
+    unreachable_limit: Duration,
+    check_timeout: Duration,
 }
 
 impl Api {
@@ -62,7 +75,36 @@ impl Api {
             engine,
             stop: None,
             runners: None,
+            role: health::Role::Primary,
+            unreachable_limit: EngineConfig::default().unreachable_limit,
+            check_timeout: health::HEALTH_TIMEOUT,
         }
+    }
+
+    /// Sets how long `GET /healthz` waits for the store's read, and
+    /// `GET /healthz` and `GET /runners` wait for the engine, before they
+    /// answer 503 (default [`health::HEALTH_TIMEOUT`], 2 s).
+    #[must_use]
+    pub fn with_check_timeout(mut self, timeout: Duration) -> Self {
+        self.check_timeout = timeout;
+        self
+    }
+
+    /// Sets how long no runner may be up before `GET /healthz` answers 503
+    /// (give it the engine's
+    /// [`unreachable_limit`](ci_engine::EngineConfig::unreachable_limit)); the
+    /// default is that of [`EngineConfig::default`].
+    #[must_use]
+    pub fn with_unreachable_limit(mut self, limit: Duration) -> Self {
+        self.unreachable_limit = limit;
+        self
+    }
+
+    /// Sets the role `GET /healthz` reports (`primary` by default).
+    #[must_use]
+    pub fn with_role(mut self, role: health::Role) -> Self {
+        self.role = role;
+        self
     }
 
     /// Describes the runners (addresses, repository paths, restarts) in
@@ -90,6 +132,8 @@ pub enum EventsResponse {
     /// (`run_queued`, `step_started`, `step_finished`, `step_withdrawn`,
     /// `run_finished`, `runner_down`, `runner_up`), or `lagged` when the client
     /// fell behind. The data is JSON with a `type` field naming the event.
+    /// `step_started` names the `runner` the attempt is sent to; `runner_down`
+    /// has the `runner` and the `reason`; `runner_up` has the `runner`.
     #[oai(status = 200)]
     Ok(EventStream<BoxStream<'static, serde_json::Value>>),
     /// No engine runs behind this API.
@@ -310,7 +354,8 @@ impl Api {
     /// The logs of one step, as plain text.
     ///
     /// Without `attempt`: every attempt's logs, oldest first, each after a header
-    /// line `=== attempt N: OUTCOME ===` (with the reason, when there is one). With
+    /// line `=== attempt N on RUNNER: OUTCOME (REASON) ===` (` on RUNNER` when
+    /// the attempt names its runner, ` (REASON)` when it has a reason). With
     /// `attempt=N`: that attempt's logs exactly as the runner returned them.
     #[oai(
         path = "/run/:commit/steps/:step/log",
@@ -354,6 +399,44 @@ impl Api {
         }
     }
 
+    /// The runners of the pool: the engine's view of each, with its address.
+    ///
+    /// One object per runner, in pool order: its state (`up`, `down`,
+    /// `probing`) and since when, requests in flight (in all, per concurrency
+    /// class, and those the engine gave up on but the runner still holds),
+    /// outage, crash and lost-attempt counts, its last error, and where it is
+    /// (`address`, `repo_path`, `bundled`, `restarts`; `null` when the server
+    /// has no address for that id). 503 when no engine runs behind the API.
+    #[oai(path = "/runners", method = "get", operation_id = "list_runners")]
+    async fn list_runners(&self) -> runners::RunnersResponse {
+        runners::list(
+            self.engine.as_ref(),
+            self.runners.as_ref(),
+            self.check_timeout,
+        )
+        .await
+    }
+
+    /// Whether the server can do its job: 200 if so, 503 if not.
+    ///
+    /// 503 when the store does not answer a read within 2 s, when the engine
+    /// has stopped or does not answer within 2 s, or when no runner has been
+    /// up for longer than the unreachable limit. Some runners down, or all of
+    /// them for less than the limit, is still 200 (the body shows it). Both
+    /// answers have the same body; `reason` says why the server is unavailable.
+    #[oai(path = "/healthz", method = "get", operation_id = "health")]
+    async fn healthz(&self) -> health::HealthResponse {
+        health::check(
+            self.store.as_ref(),
+            self.engine.as_ref(),
+            self.role,
+            self.unreachable_limit,
+            self.check_timeout,
+        )
+        .await
+        .into()
+    }
+
     /// The live page for people (HTML); not part of the API.
     #[oai(path = "/", method = "get", hidden)]
     async fn page(&self) -> Html<&'static str> {
@@ -393,7 +476,11 @@ impl Api {
 fn all_attempt_logs(record: &ci_engine::StepRecord) -> String {
     let mut out = String::new();
     for a in &record.attempts {
-        out.push_str(&format!("=== attempt {}: {}", a.number, a.outcome));
+        out.push_str(&format!("=== attempt {}", a.number));
+        if let Some(runner) = &a.runner {
+            out.push_str(&format!(" on {runner}"));
+        }
+        out.push_str(&format!(": {}", a.outcome));
         if let Some(reason) = &a.reason {
             out.push_str(&format!(" ({reason})"));
         }

@@ -224,6 +224,9 @@ pub struct AttemptInfo {
     pub duration_ms: Option<u64>,
     /// Duration the runner reported, milliseconds.
     pub runner_duration_ms: Option<u64>,
+    /// Id of the runner of the pool the request was sent to (as in
+    /// `GET /runners`); `null` for attempts recorded before runners had ids.
+    pub runner: Option<String>,
 }
 
 impl From<&Attempt> for AttemptInfo {
@@ -236,6 +239,7 @@ impl From<&Attempt> for AttemptInfo {
             finished_at: a.finished_at,
             duration_ms: a.duration_ms,
             runner_duration_ms: a.runner_duration_ms,
+            runner: a.runner.clone(),
         }
     }
 }

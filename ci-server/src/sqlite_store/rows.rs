@@ -133,18 +133,19 @@ fn write_children(conn: &Connection, seq: i64, run: &Run) -> Result<()> {
     )?;
     let mut put_attempt = conn.prepare_cached(
         "INSERT INTO attempts (seq, step, position, number, outcome, reason, logs, started_at,
-                               finished_at, duration_ms, runner_duration_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                               finished_at, duration_ms, runner_duration_ms, runner)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (seq, step, position) DO UPDATE SET
              number = excluded.number, outcome = excluded.outcome, reason = excluded.reason,
              logs = excluded.logs, started_at = excluded.started_at,
              finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-             runner_duration_ms = excluded.runner_duration_ms
+             runner_duration_ms = excluded.runner_duration_ms, runner = excluded.runner
          WHERE number IS NOT excluded.number OR outcome IS NOT excluded.outcome
             OR reason IS NOT excluded.reason OR logs IS NOT excluded.logs
             OR started_at IS NOT excluded.started_at OR finished_at IS NOT excluded.finished_at
             OR duration_ms IS NOT excluded.duration_ms
-            OR runner_duration_ms IS NOT excluded.runner_duration_ms",
+            OR runner_duration_ms IS NOT excluded.runner_duration_ms
+            OR runner IS NOT excluded.runner",
     )?;
     let mut trim_attempts = conn
         .prepare_cached("DELETE FROM attempts WHERE seq = ?1 AND step = ?2 AND position >= ?3")?;
@@ -170,6 +171,7 @@ fn write_children(conn: &Connection, seq: i64, run: &Run) -> Result<()> {
                 a.finished_at,
                 opt_to_i64("duration_ms", a.duration_ms)?,
                 opt_to_i64("runner_duration_ms", a.runner_duration_ms)?,
+                a.runner,
             ])?;
         }
         trim_attempts.execute(params![
@@ -258,12 +260,12 @@ fn read_steps(conn: &Connection, run: &mut Run, logs: Logs) -> Result<()> {
     let mut attempts = conn.prepare_cached(match logs {
         Logs::Read => {
             "SELECT step, number, outcome, reason, logs, started_at, finished_at,
-                        duration_ms, runner_duration_ms
+                        duration_ms, runner_duration_ms, runner
                  FROM attempts WHERE seq = ?1 ORDER BY step, position"
         }
         Logs::Skip => {
             "SELECT step, number, outcome, reason, '', started_at, finished_at,
-                        duration_ms, runner_duration_ms
+                        duration_ms, runner_duration_ms, runner
                  FROM attempts WHERE seq = ?1 ORDER BY step, position"
         }
     })?;
@@ -289,7 +291,7 @@ fn read_steps(conn: &Connection, run: &mut Run, logs: Logs) -> Result<()> {
                 .get::<_, Option<i64>>(8)?
                 .map(|v| to_u64("runner_duration_ms", v))
                 .transpose()?,
-            runner: None,
+            runner: row.get(9)?,
         };
         usize::try_from(step)
             .ok()

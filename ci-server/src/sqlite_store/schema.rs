@@ -16,7 +16,7 @@ use tracing::info;
 use super::SqliteStoreError;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a ci-server run database ("CIRS").
 pub const APPLICATION_ID: i32 = 0x4349_5253;
@@ -26,7 +26,7 @@ pub const APPLICATION_ID: i32 = 0x4349_5253;
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = [V1];
+const MIGRATIONS: [&str; 2] = [V1, V2];
 
 /// Version 1.
 ///
@@ -93,6 +93,14 @@ CREATE TABLE engine_state (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+";
+
+/// Version 2: every attempt names the runner of the pool it was sent to.
+///
+/// `attempts.runner` is the runner's id; it is `NULL` for attempts recorded
+/// before version 2 (and reads back as "unknown"), so upgrading keeps every run.
+const V2: &str = "
+ALTER TABLE attempts ADD COLUMN runner TEXT;
 ";
 
 /// Opens `path` for the store: the writing connection (schema up to date, WAL
