@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_engine::testing::sim::{
-    ScriptedSource, SimRunner, SimRunnerConfig, StepBehaviour, chain_commits,
-};
+use ci_engine::testing::sim::{SimRunner, SimRunnerConfig, StepBehaviour, chain_commits};
 use ci_engine::{
     Engine, EngineConfig, EngineError, EngineHandle, MemoryStore, Pipeline, PoolMember, RunStore,
     RunnerPool, StepRunner,
@@ -27,6 +25,23 @@ use tokio::time::Instant;
 const PATIENCE: Duration = Duration::from_secs(15);
 /// Pause between two looks at the API while waiting.
 const POLL: Duration = Duration::from_millis(20);
+
+/// A source that hands out its commits once and then stays open, as a
+/// repository being watched does: the engine keeps running (and answering
+/// `/runners` and `/healthz`) after the runs are over.
+struct StaysOpen(Option<Vec<ci_engine::Commit>>);
+
+#[async_trait::async_trait]
+impl ci_engine::CommitSource for StaysOpen {
+    async fn next_commits(
+        &mut self,
+    ) -> Result<Option<Vec<ci_engine::Commit>>, ci_engine::SourceError> {
+        match self.0.take() {
+            Some(commits) => Ok(Some(commits)),
+            None => std::future::pending().await,
+        }
+    }
+}
 
 /// A simulated runner whose every step succeeds after `min..=max` ms.
 fn green_runner(seed: u64, min_ms: u64, max_ms: u64) -> Arc<SimRunner> {
@@ -78,7 +93,7 @@ impl Running {
             .expect("a valid engine configuration");
         let handle = engine.handle();
         let (stop, stopped) = oneshot::channel::<()>();
-        let source = ScriptedSource::chain(commits, Duration::ZERO);
+        let source = StaysOpen(Some(chain_commits(commits)));
         let task = tokio::spawn(engine.run(Box::new(source), async {
             let _ = stopped.await;
         }));
@@ -284,13 +299,10 @@ async fn requests_in_flight_are_counted_per_runner_and_class() {
 async fn a_stopped_engine_has_no_runners_to_show() {
     let b = green_runner(2, 1, 5);
     let store = Arc::new(MemoryStore::new());
-    // No commits: the engine stops as soon as it has looked at the source.
     let running = Running::start(pool(&[("b", &b)]), &store, 0);
     let cli = TestClient::new(ci_server::api::app(running.api()));
-    let joined = tokio::time::timeout(PATIENCE, running.task)
-        .await
-        .expect("an engine with nothing to do stops");
-    joined.expect("engine task").expect("a clean stop");
+    get_json(&cli, "/runners", StatusCode::OK).await;
+    running.stop().await;
 
     let body = get_json(&cli, "/runners", StatusCode::SERVICE_UNAVAILABLE).await;
     let message = body["message"].as_str().expect("a message");
