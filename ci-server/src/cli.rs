@@ -130,7 +130,8 @@ pub struct Cli {
     /// keeps waiting for the runner's answer, and the step's slot stays taken
     /// until it comes (see --abandon-limit), so the runner never runs more builds
     /// or tests at once than allowed. Also sets the timeout for connecting to
-    /// the runner: half of this, at most 5 s. Longer than 100ms.
+    /// the runner: half of this, at most 5 s. Longer than 100ms. A step of a
+    /// pipeline file may set a timeout of its own.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub step_timeout: Duration,
 
@@ -143,7 +144,7 @@ pub struct Cli {
     pub abandon_limit: Duration,
 
     /// Attempts per step (lost or rejected ones included) before the step ends
-    /// `error`. At least 1.
+    /// `error`. At least 1. A step of a pipeline file may set its own.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 

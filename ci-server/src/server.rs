@@ -208,7 +208,7 @@ impl Server {
             .iter()
             .map(|s| s.name.clone())
             .collect();
-        info!(steps = %steps.join(", "), "pipeline: {}", steps.join(", "));
+        info!(steps = %steps.join(", "), "pipeline");
         let started =
             runners::start_runners(config.runner, &repo_for_runners, &config.http_runner).await?;
         let engine = Engine::with_pool(

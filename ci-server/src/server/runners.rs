@@ -175,7 +175,8 @@ pub(super) async fn start_runners(
             count,
         } => {
             let starts = (1..=count.get()).map(|n| {
-                let config = SupervisorConfig::new(program.clone(), args.clone());
+                let config =
+                    SupervisorConfig::new(program.clone(), args.clone()).named(bundled_id(n));
                 async move {
                     RunnerSupervisor::start(config).await.map_err(|source| {
                         StartupError::Simulator {
@@ -213,9 +214,7 @@ pub(super) async fn start_runners(
             address = %info.address,
             repo_path = %info.repo_path,
             bundled = info.bundled,
-            "runner {} at {}",
-            info.id,
-            info.address
+            "runner in the pool"
         );
     }
     Ok(StartedRunners {
