@@ -6,7 +6,7 @@
 //! bind, call [`server`](crate::server).
 //!
 //! Values clap can check alone (numbers, durations, the initial policy) are
-//! checked by clap. The runners (see [`runners`]), the simulator's arguments,
+//! checked by clap. The runners (see [`parse_runner_spec`]), the simulator's arguments,
 //! the pipeline file and the combination of options are checked by
 //! [`Cli::into_config`], which reports a single line so that `main` can print
 //! it and exit with code 2.

@@ -190,6 +190,7 @@ impl Server {
     /// set up (none, one address twice, a simulator that does not start).
     pub async fn start(config: ServerConfig) -> Result<Self, StartupError> {
         config.engine.validate()?;
+        config.runner.validate()?;
         let repo_path = tokio::fs::canonicalize(&config.repo_path)
             .await
             .map_err(|source| GitSourceError::Missing {
@@ -443,6 +444,32 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[tokio::test]
+    async fn runners_at_one_address_are_refused_before_anything_starts() {
+        let addr: crate::http_runner::RunnerAddr = ":8080".parse().expect("valid");
+        let mut second = ExternalRunner::new(addr.clone());
+        second.repo_path = Some("/elsewhere".into());
+        let config = ServerConfig::new(
+            PathBuf::from("/nowhere/at/all"),
+            RunnerChoice::External(vec![ExternalRunner::new(addr), second]),
+        );
+        let error = Server::start(config).await.expect_err("refused");
+        assert!(
+            matches!(error, StartupError::Pool(PoolError::DuplicateId(_))),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "invalid runners: runner id \"http://127.0.0.1:8080\" is used twice"
+        );
+        let none = ServerConfig::new(PathBuf::from("/nowhere"), RunnerChoice::External(vec![]));
+        let error = Server::start(none).await.expect_err("refused");
+        assert!(
+            matches!(error, StartupError::Pool(PoolError::Empty)),
+            "{error}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ci_engine::{PoolMember, RunnerPool};
+use ci_engine::{PoolError, PoolMember, RunnerPool};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -69,6 +69,26 @@ impl RunnerChoice {
     /// One external runner at `addr`, told the server's repository path.
     pub fn external(addr: RunnerAddr) -> Self {
         Self::External(vec![ExternalRunner::new(addr)])
+    }
+
+    /// Checks what can be checked before anything starts: at least one
+    /// external runner, and no address twice.
+    ///
+    /// # Errors
+    /// [`PoolError::Empty`], or [`PoolError::DuplicateId`] naming the address.
+    pub fn validate(&self) -> Result<(), PoolError> {
+        match self {
+            Self::External(runners) if runners.is_empty() => Err(PoolError::Empty),
+            Self::External(runners) => {
+                for (i, runner) in runners.iter().enumerate() {
+                    if runners[..i].iter().any(|r| r.addr == runner.addr) {
+                        return Err(PoolError::DuplicateId(runner.id()));
+                    }
+                }
+                Ok(())
+            }
+            Self::Bundled { .. } => Ok(()),
+        }
     }
 
     /// One bundled simulator, `program args…`.
