@@ -6,18 +6,24 @@
 //! bind, call [`server`](crate::server).
 //!
 //! Values clap can check alone (numbers, durations, the initial policy) are
-//! checked by clap. The runner address, the simulator's arguments and the
-//! combination of options are checked by [`Cli::into_config`], which reports a
-//! single line so that `main` can print it and exit with code 2.
+//! checked by clap. The runners (see [`parse_runner_spec`]), the simulator's arguments,
+//! the pipeline file and the combination of options are checked by
+//! [`Cli::into_config`], which reports a single line so that `main` can print
+//! it and exit with code 2.
+
+mod runners;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ci_engine::{Pipeline, PipelineFileError};
 use clap::Parser;
 
 use crate::git::InitialPolicy;
 use crate::http_runner::{HttpRunnerConfig, RunnerAddr, RunnerAddrError};
-use crate::server::{RunnerChoice, ServerConfig, StoreChoice};
+use crate::server::{ServerConfig, StoreChoice};
+
+pub use runners::parse_runner_spec;
 
 /// The hidden first argument that makes the binary run the bundled step-runner
 /// simulator instead of the server (see `main.rs`). Not shown in `--help`.
@@ -32,9 +38,16 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9000";
 const AFTER_HELP: &str = "\
 Examples:
   ci-server /path/to/repo                 # runs the bundled simulator itself
+  ci-server /path/to/repo --sims 3        # a pool of three bundled simulators
   ci-server /path/to/repo :8080           # uses a step runner on port 8080
-  ci-server /path/to/repo http://runner:8080 --listen 127.0.0.1:9000
+  ci-server /path/to/repo --runner http://a:8080 --runner http://b:8080,repo=/srv/repo
+  ci-server /path/to/repo --pipeline ci.toml --listen 127.0.0.1:9000
   curl http://localhost:9000/runs         # then see the runs (or open /docs)
+  curl http://localhost:9000/runners      # and the runners
+
+A runner's id, recorded on every attempt it runs, is its address as the
+server writes it (:8080 is http://127.0.0.1:8080); bundled simulators are
+sim-1 ... sim-N.
 
 Durations are written like 500ms, 2s, 1.5s, 3m or 1h (a bare number is seconds).
 
@@ -43,11 +56,16 @@ Environment:
 
 Exit codes: 0 after Ctrl-C or SIGTERM, 1 when the server fails while running,
 2 when it cannot start (bad arguments, missing path, not a git repository,
-unparsable runner address, port in use, unusable database).";
+unparsable runner address, unusable pipeline file, port in use, unusable
+database).";
 
-/// Watches a git repository and runs lint, build and test on every new commit of
-/// every branch through a step runner; serves the runs over HTTP (JSON API,
-/// OpenAPI document at /openapi.json, Swagger UI at /docs).
+/// The most bundled simulators `--sims` starts.
+pub const MAX_SIMS: u32 = 64;
+
+/// Watches a git repository and runs lint, build and test (or the steps of a
+/// pipeline file) on every new commit of every branch through a pool of step
+/// runners; serves the runs over HTTP (JSON API, OpenAPI document at
+/// /openapi.json, Swagger UI at /docs).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ci-server", version, after_help = AFTER_HELP)]
 pub struct Cli {
@@ -55,12 +73,32 @@ pub struct Cli {
     #[arg(value_name = "REPO_PATH")]
     pub repo_path: PathBuf,
 
-    /// Address of the step runner: `:8080` (this machine), `host:port` or a URL
-    /// such as `http://host:8080`. When omitted, the server starts the bundled
-    /// step-runner simulator as a child process on a free loopback port and
-    /// restarts it whenever it dies.
+    /// Address of a step runner: `:8080` (this machine), `host:port` or a URL
+    /// such as `http://host:8080`, optionally followed by `,repo=PATH`, the
+    /// repository's path on the runner's machine (default: REPO_PATH). It
+    /// counts as one `--runner`. With no runner at all, the server starts the
+    /// bundled step-runner simulator (see --sims) as a child process on a free
+    /// loopback port and restarts it whenever it dies.
     #[arg(value_name = "RUNNER_ADDR")]
     pub runner_addr: Option<String>,
+
+    /// Another step runner of the pool, written like RUNNER_ADDR
+    /// (`ADDR[,repo=PATH]`); give it once per runner. Steps go to whichever
+    /// runner is up and has room; the same address twice is an error.
+    #[arg(long = "runner", value_name = "ADDR[,repo=PATH]")]
+    pub runners: Vec<String>,
+
+    /// How many bundled simulators to start when no runner is given (1 to 64,
+    /// default 1), each on its own port, supervised and restarted on its own,
+    /// with the ids sim-1 ... sim-N. Not with --runner or RUNNER_ADDR.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SIMS)))]
+    pub sims: Option<u32>,
+
+    /// A TOML file that lists the pipeline's steps, their needs and limits.
+    /// Default: lint (any number at once), build and test (one at a time on
+    /// each runner; test needs build).
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
 
     /// Address the HTTP API listens on, as `IP:PORT`, `localhost:PORT` or
     /// `:PORT` (every interface). Port 0 picks a free port; the startup line tells which.
@@ -92,7 +130,8 @@ pub struct Cli {
     /// keeps waiting for the runner's answer, and the step's slot stays taken
     /// until it comes (see --abandon-limit), so the runner never runs more builds
     /// or tests at once than allowed. Also sets the timeout for connecting to
-    /// the runner: half of this, at most 5 s. Longer than 100ms.
+    /// the runner: half of this, at most 5 s. Longer than 100ms. A step of a
+    /// pipeline file may set a timeout of its own.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub step_timeout: Duration,
 
@@ -105,7 +144,7 @@ pub struct Cli {
     pub abandon_limit: Duration,
 
     /// Attempts per step (lost or rejected ones included) before the step ends
-    /// `error`. At least 1.
+    /// `error`. At least 1. A step of a pipeline file may set its own.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 
@@ -115,7 +154,8 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub retry_backoff: Duration,
 
-    /// Requests in flight to the step runner at once, over all steps. At least 1.
+    /// Requests in flight at once on each runner, over all steps (a pool of N
+    /// runners has up to N times this in flight). At least 1.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
@@ -129,10 +169,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Extra arguments for the bundled simulator, in one string (only without
-    /// RUNNER_ADDR), e.g. "--no-crash --test-ms 50". Its options: --no-crash,
-    /// --seed N, --fail-rate P, --crash-rate P, --lint-ms MS, --build-ms MS,
-    /// --test-ms MS.
+    /// Extra arguments for each bundled simulator, in one string (only without
+    /// RUNNER_ADDR and --runner), e.g. "--no-crash --test-ms 50". Its options:
+    /// --no-crash, --seed N, --fail-rate P, --crash-rate P, --lint-ms MS,
+    /// --build-ms MS, --test-ms MS. With --sims, --seed gives every simulator
+    /// the same seed.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub sim_args: Option<String>,
 }
@@ -152,9 +193,39 @@ pub enum CliError {
         /// What the simulator's parser said (first line).
         reason: String,
     },
-    /// `--sim-args` with a RUNNER_ADDR: there is no simulator to pass them to.
-    #[error("--sim-args only applies to the bundled simulator; remove it or RUNNER_ADDR")]
+    /// `--sim-args` with external runners: there is no simulator to pass them to.
+    #[error(
+        "--sim-args only applies to the bundled simulators; remove it or the runners (RUNNER_ADDR, --runner)"
+    )]
     SimArgsWithRunner,
+    /// `--sims` with external runners: the bundled simulators are only started
+    /// when no runner is given.
+    #[error(
+        "--sims starts bundled simulators, which are only used when no runner is given; remove --sims or the runners (RUNNER_ADDR, --runner)"
+    )]
+    SimsWithRunner,
+    /// A runner's options (after the address) are not understood.
+    #[error("invalid runner {input:?}: {problem}")]
+    RunnerOption {
+        /// The runner as written.
+        input: String,
+        /// What is wrong with its options.
+        problem: String,
+    },
+    /// Two runners at one address (compared as the server writes addresses).
+    #[error("runner {addr} is given twice (as {first:?} and {second:?})")]
+    DuplicateRunner {
+        /// The address, normalised.
+        addr: String,
+        /// The first runner written at it.
+        first: String,
+        /// The second.
+        second: String,
+    },
+    /// The pipeline file cannot be read or is not a valid pipeline; the message
+    /// starts with the file's path (and line).
+    #[error(transparent)]
+    Pipeline(#[from] PipelineFileError),
     /// The step timeout is too short for the HTTP client's connect timeout.
     #[error("--step-timeout must be longer than {0:?}")]
     StepTimeoutTooShort(Duration),
@@ -185,38 +256,20 @@ const ENGINE_OPTIONS: &[(&str, &str)] = &[
     ("shutdown_grace", "--shutdown-grace"),
 ];
 
-/// Only to parse `--sim-args` with the simulator's own rules.
-#[derive(Debug, Parser)]
-#[command(name = "--sim-args", no_binary_name = true, disable_help_flag = true)]
-struct SimArgsParser {
-    #[command(flatten)]
-    args: step_runner_sim::cli::SimArgs,
-}
-
 impl Cli {
     /// Checks what clap could not and builds the server's configuration.
     ///
-    /// `program` is the executable to start as the bundled simulator (normally
+    /// `program` is the executable to start as the bundled simulators (normally
     /// `std::env::current_exe()`); it is run with [`SIM_SUBCOMMAND`] first.
+    /// Reads the pipeline file, when one is given.
     ///
     /// # Errors
     /// A [`CliError`] whose message is one line for the user.
     pub fn into_config(self, program: PathBuf) -> Result<ServerConfig, CliError> {
-        let runner = match (&self.runner_addr, &self.sim_args) {
-            (Some(_), Some(_)) => return Err(CliError::SimArgsWithRunner),
-            (Some(addr), None) => RunnerChoice::External(parse_runner_addr(addr)?),
-            (None, sim_args) => {
-                let extra = match sim_args {
-                    Some(s) => check_sim_args(s)?,
-                    None => Vec::new(),
-                };
-                let mut args = vec![
-                    SIM_SUBCOMMAND.to_owned(),
-                    crate::supervisor::EXIT_WITH_PARENT_FLAG.to_owned(),
-                ];
-                args.extend(extra);
-                RunnerChoice::Embedded { program, args }
-            }
+        let runner = runners::runner_choice(self.runner_args(), program)?;
+        let pipeline = match &self.pipeline {
+            Some(path) => Pipeline::load(path)?,
+            None => Pipeline::standard(),
         };
         let store = match self.db.as_deref() {
             None => StoreChoice::DefaultSqlite,
@@ -227,6 +280,7 @@ impl Cli {
             return Err(CliError::StepTimeoutTooShort(MIN_STEP_TIMEOUT));
         }
         let mut config = ServerConfig::new(self.repo_path, runner);
+        config.pipeline = pipeline;
         config.store = store;
         config.source.initial = self.initial;
         config.source.poll_interval = self.poll_interval;
@@ -253,6 +307,21 @@ impl Cli {
         config.http_runner = HttpRunnerConfig::for_engine(&config.engine);
         Ok(config)
     }
+
+    /// Whether the server will start bundled simulators (no runner is named),
+    /// and so needs its own executable's path.
+    pub fn uses_bundled_simulators(&self) -> bool {
+        !self.runner_args().names_external()
+    }
+
+    fn runner_args(&self) -> runners::RunnerArgs<'_> {
+        runners::RunnerArgs {
+            positional: self.runner_addr.as_deref(),
+            runners: &self.runners,
+            sims: self.sims,
+            sim_args: self.sim_args.as_deref(),
+        }
+    }
 }
 
 /// Parses a runner address, as `RUNNER_ADDR` is parsed.
@@ -261,18 +330,6 @@ impl Cli {
 /// [`CliError::RunnerAddr`] naming the input.
 pub fn parse_runner_addr(input: &str) -> Result<RunnerAddr, CliError> {
     Ok(input.parse::<RunnerAddr>()?)
-}
-
-/// Splits `--sim-args` on whitespace and checks it with the simulator's parser.
-fn check_sim_args(input: &str) -> Result<Vec<String>, CliError> {
-    let words: Vec<String> = input.split_whitespace().map(str::to_owned).collect();
-    if let Err(e) = SimArgsParser::try_parse_from(&words) {
-        return Err(CliError::SimArgs {
-            input: input.to_owned(),
-            reason: clap_error_line(&e.to_string()),
-        });
-    }
-    Ok(words)
 }
 
 /// A rendered clap error as one line: its first paragraph with the lines joined
@@ -329,6 +386,7 @@ pub fn parse_listen(input: &str) -> Result<std::net::SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::RunnerChoice;
     use crate::supervisor::EXIT_WITH_PARENT_FLAG;
 
     fn cli(args: &[&str]) -> Cli {
@@ -382,24 +440,144 @@ mod tests {
         assert!(parse_listen("nine-thousand").is_err());
     }
 
+    /// The addresses and repository paths of external runners.
+    fn external(c: &ServerConfig) -> Vec<(String, Option<String>)> {
+        match &c.runner {
+            RunnerChoice::External(runners) => runners
+                .iter()
+                .map(|r| (r.addr.to_string(), r.repo_path.clone()))
+                .collect(),
+            other => panic!("expected external runners, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn without_runner_addr_the_simulator_is_embedded() {
+    fn without_runner_addr_one_simulator_is_bundled() {
         let c = config(&["/repo"]).expect("valid");
         match c.runner {
-            RunnerChoice::Embedded { program, args } => {
+            RunnerChoice::Bundled {
+                program,
+                args,
+                count,
+            } => {
                 assert_eq!(program, PathBuf::from("/bin/self"));
                 assert_eq!(args, [SIM_SUBCOMMAND, EXIT_WITH_PARENT_FLAG]);
+                assert_eq!(count.get(), 1);
             }
-            other => panic!("expected the embedded simulator, got {other:?}"),
+            other => panic!("expected the bundled simulator, got {other:?}"),
         }
         assert_eq!(c.store, StoreChoice::DefaultSqlite);
+        assert_eq!(c.pipeline, Pipeline::standard());
+        assert!(cli(&["/repo"]).uses_bundled_simulators());
+        assert!(!cli(&["/repo", "--runner", ":1"]).uses_bundled_simulators());
+        assert!(!cli(&["/repo", ":1"]).uses_bundled_simulators());
+    }
+
+    #[test]
+    fn sims_sets_how_many_simulators_and_must_be_in_range() {
+        let c = config(&["/repo", "--sims", "3", "--sim-args", "--no-crash"]).expect("valid");
+        let RunnerChoice::Bundled { count, args, .. } = c.runner else {
+            panic!("expected bundled simulators");
+        };
+        assert_eq!(count.get(), 3);
+        assert_eq!(args, [SIM_SUBCOMMAND, EXIT_WITH_PARENT_FLAG, "--no-crash"]);
+        for bad in ["0", "65", "three"] {
+            let argv = ["ci-server", "/repo", "--sims", bad];
+            let err = Cli::try_parse_from(argv).expect_err(bad);
+            let line = clap_error_line(&err.to_string());
+            assert!(line.contains("--sims"), "{bad}: {line}");
+        }
+    }
+
+    #[test]
+    fn sims_with_external_runners_is_an_error() {
+        for args in [
+            &["/repo", ":8080", "--sims", "2"][..],
+            &["/repo", "--runner", ":8080", "--sims", "1"][..],
+        ] {
+            let err = config(args).unwrap_err();
+            assert_eq!(err, CliError::SimsWithRunner, "{args:?}");
+            let line = err.to_string();
+            assert!(
+                line.contains("--sims") && line.contains("--runner"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn runners_add_up_in_order_with_their_repo_paths() {
+        let c = config(&[
+            "/repo",
+            ":8081",
+            "--runner",
+            "http://b:8082,repo=/srv/b",
+            "--runner",
+            "c:8083",
+        ])
+        .expect("valid");
+        assert_eq!(
+            external(&c),
+            [
+                ("http://127.0.0.1:8081".to_owned(), None),
+                ("http://b:8082".to_owned(), Some("/srv/b".to_owned())),
+                ("http://c:8083".to_owned(), None),
+            ]
+        );
+        let c = config(&["/repo", "--runner", ":9001", "--runner", ":9002"]).expect("valid");
+        assert_eq!(external(&c).len(), 2, "without the positional address");
+        let c = config(&["/repo", ":9001,repo=/x"]).expect("valid");
+        assert_eq!(
+            external(&c),
+            [("http://127.0.0.1:9001".to_owned(), Some("/x".to_owned()))]
+        );
+    }
+
+    #[test]
+    fn one_address_twice_is_an_error_naming_both_spellings() {
+        let err = config(&["/repo", ":8080", "--runner", "http://127.0.0.1:8080/"]).unwrap_err();
+        assert!(matches!(err, CliError::DuplicateRunner { .. }), "{err}");
+        let line = err.to_string();
+        assert!(
+            line.contains("http://127.0.0.1:8080 is given twice"),
+            "{line}"
+        );
+        assert!(line.contains("\":8080\""), "{line}");
+        // A different repository path does not make it another runner.
+        let err =
+            config(&["/repo", "--runner", ":1,repo=/a", "--runner", ":1,repo=/b"]).unwrap_err();
+        assert!(matches!(err, CliError::DuplicateRunner { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_runner_options_are_refused() {
+        let err = config(&["/repo", "--runner", ":8080,colour=red"]).unwrap_err();
+        assert!(matches!(err, CliError::RunnerOption { .. }), "{err}");
+        let err = config(&["/repo", ":8080,repo="]).unwrap_err();
+        assert!(matches!(err, CliError::RunnerOption { .. }), "{err}");
+        let err = config(&["/repo", "--runner", "nowhere"]).unwrap_err();
+        assert!(matches!(err, CliError::RunnerAddr(_)), "{err}");
+    }
+
+    #[test]
+    fn a_pipeline_file_that_cannot_be_read_names_the_file() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let missing = dir.path().join("missing.toml");
+        let err = config(&["/repo", "--pipeline", missing.to_str().expect("UTF-8")]).unwrap_err();
+        assert!(matches!(err, CliError::Pipeline(_)), "{err}");
+        let line = err.to_string();
+        assert!(
+            line.starts_with(&format!("{}: ", missing.display())),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
     }
 
     #[test]
     fn sim_args_are_checked_and_passed_on() {
         let c = config(&["/repo", "--sim-args", "--no-crash --test-ms 50"]).expect("valid");
-        let RunnerChoice::Embedded { args, .. } = c.runner else {
-            panic!("expected the embedded simulator");
+        let RunnerChoice::Bundled { args, .. } = c.runner else {
+            panic!("expected the bundled simulator");
         };
         assert_eq!(
             args,
@@ -422,6 +600,8 @@ mod tests {
     #[test]
     fn sim_args_with_an_external_runner_is_an_error() {
         let err = config(&["/repo", ":8080", "--sim-args", "--no-crash"]).unwrap_err();
+        assert_eq!(err, CliError::SimArgsWithRunner);
+        let err = config(&["/repo", "--runner", ":8080", "--sim-args", "--no-crash"]).unwrap_err();
         assert_eq!(err, CliError::SimArgsWithRunner);
     }
 

@@ -1,17 +1,20 @@
 //! `ci-server`: the reference CI server built on `ci-engine`. It watches a git
 //! repository, runs every new commit of every branch through lint, build and test
-//! on a step runner, and serves the runs over HTTP.
+//! (or the steps of a pipeline file) on a pool of step runners, and serves the
+//! runs over HTTP.
 //!
 //! The components, from the outside in:
 //!
 //! - [`cli`]: the command line, turned into a [`server::ServerConfig`].
 //! - [`server`]: wires everything together and runs it until shutdown
-//!   ([`server::Server::start`], [`server::Server::serve`], [`server::run`]).
+//!   ([`server::Server::start`], [`server::Server::serve`], [`server::run`]);
+//!   [`server::RunnerChoice`] says which runners form the pool.
 //! - [`api`]: the poem-openapi HTTP API (`/runs`, `/run/{commit}`, step logs),
 //!   `/openapi.json`, Swagger UI at `/docs`, the live page at `/` and `/events`.
 //! - [`git`]: `GitSource`, a `CommitSource` on gix.
 //! - [`http_runner`]: `HttpStepRunner`, a `StepRunner` on reqwest.
-//! - [`supervisor`]: starts and restarts the bundled step-runner simulator.
+//! - [`supervisor`]: starts and restarts a bundled step-runner simulator (one
+//!   supervisor per simulator).
 //! - [`sqlite_store`]: `SqliteStore`, a durable `RunStore`.
 
 pub mod api;

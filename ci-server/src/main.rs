@@ -119,11 +119,11 @@ async fn serve(cli: Cli) -> i32 {
         Ok(addr) => addr,
         Err(reason) => return startup_failed(&reason),
     };
-    let program = match (std::env::current_exe(), &cli.runner_addr) {
-        (Ok(path), _) => path,
-        // Only the bundled simulator needs this binary's path.
-        (Err(_), Some(_)) => PathBuf::from("ci-server"),
-        (Err(e), None) => {
+    let program = match std::env::current_exe() {
+        Ok(path) => path,
+        // Only the bundled simulators need this binary's path.
+        Err(_) if !cli.uses_bundled_simulators() => PathBuf::from("ci-server"),
+        Err(e) => {
             return startup_failed(&format!(
                 "cannot find this executable to start the bundled simulator: {e}"
             ));
@@ -167,17 +167,42 @@ fn startup_failed(reason: &str) -> i32 {
 )]
 fn print_startup_line(server: &Server, bound: std::net::SocketAddr) {
     let url = public_url(bound);
-    let runner = if server.runner_is_embedded() {
-        format!("bundled simulator at {}", server.runner_addr())
-    } else {
-        format!("step runner at {}", server.runner_addr())
-    };
     println!(
         "{LISTENING_PREFIX}{bound} | runs: {url}/runs | docs: {url}/docs | live page: {url}/ | \
-         watching {} | {runner} | store: {}",
+         watching {} | {} | pipeline: {} | store: {}",
         server.repo_path().display(),
+        describe_runners(server),
+        server.steps().join(", "),
         server.db()
     );
+}
+
+/// The runners for the startup line: `bundled simulator at URL` or
+/// `step runner at URL` for one; for several, how many and `ID at URL` each
+/// (an external runner's id is its URL, so it is written once).
+fn describe_runners(server: &Server) -> String {
+    let runners = server.runners();
+    let kind = if server.runners_are_bundled() {
+        "bundled simulator"
+    } else {
+        "step runner"
+    };
+    match runners.as_slice() {
+        [one] => format!("{kind} at {}", one.address),
+        many => {
+            let each: Vec<String> = many
+                .iter()
+                .map(|r| {
+                    if r.id == r.address {
+                        r.address.clone()
+                    } else {
+                        format!("{} at {}", r.id, r.address)
+                    }
+                })
+                .collect();
+            format!("{} {kind}s: {}", many.len(), each.join(", "))
+        }
+    }
 }
 
 /// Completes at Ctrl-C or SIGTERM.

@@ -1,6 +1,6 @@
-//! The server wired together: store, git source, step runner (external or the
-//! bundled simulator under a supervisor), engine and HTTP API, started from a
-//! [`ServerConfig`] and stopped by a shutdown future.
+//! The server wired together: store, git source, a pool of step runners
+//! (external ones, or bundled simulators each under a supervisor), engine and
+//! HTTP API, started from a [`ServerConfig`] and stopped by a shutdown future.
 //!
 //! Starting is split in two so that a caller can tell *cannot start* (exit code 2)
 //! from *failed while running* (exit code 1): [`Server::start`] opens everything
@@ -15,15 +15,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_engine::{ConfigError, Engine, EngineConfig, EngineError, MemoryStore, Pipeline, RunStore};
+use ci_engine::{
+    ConfigError, Engine, EngineConfig, EngineError, MemoryStore, Pipeline, PoolError, RunStore,
+};
 use poem::listener::TcpAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::api::runners::RunnerInfo;
 use crate::git::{GitSource, GitSourceConfig, GitSourceError};
-use crate::http_runner::{HttpRunnerConfig, HttpRunnerError, HttpStepRunner, RunnerAddr};
-use crate::supervisor::{RunnerSupervisor, SupervisorConfig, SupervisorError};
+use crate::http_runner::{HttpRunnerConfig, HttpRunnerError};
+use crate::supervisor::{RunnerSupervisor, SupervisorError};
+
+mod runners;
+
+pub use runners::{ExternalRunner, RunnerChoice, bundled_id};
 
 /// What the binary's startup line starts with; the bound address follows, then a
 /// space. See [`parse_listening_line`].
@@ -38,21 +45,6 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
 
 /// How long open HTTP connections get to finish at shutdown.
 const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Which step runner the server drives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RunnerChoice {
-    /// A runner someone else runs, at this address.
-    External(RunnerAddr),
-    /// The bundled simulator, started (and restarted when it dies) as a child
-    /// process `program args… --addr 127.0.0.1:PORT` on a free loopback port.
-    Embedded {
-        /// The executable (normally this binary).
-        program: PathBuf,
-        /// Its arguments (normally the hidden subcommand and simulator flags).
-        args: Vec<String>,
-    },
-}
 
 /// Where runs are kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,29 +62,35 @@ pub enum StoreChoice {
 pub struct ServerConfig {
     /// The repository to watch.
     pub repo_path: PathBuf,
-    /// The step runner.
+    /// The step runners: the engine's pool.
     pub runner: RunnerChoice,
+    /// The steps every commit goes through. Default: [`Pipeline::standard`]
+    /// (lint, build, test).
+    pub pipeline: Pipeline,
     /// The store.
     pub store: StoreChoice,
     /// The scheduler's settings; checked by [`Server::start`] with
-    /// [`EngineConfig::validate`].
+    /// [`EngineConfig::validate`]. Its limits of steps in flight apply to each
+    /// runner of the pool.
     pub engine: EngineConfig,
     /// The git source's settings.
     pub source: GitSourceConfig,
-    /// The HTTP client's settings for the runner. Derive them from `engine`
+    /// The HTTP client's settings for every runner. Derive them from `engine`
     /// with [`HttpRunnerConfig::for_engine`] after changing the engine's step
     /// timeout (the command line does).
     pub http_runner: HttpRunnerConfig,
 }
 
 impl ServerConfig {
-    /// A configuration with default settings, an in-memory store, for `repo_path`
-    /// and `runner`; the HTTP settings are derived from the engine's.
+    /// A configuration with default settings, the standard pipeline and an
+    /// in-memory store, for `repo_path` and `runner`; the HTTP settings are
+    /// derived from the engine's.
     pub fn new(repo_path: PathBuf, runner: RunnerChoice) -> Self {
         let engine = EngineConfig::default();
         Self {
             repo_path,
             runner,
+            pipeline: Pipeline::standard(),
             store: StoreChoice::Memory,
             http_runner: HttpRunnerConfig::for_engine(&engine),
             engine,
@@ -120,12 +118,22 @@ pub enum StartupError {
         /// Why.
         reason: String,
     },
-    /// The HTTP client for the runner could not be built.
+    /// The runners do not make a pool (none at all, or two with one id: one
+    /// address given twice).
+    #[error("invalid runners: {0}")]
+    Pool(#[from] PoolError),
+    /// The HTTP client for a runner could not be built.
     #[error(transparent)]
     Runner(#[from] HttpRunnerError),
-    /// The bundled simulator could not be started.
-    #[error(transparent)]
-    Simulator(#[from] SupervisorError),
+    /// A bundled simulator could not be started.
+    #[error("{id}: {source}")]
+    Simulator {
+        /// The simulator's id (`sim-N`).
+        id: String,
+        /// Why it did not start.
+        #[source]
+        source: SupervisorError,
+    },
 }
 
 /// Why the server stopped other than by its shutdown signal.
@@ -146,13 +154,14 @@ pub enum ServerError {
     Task(String),
 }
 
-/// A server that has opened its repository, store and runner, ready to serve.
+/// A server that has opened its repository, store and runners, ready to serve.
 pub struct Server {
     store: Arc<dyn RunStore>,
     source: GitSource,
     engine: Engine,
-    runner_addr: RunnerAddr,
-    supervisor: Option<RunnerSupervisor>,
+    runners: Vec<runners::RunnerEntry>,
+    supervisors: Vec<RunnerSupervisor>,
+    steps: Vec<String>,
     repo_path: PathBuf,
     db: String,
 }
@@ -161,8 +170,8 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("repo_path", &self.repo_path)
-            .field("runner_addr", &self.runner_addr)
-            .field("embedded_runner", &self.supervisor.is_some())
+            .field("runners", &self.runners())
+            .field("steps", &self.steps)
             .field("db", &self.db)
             .finish_non_exhaustive()
     }
@@ -170,15 +179,18 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Checks the engine's settings, then opens the repository, the store and
-    /// the runner (starting the bundled simulator when asked to) and builds the
-    /// engine.
+    /// the runners (starting the bundled simulators when asked to) and builds
+    /// the engine on the pool of them. Logs the pipeline's steps and each
+    /// runner.
     ///
     /// # Errors
     /// A [`StartupError`] when the engine's settings are not usable (checked
     /// first, before anything is opened or started), the path is missing or not
-    /// a repository, the database cannot be opened, or the runner cannot be set up.
+    /// a repository, the database cannot be opened, or the runners cannot be
+    /// set up (none, one address twice, a simulator that does not start).
     pub async fn start(config: ServerConfig) -> Result<Self, StartupError> {
         config.engine.validate()?;
+        config.runner.validate()?;
         let repo_path = tokio::fs::canonicalize(&config.repo_path)
             .await
             .map_err(|source| GitSourceError::Missing {
@@ -187,26 +199,22 @@ impl Server {
             })?;
         let (store, db) = open_store(&config.store, &repo_path).await?;
         let source = GitSource::open(&repo_path, Arc::clone(&store), config.source).await?;
-        // The runner is told where the repository is on its machine; for the
-        // bundled simulator and a local runner that is this path.
-        let repo_for_runner = repo_path.to_string_lossy().into_owned();
-        let (runner, runner_addr, supervisor) = match config.runner {
-            RunnerChoice::External(addr) => {
-                let runner =
-                    HttpStepRunner::new(addr.clone(), repo_for_runner, config.http_runner)?;
-                (runner, addr, None)
-            }
-            RunnerChoice::Embedded { program, args } => {
-                let supervisor =
-                    RunnerSupervisor::start(SupervisorConfig::new(program, args)).await?;
-                let runner = supervisor.step_runner(repo_for_runner, config.http_runner)?;
-                let addr = RunnerAddr::from_socket_addr(supervisor.addr());
-                (runner, addr, Some(supervisor))
-            }
-        };
-        let engine = Engine::new(
-            Pipeline::standard(),
-            Arc::new(runner),
+        // A runner is told where the repository is on its machine; unless it
+        // names a path of its own, that is this path (right for the bundled
+        // simulators and a runner on this machine).
+        let repo_for_runners = repo_path.to_string_lossy().into_owned();
+        let steps: Vec<String> = config
+            .pipeline
+            .steps()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        info!(steps = %steps.join(", "), "pipeline");
+        let started =
+            runners::start_runners(config.runner, &repo_for_runners, &config.http_runner).await?;
+        let engine = Engine::with_pool(
+            config.pipeline,
+            started.pool,
             Arc::clone(&store),
             config.engine,
         )?;
@@ -214,8 +222,9 @@ impl Server {
             store,
             source,
             engine,
-            runner_addr,
-            supervisor,
+            runners: started.entries,
+            supervisors: started.supervisors,
+            steps,
             repo_path,
             db,
         })
@@ -226,14 +235,25 @@ impl Server {
         Arc::clone(&self.store)
     }
 
-    /// Where the step runner is (for the bundled simulator, where it listens now).
-    pub fn runner_addr(&self) -> &RunnerAddr {
-        &self.runner_addr
+    /// Every runner of the pool, in pool order, as it is now: id, address (a
+    /// bundled simulator's where it listens now), repository path, whether it
+    /// is bundled, and its restarts. `GET /runners` reports the same.
+    pub fn runners(&self) -> Vec<RunnerInfo> {
+        self.runners
+            .iter()
+            .map(runners::RunnerEntry::info)
+            .collect()
     }
 
-    /// Whether the runner is the bundled simulator started by this server.
-    pub fn runner_is_embedded(&self) -> bool {
-        self.supervisor.is_some()
+    /// Whether the runners are bundled simulators started by this server
+    /// (a pool is either all bundled or all external).
+    pub fn runners_are_bundled(&self) -> bool {
+        !self.supervisors.is_empty()
+    }
+
+    /// The names of the pipeline's steps, in the order they are listed in runs.
+    pub fn steps(&self) -> &[String] {
+        &self.steps
     }
 
     /// The watched repository, as an absolute path.
@@ -249,7 +269,7 @@ impl Server {
     /// Runs the engine and serves the API on `listener` until `shutdown`
     /// completes (or the engine fails). At shutdown the engine stops taking work
     /// and lets steps in flight finish within its grace period; the HTTP server
-    /// stops accepting connections; the bundled simulator is stopped.
+    /// stops accepting connections; the bundled simulators are stopped.
     ///
     /// # Errors
     /// [`ServerError::Engine`] when the engine stops because its store failed,
@@ -262,6 +282,7 @@ impl Server {
         let engine = self.engine;
         let (stop_tx, stop_rx) = watch::channel(false);
         let api = crate::api::Api::new(Arc::clone(&self.store), Some(engine.handle()))
+            .with_runners(runners::directory(self.runners))
             .ending_streams_on(stop_rx.clone());
         let app = crate::api::app(api);
 
@@ -322,9 +343,8 @@ impl Server {
                 Err(e) => outcome = outcome.and(Err(ServerError::Task(e.to_string()))),
             }
         }
-        if let Some(supervisor) = self.supervisor {
-            supervisor.shutdown().await;
-        }
+        futures::future::join_all(self.supervisors.into_iter().map(RunnerSupervisor::shutdown))
+            .await;
         info!("stopped");
         outcome
     }
@@ -413,7 +433,7 @@ mod tests {
     async fn a_bad_engine_configuration_is_refused_before_anything_starts() {
         let mut config = ServerConfig::new(
             PathBuf::from("/nowhere/at/all"),
-            RunnerChoice::External(":1".parse().expect("valid")),
+            RunnerChoice::external(":1".parse().expect("valid")),
         );
         config.engine.abandon_limit = Duration::ZERO;
         let error = Server::start(config).await.expect_err("refused");
@@ -426,11 +446,37 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
     }
 
+    #[tokio::test]
+    async fn runners_at_one_address_are_refused_before_anything_starts() {
+        let addr: crate::http_runner::RunnerAddr = ":8080".parse().expect("valid");
+        let mut second = ExternalRunner::new(addr.clone());
+        second.repo_path = Some("/elsewhere".into());
+        let config = ServerConfig::new(
+            PathBuf::from("/nowhere/at/all"),
+            RunnerChoice::External(vec![ExternalRunner::new(addr), second]),
+        );
+        let error = Server::start(config).await.expect_err("refused");
+        assert!(
+            matches!(error, StartupError::Pool(PoolError::DuplicateId(_))),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "invalid runners: runner id \"http://127.0.0.1:8080\" is used twice"
+        );
+        let none = ServerConfig::new(PathBuf::from("/nowhere"), RunnerChoice::External(vec![]));
+        let error = Server::start(none).await.expect_err("refused");
+        assert!(
+            matches!(error, StartupError::Pool(PoolError::Empty)),
+            "{error}"
+        );
+    }
+
     #[test]
     fn the_default_http_settings_follow_the_engine() {
         let config = ServerConfig::new(
             PathBuf::from("/repo"),
-            RunnerChoice::External(":1".parse().expect("valid")),
+            RunnerChoice::external(":1".parse().expect("valid")),
         );
         assert_eq!(
             config.http_runner,

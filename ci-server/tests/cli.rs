@@ -1,11 +1,14 @@
 //! The `ci-server` binary's command line: `--help` documents every option, and
-//! each kind of startup error gives one clear line on stderr and exit code 2.
+//! each kind of startup error gives one clear line on stderr and exit code 2;
+//! a valid pipeline file is used.
 
 mod e2e_support;
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use e2e_support::{GitRepo, run_to_end};
+use e2e_support::{GitRepo, Server, get_json, run_to_end};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -48,6 +51,12 @@ fn help_explains_every_option() {
         "--unreachable-limit",
         "--shutdown-grace",
         "--sim-args",
+        "--runner",
+        "repo=PATH",
+        "--sims",
+        "sim-1",
+        "--pipeline",
+        "on each runner",
         "bundled step-runner simulator",
         "RUST_LOG",
         "Exit codes",
@@ -134,6 +143,122 @@ fn bad_options_are_startup_errors() {
     expect_startup_error(&[path, "--sim-args", "--test-ms never"], "--sim-args");
     expect_startup_error(&[path, ":8080", "--sim-args", "--no-crash"], "--sim-args");
     expect_startup_error(&[], "REPO_PATH");
+}
+
+#[test]
+fn runner_options_are_startup_errors() {
+    let repo = GitRepo::new();
+    let path = repo.path().to_str().expect("UTF-8 path");
+    let line = expect_startup_error(
+        &[path, "--runner", ":8080,colour=red"],
+        "unknown option `colour`",
+    );
+    assert!(
+        line.contains(":8080,colour=red"),
+        "names the runner: {line}"
+    );
+    expect_startup_error(&[path, "--runner", ":8080,repo="], "repo= needs a path");
+    expect_startup_error(&[path, ":8080,repo=/a,repo=/b"], "repo= is given twice");
+    expect_startup_error(
+        &[path, ":8080", "--runner", "http://127.0.0.1:8080"],
+        "runner http://127.0.0.1:8080 is given twice",
+    );
+    expect_startup_error(
+        &[
+            path,
+            "--runner",
+            ":8081",
+            "--runner",
+            ":8081,repo=/srv/repo",
+        ],
+        "given twice",
+    );
+    expect_startup_error(&[path, "--runner", "nowhere"], "invalid runner address");
+    expect_startup_error(&[path, "--sims", "0"], "--sims");
+    expect_startup_error(&[path, "--sims", "65"], "--sims");
+    let line = expect_startup_error(
+        &[path, "--sims", "2", "--runner", ":8080"],
+        "--sims starts bundled simulators",
+    );
+    assert!(line.contains("remove --sims or the runners"), "{line}");
+    expect_startup_error(&[path, ":8080", "--sims", "2"], "--sims");
+    expect_startup_error(
+        &[path, "--runner", ":8080", "--sim-args", "--no-crash"],
+        "--sim-args only applies to the bundled simulators",
+    );
+}
+
+#[test]
+fn a_bad_pipeline_file_is_a_startup_error_naming_the_file() {
+    let repo = GitRepo::new();
+    let path = repo.path().to_str().expect("UTF-8 path");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().expect("UTF-8 path");
+    expect_startup_error(
+        &[path, "--pipeline", missing],
+        &format!("ci-server: {missing}: "),
+    );
+    let garbage = dir.path().join("garbage.toml");
+    std::fs::write(&garbage, "this is = = not TOML [\n").expect("written");
+    let garbage = garbage.to_str().expect("UTF-8 path");
+    let line = expect_startup_error(&[path, "--pipeline", garbage], garbage);
+    assert!(
+        line.starts_with(&format!("ci-server: {garbage}")),
+        "the message starts with the file: {line}"
+    );
+    // Nothing was written: the server stopped before opening its store.
+    assert!(!repo.path().join(".git/ci-server").exists());
+}
+
+/// The example pipeline file of the documentation.
+fn example_pipeline() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/pipeline.example.toml")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_pipeline_file_gives_every_run_its_steps() {
+    let file = example_pipeline();
+    let pipeline = ci_engine::Pipeline::load(&file)
+        .unwrap_or_else(|e| panic!("the documented example must be a valid pipeline: {e}"));
+    let steps: Vec<String> = pipeline.steps().iter().map(|s| s.name.clone()).collect();
+    let repo = GitRepo::new();
+    let commit = repo.commit("first");
+    let server = Server::start(
+        repo.path(),
+        &[
+            "--db",
+            ":memory:",
+            "--pipeline",
+            file.to_str().expect("UTF-8 path"),
+            "--sim-args",
+            "--no-crash --lint-ms 1 --build-ms 1 --test-ms 1",
+        ],
+    );
+    assert!(
+        server
+            .startup_line
+            .contains(&format!("pipeline: {}", steps.join(", "))),
+        "{}",
+        server.startup_line
+    );
+    let deadline = Instant::now() + WITHIN;
+    let run = loop {
+        let (code, run) = get_json(&server.url(&format!("/run/{commit}"))).await;
+        if code == 200 {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "no run for {commit}: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let listed: BTreeSet<&str> = run["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["name"].as_str().expect("a name"))
+        .collect();
+    let expected: BTreeSet<&str> = steps.iter().map(String::as_str).collect();
+    assert_eq!(listed, expected, "{run}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{Instrument, info};
 
 /// The phrase the simulator prints once it listens: `step-runner-sim listening on ADDR`.
 const LISTENING: &str = "listening on ";
@@ -92,10 +92,10 @@ pub(super) async fn start_child(
     let pid = child.id();
     let (lines_tx, mut lines_rx) = mpsc::unbounded_channel();
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward_output(stdout, pid, lines_tx.clone()));
+        tokio::spawn(forward_output(stdout, pid, lines_tx.clone()).in_current_span());
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward_output(stderr, pid, lines_tx));
+        tokio::spawn(forward_output(stderr, pid, lines_tx).in_current_span());
     }
 
     let mut tail = Vec::new();

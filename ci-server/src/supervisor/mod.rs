@@ -30,6 +30,10 @@
 //! [`RunnerSupervisor::status`] and [`RunnerSupervisor::subscribe`] expose whether
 //! the runner is up, how often it exited and was restarted, and its pid, for logs
 //! and metrics.
+//!
+//! Everything a supervisor logs, its child's output included, is inside a
+//! `runner` span whose `id` is [`SupervisorConfig::name`], so that the lines of
+//! several supervised runners can be told apart.
 
 mod child;
 
@@ -39,7 +43,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::http_runner::{HttpRunnerConfig, HttpRunnerError, HttpStepRunner, RunnerAddr};
 use child::{ReadyChild, StartFailure, start_child};
@@ -57,6 +61,9 @@ pub const EXIT_WITH_PARENT_FLAG: &str = "--exit-with-parent";
 /// How to start the runner process and how to restart it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SupervisorConfig {
+    /// The runner's name in logs (the `id` of their `runner` span), e.g. its id
+    /// in the engine's pool. Default: `step-runner`.
+    pub name: String,
     /// The program to run.
     pub program: PathBuf,
     /// Its arguments, placed before the `--addr 127.0.0.1:PORT` that the
@@ -79,6 +86,7 @@ impl SupervisorConfig {
     /// Runs `program args…` with the default timings.
     pub fn new(program: impl Into<PathBuf>, args: Vec<String>) -> Self {
         Self {
+            name: "step-runner".to_owned(),
             program: program.into(),
             args,
             port: None,
@@ -101,6 +109,13 @@ impl SupervisorConfig {
         let mut args = vec![BUNDLED_SIM_ARG.to_owned()];
         args.extend(sim_args);
         Ok(Self::new(program, args))
+    }
+
+    /// The same, with `name` in logs.
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 }
 
@@ -169,14 +184,16 @@ impl RunnerSupervisor {
                 config.restart_backoff_min, config.restart_backoff_max
             )));
         }
+        let span = info_span!("runner", id = %config.name);
         let want = loopback(config.port.unwrap_or(0));
         let ready = start_child(&config.program, &config.args, want, config.start_timeout)
+            .instrument(span.clone())
             .await
             .map_err(|failure| SupervisorError::Start {
                 program: config.program.clone(),
                 reason: failure.to_string(),
             })?;
-        info!(addr = %ready.addr, pid = ready.child.id(), "step runner is up");
+        span.in_scope(|| info!(addr = %ready.addr, pid = ready.child.id(), "step runner is up"));
 
         let (status_tx, status) = watch::channel(SupervisorStatus {
             addr: ready.addr,
@@ -194,7 +211,8 @@ impl RunnerSupervisor {
                 addr: addr_tx,
                 stop: stop_rx,
             }
-            .run(ready),
+            .run(ready)
+            .instrument(span),
         );
         Ok(Self {
             status,
