@@ -164,6 +164,8 @@ pub struct Server {
     steps: Vec<String>,
     repo_path: PathBuf,
     db: String,
+    /// For `/healthz`: how long no runner may be up before the server is unhealthy.
+    unreachable_limit: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -212,6 +214,7 @@ impl Server {
         info!(steps = %steps.join(", "), "pipeline");
         let started =
             runners::start_runners(config.runner, &repo_for_runners, &config.http_runner).await?;
+        let unreachable_limit = config.engine.unreachable_limit;
         let engine = Engine::with_pool(
             config.pipeline,
             started.pool,
@@ -227,6 +230,7 @@ impl Server {
             steps,
             repo_path,
             db,
+            unreachable_limit,
         })
     }
 
@@ -283,6 +287,7 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let api = crate::api::Api::new(Arc::clone(&self.store), Some(engine.handle()))
             .with_runners(runners::directory(self.runners))
+            .with_unreachable_limit(self.unreachable_limit)
             .ending_streams_on(stop_rx.clone());
         let app = crate::api::app(api);
 
