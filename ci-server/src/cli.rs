@@ -172,8 +172,9 @@ pub struct Cli {
     /// Extra arguments for each bundled simulator, in one string (only without
     /// RUNNER_ADDR and --runner), e.g. "--no-crash --test-ms 50". Its options:
     /// --no-crash, --seed N, --fail-rate P, --crash-rate P, --lint-ms MS,
-    /// --build-ms MS, --test-ms MS. With --sims, --seed gives every simulator
-    /// the same seed.
+    /// --build-ms MS, --test-ms MS, --request-log PATH (every simulator appends
+    /// to the same file). With --sims, --seed gives every simulator the same
+    /// seed.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub sim_args: Option<String>,
 }
