@@ -81,15 +81,13 @@ impl Scheduler {
         new_loss: bool,
     ) {
         let runner = &mut self.runners[r];
-        match result {
-            Err(
-                RunnerError::Lost(reason)
-                | RunnerError::Protocol(reason)
-                | RunnerError::Unreachable(reason),
-            ) => {
-                runner.last_error = Some(reason.clone());
-            }
-            _ => {}
+        if let Err(
+            RunnerError::Lost(reason)
+            | RunnerError::Protocol(reason)
+            | RunnerError::Unreachable(reason),
+        ) = result
+        {
+            runner.last_error = Some(reason.clone());
         }
         if let Err(RunnerError::Lost(_)) = result {
             if new_loss {
