@@ -56,7 +56,10 @@ struct PoolOutcome {
     /// Each runner's trace, in pool order.
     traces: Vec<Vec<TraceEvent>>,
     handed: Vec<CommitId>,
-    events: Vec<EngineEvent>,
+    /// Every event, with the (virtual) time it was sent.
+    events: Vec<(Instant, EngineEvent)>,
+    /// When the scenario started.
+    t0: Instant,
 }
 
 fn runner_id(r: usize) -> String {
@@ -100,7 +103,7 @@ fn simulate(s: &PoolScenario) -> PoolOutcome {
         let recorder = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Ok(e) = events.recv().await {
-                seen.push(e);
+                seen.push((Instant::now(), e));
             }
             seen
         });
@@ -140,6 +143,7 @@ fn simulate(s: &PoolScenario) -> PoolOutcome {
             traces: sims.iter().map(|sim| sim.trace()).collect(),
             handed,
             events,
+            t0,
         }
     })
 }
@@ -335,7 +339,7 @@ impl PoolOutcome {
                 })
             })
             .collect();
-        for e in &self.events {
+        for (_, e) in &self.events {
             if let EngineEvent::StepStarted {
                 commit,
                 step,
@@ -348,6 +352,131 @@ impl PoolOutcome {
                 return Err(format!(
                     "{commit} {step} #{attempt} started on {runner}, recorded {r:?}"
                 ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PoolOutcome {
+    /// Work conservation across the pool, for scenarios where every step gets
+    /// one attempt: a step that became ready at R and started at S > R waited
+    /// only while no runner it may use had a free permit for its class — at R
+    /// and after every request start or end before S, each runner it may use
+    /// (only its own, for a pinned step) was full for its class (or the pool
+    /// was, for a pool-wide class).
+    fn check_work_conserving(&self) -> Result<(), String> {
+        let classes = self.pipeline.classes();
+        // When each run was queued and each step succeeded, from the events.
+        let mut queued: HashMap<CommitId, Instant> = HashMap::new();
+        let mut succeeded: HashMap<(CommitId, String), Instant> = HashMap::new();
+        let mut started: HashMap<(CommitId, String), (Instant, String)> = HashMap::new();
+        for (at, e) in &self.events {
+            match e {
+                EngineEvent::RunQueued { commit, .. } => {
+                    queued.insert(commit.clone(), *at);
+                }
+                EngineEvent::StepFinished {
+                    commit,
+                    step,
+                    status: StepStatus::Success,
+                    ..
+                } => {
+                    succeeded.insert((commit.clone(), step.clone()), *at);
+                }
+                EngineEvent::StepStarted {
+                    commit,
+                    step,
+                    runner,
+                    ..
+                } => {
+                    started
+                        .entry((commit.clone(), step.clone()))
+                        .or_insert((*at, runner.clone()));
+                }
+                _ => {}
+            }
+        }
+        let mut merged: Vec<(usize, &TraceEvent)> = self
+            .traces
+            .iter()
+            .enumerate()
+            .flat_map(|(r, t)| t.iter().map(move |e| (r, e)))
+            .collect();
+        merged.sort_by_key(|(_, e)| e.order);
+        let n = self.traces.len();
+        // Counts per runner and class after all trace events at or before `t`.
+        let counts_at = |t: Instant| {
+            let mut counts = vec![vec![0u32; classes.len()]; n];
+            for (r, e) in merged.iter().take_while(|(_, e)| e.at <= t) {
+                let c = self.class_of(&e.step);
+                if e.kind == TraceKind::Start {
+                    counts[*r][c] += 1;
+                } else {
+                    counts[*r][c] -= 1;
+                }
+            }
+            counts
+        };
+        for run in &self.runs {
+            let id = run.id().clone();
+            for (i, step) in run.steps.iter().enumerate() {
+                let Some((start, _)) = started.get(&(id.clone(), step.name.clone())) else {
+                    continue;
+                };
+                let ready = self
+                    .pipeline
+                    .needs_of(i)
+                    .iter()
+                    .map(|&j| {
+                        succeeded
+                            .get(&(id.clone(), run.steps[j].name.clone()))
+                            .copied()
+                    })
+                    .chain([queued.get(&id).copied()])
+                    .collect::<Option<Vec<Instant>>>()
+                    .and_then(|v| v.into_iter().max())
+                    .ok_or_else(|| format!("{id} {}: started with a need unmet", step.name))?;
+                if *start <= ready {
+                    continue;
+                }
+                let c = self.pipeline.class_of(i);
+                let Some(limit) = classes[c].limit else {
+                    return Err(format!("{id} {} (unlimited) waited", step.name));
+                };
+                let allowed: Vec<usize> = match self.pipeline.same_runner_as(i) {
+                    Some(j) => {
+                        let target = run.steps[j]
+                            .attempts
+                            .iter()
+                            .find(|a| a.outcome == AttemptOutcome::Success)
+                            .and_then(|a| a.runner.clone());
+                        (0..n).filter(|&r| Some(runner_id(r)) == target).collect()
+                    }
+                    None => (0..n).collect(),
+                };
+                let checkpoints = std::iter::once(ready).chain(
+                    merged
+                        .iter()
+                        .map(|(_, e)| e.at)
+                        .filter(|&at| at > ready && at < *start),
+                );
+                for t in checkpoints {
+                    let counts = counts_at(t);
+                    let full = match classes[c].scope {
+                        Scope::Pool => counts.iter().map(|rc| rc[c]).sum::<u32>() >= limit,
+                        Scope::Runner => allowed.iter().all(|&r| counts[r][c] >= limit),
+                    };
+                    if !full {
+                        return Err(format!(
+                            "{id} {} ready at {:?} started at {:?}, but at {:?} a runner it may use had a free permit: {counts:?}",
+                            step.name,
+                            ready.duration_since(self.t0),
+                            start.duration_since(self.t0),
+                            t.duration_since(self.t0)
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -502,8 +631,30 @@ fn scenario() -> impl Strategy<Value = PoolScenario> {
         )
 }
 
+/// Scenarios where every step gets one attempt: no crashes, outages,
+/// timeouts or binding caps (failures still skip dependents).
+fn clean_scenario() -> impl Strategy<Value = PoolScenario> {
+    scenario().prop_map(|mut s| {
+        for r in &mut s.runners {
+            r.default_step.crash_rate = 0.0;
+        }
+        s.outages.clear();
+        s.engine.step_timeout = EngineConfig::default().step_timeout;
+        s.engine.max_in_flight = 1_000;
+        s
+    })
+}
+
 proptest! {
     #![proptest_config(cases())]
+
+    /// Work conservation across the pool: a ready step waits only while every
+    /// runner it may use is full for its class.
+    #[test]
+    fn ready_steps_wait_only_while_their_runners_are_full(s in clean_scenario()) {
+        let o = simulate(&s);
+        prop_assert_eq!(o.check_work_conserving(), Ok(()));
+    }
 
     /// Per-runner classes are limited on each runner, pool-wide classes across
     /// the pool, and each runner's cap holds, whatever the faults.
@@ -711,7 +862,7 @@ fn steps_go_to_the_runners_that_are_up_while_one_is_down() {
     let down: Vec<_> = o
         .events
         .iter()
-        .filter_map(|e| match e {
+        .filter_map(|(_, e)| match e {
             EngineEvent::RunnerDown { runner, .. } => Some(runner.clone()),
             _ => None,
         })
