@@ -404,3 +404,94 @@ pub fn temp_file(name: &str) -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join(name);
     (dir, path)
 }
+
+/// `GET /run/{id}` for each of `ids` (each must answer `200`), by id.
+pub async fn run_details(
+    server: &Server,
+    ids: impl IntoIterator<Item = &String>,
+) -> std::collections::BTreeMap<String, Value> {
+    let mut runs = std::collections::BTreeMap::new();
+    for id in ids {
+        let (status, run) = get_json(&server.url(&format!("/run/{id}"))).await;
+        assert_eq!(status, 200, "GET /run/{id}: {run}");
+        runs.insert(id.clone(), run);
+    }
+    runs
+}
+
+/// `GET /runners` (must answer `200` with an array).
+pub async fn runners(server: &Server) -> Vec<Value> {
+    let (status, body) = get_json(&server.url("/runners")).await;
+    assert_eq!(status, 200, "GET /runners: {body}");
+    body.as_array()
+        .unwrap_or_else(|| panic!("GET /runners is not an array: {body}"))
+        .clone()
+}
+
+/// One line of a simulator's request log (the format is in
+/// `docs/step-runner-sim.md`).
+#[derive(Clone, Debug)]
+pub struct SimLogLine {
+    /// Its line number in the file, from 1.
+    pub line: usize,
+    /// `start`, `end` or `crash`.
+    pub event: String,
+    /// Wall-clock time, Unix milliseconds.
+    pub at_ms: i64,
+    /// The simulator's process id.
+    pub pid: u64,
+    /// The address it listens on, `IP:PORT`.
+    pub addr: String,
+    /// The process's number for the request.
+    pub request: u64,
+    /// `step_name` of the request.
+    pub step: String,
+    /// `commit_hash` of the request.
+    pub commit: String,
+    /// `end` only: the HTTP status of the answer.
+    pub status: Option<u64>,
+    /// `end` of a step that ran only: the answer's `status`.
+    pub step_status: Option<String>,
+}
+
+/// Reads a request log written by one or more simulators, in file order.
+/// Panics (naming the line) on a line that is not a complete log entry.
+pub fn read_request_log(path: &Path) -> Vec<SimLogLine> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("the request log {} cannot be read: {e}", path.display()));
+    text.lines()
+        .enumerate()
+        .map(|(i, raw)| {
+            let line = i + 1;
+            let value: Value = serde_json::from_str(raw)
+                .unwrap_or_else(|e| panic!("request log line {line} is not JSON ({e}): {raw}"));
+            let text = |key: &str| {
+                value[key]
+                    .as_str()
+                    .unwrap_or_else(|| {
+                        panic!("request log line {line} has no string {key:?}: {raw}")
+                    })
+                    .to_owned()
+            };
+            let number = |key: &str| {
+                value[key].as_u64().unwrap_or_else(|| {
+                    panic!("request log line {line} has no number {key:?}: {raw}")
+                })
+            };
+            SimLogLine {
+                line,
+                event: text("event"),
+                at_ms: value["at_ms"]
+                    .as_i64()
+                    .unwrap_or_else(|| panic!("request log line {line} has no at_ms: {raw}")),
+                pid: number("pid"),
+                addr: text("addr"),
+                request: number("request"),
+                step: text("step"),
+                commit: text("commit"),
+                status: value["status"].as_u64(),
+                step_status: value["step_status"].as_str().map(str::to_owned),
+            }
+        })
+        .collect()
+}
