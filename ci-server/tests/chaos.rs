@@ -325,15 +325,32 @@ fn replay(log: &[SimLogLine], problems: &mut Problems) -> Replay {
                 for (m, n) in most.iter_mut().zip(now) {
                     *m = (*m).max(n);
                 }
-                if now[0] > 1 || now[1] > 1 || now[2] > MAX_IN_FLIGHT {
-                    let open: Vec<String> = p.open.values().map(|&j| describe(&log[j])).collect();
+                // Reported when this start goes over a limit, not again for
+                // every later start while it is over.
+                let over = (l.step == "build" && now[0] > 1)
+                    || (l.step == "test" && now[1] > 1)
+                    || now[2] == MAX_IN_FLIGHT + 1;
+                if over {
+                    let open: Vec<String> = p
+                        .open
+                        .values()
+                        .map(|&j| {
+                            format!(
+                                "{} {} (line {})",
+                                log[j].step,
+                                short(&log[j].commit),
+                                log[j].line
+                            )
+                        })
+                        .collect();
                     problems.add(format!(
-                        "{}: pid {} now holds {} builds, {} tests, {} requests (at most 1, 1, {MAX_IN_FLIGHT} on one runner): {open:#?}",
+                        "{}: pid {} now holds {} builds, {} tests, {} requests (at most 1, 1, {MAX_IN_FLIGHT} on one runner): {}",
                         describe(l),
                         l.pid,
                         now[0],
                         now[1],
-                        now[2]
+                        now[2],
+                        open.join(", ")
                     ));
                 }
             }
@@ -704,4 +721,125 @@ async fn two_hundred_commits_through_three_crashing_runners() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// The replay on small hand-written logs: each of its checks can fail.
+mod replay_checks {
+    use super::*;
+
+    fn line(n: usize, event: &str, pid: u64, addr: &str, request: u64, step: &str) -> SimLogLine {
+        SimLogLine {
+            line: n,
+            event: event.to_owned(),
+            at_ms: 1_000 + n as i64,
+            pid,
+            addr: addr.to_owned(),
+            request,
+            step: step.to_owned(),
+            commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+            status: (event == "end").then_some(200),
+            step_status: (event == "end").then(|| "Success".to_owned()),
+        }
+    }
+
+    fn problems_of(log: &[SimLogLine]) -> (Replay, Vec<String>) {
+        let mut problems = Problems::default();
+        let replayed = replay(log, &mut problems);
+        (replayed, problems.0)
+    }
+
+    #[test]
+    fn one_build_and_one_test_at_a_time_with_lints_beside_them() {
+        let log = [
+            line(1, "start", 7, "a:1", 1, "build"),
+            line(2, "start", 7, "a:1", 2, "test"),
+            line(3, "start", 7, "a:1", 3, "lint"),
+            line(4, "start", 8, "b:1", 1, "build"),
+            line(5, "end", 7, "a:1", 1, "build"),
+            line(6, "start", 7, "a:1", 4, "build"),
+            line(7, "end", 7, "a:1", 2, "test"),
+            line(8, "end", 7, "a:1", 3, "lint"),
+            line(9, "end", 7, "a:1", 4, "build"),
+            line(10, "end", 8, "b:1", 1, "build"),
+        ];
+        let (replayed, problems) = problems_of(&log);
+        assert_eq!(problems, Vec::<String>::new());
+        assert_eq!(replayed.most_held["a:1"], [1, 1, 3]);
+        assert_eq!(replayed.most_held["b:1"], [1, 0, 1]);
+    }
+
+    #[test]
+    fn a_second_build_on_one_process_is_reported_once() {
+        let log = [
+            line(1, "start", 7, "a:1", 1, "build"),
+            line(2, "start", 7, "a:1", 2, "build"),
+            line(3, "start", 7, "a:1", 3, "lint"),
+            line(4, "end", 7, "a:1", 1, "build"),
+            line(5, "end", 7, "a:1", 2, "build"),
+            line(6, "end", 7, "a:1", 3, "lint"),
+        ];
+        let (_, problems) = problems_of(&log);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].starts_with("line 2 "), "{problems:#?}");
+        assert!(problems[0].contains("2 builds"), "{problems:#?}");
+    }
+
+    #[test]
+    fn a_crash_ends_every_open_request_of_its_process() {
+        let log = [
+            line(1, "start", 7, "a:1", 1, "build"),
+            line(2, "start", 7, "a:1", 2, "test"),
+            line(3, "start", 7, "a:1", 3, "lint"),
+            line(4, "end", 7, "a:1", 3, "lint"),
+            line(5, "crash", 7, "a:1", 2, "test"),
+            line(6, "start", 9, "a:1", 1, "build"),
+            line(7, "end", 9, "a:1", 1, "build"),
+        ];
+        let (replayed, problems) = problems_of(&log);
+        assert_eq!(problems, Vec::<String>::new());
+        let died: Vec<usize> = replayed.died.iter().map(|l| l.line).collect();
+        assert_eq!(died, [1, 2]);
+        assert_eq!(replayed.crashes.len(), 1);
+        assert_eq!(
+            replayed.at_risk,
+            BTreeSet::from([4]),
+            "the lint's answer was logged right before the crash"
+        );
+        assert_eq!(replayed.pids_by_addr["a:1"], [7, 9]);
+    }
+
+    #[test]
+    fn a_new_process_at_an_address_whose_process_did_not_crash_is_reported() {
+        let log = [
+            line(1, "start", 7, "a:1", 1, "build"),
+            line(2, "start", 9, "a:1", 1, "build"),
+            line(3, "end", 9, "a:1", 1, "build"),
+        ];
+        let (_, problems) = problems_of(&log);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("line 2 ") && p.contains("never crashed")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("still holds requests")),
+            "the build of pid 7 never ended: {problems:#?}"
+        );
+    }
+
+    #[test]
+    fn nothing_may_follow_a_crash_of_the_same_process() {
+        let log = [
+            line(1, "start", 7, "a:1", 1, "test"),
+            line(2, "crash", 7, "a:1", 1, "test"),
+            line(3, "start", 7, "a:1", 2, "lint"),
+        ];
+        let (_, problems) = problems_of(&log);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].contains("after its process crashed at line 2"),
+            "{problems:#?}"
+        );
+    }
 }
