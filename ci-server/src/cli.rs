@@ -148,9 +148,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 
-    /// Wait before the first retry of a lost step; it doubles at each retry (up
-    /// to 60 s, or to this value when it is longer), shortened by a random part
-    /// of up to half so that steps lost together do not come back together.
+    /// Wait before retrying a step that timed out, got an answer that is not
+    /// the protocol, or was lost twice with every runner staying up; it doubles
+    /// at each retry (up to 60 s, or to this value when it is longer), shortened
+    /// by a random part of up to half so that steps lost together do not come
+    /// back together. A step lost because its runner crashed is retried at
+    /// once, on any runner that is up.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub retry_backoff: Duration,
 
