@@ -121,7 +121,7 @@ fn the_example_file_loads_with_the_steps_it_documents() {
         (class("smoke").limit, class("smoke").scope),
         (Some(1), Scope::Pool)
     );
-    assert_eq!(p.steps()[at("smoke")].runner_step(), "test");
+    assert_eq!(p.steps()[at("smoke")].runner_step(), "lint");
     assert_eq!(p.needs_of(at("smoke")), &[at("test")]);
 }
 
