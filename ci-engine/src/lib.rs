@@ -28,6 +28,7 @@ pub mod source;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod waiting;
 
 pub use engine::{ConfigError, Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
 pub use memory_store::MemoryStore;
@@ -39,3 +40,4 @@ pub use pool::{PoolError, PoolMember, RunnerPool, RunnerState, RunnerStatus};
 pub use runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
 pub use source::{BoxError, CommitSource, SourceError};
 pub use store::{RunPage, RunQuery, RunStore, StoreError};
+pub use waiting::{Holder, StepWait, Waiting};

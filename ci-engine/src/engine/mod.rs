@@ -26,6 +26,7 @@ use crate::pool::{RunnerPool, RunnerStatus};
 use crate::runner::StepRunner;
 use crate::source::CommitSource;
 use crate::store::{RunStore, StoreError};
+use crate::waiting::StepWait;
 
 /// Why the engine stopped, or why a request to it failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,10 @@ pub(crate) enum Command {
     },
     Runners {
         reply: oneshot::Sender<Vec<RunnerStatus>>,
+    },
+    Waiting {
+        commit: CommitId,
+        reply: oneshot::Sender<Vec<StepWait>>,
     },
 }
 
@@ -92,6 +97,23 @@ impl EngineHandle {
             })
             .map_err(|_| EngineError::NotRunning)?;
         answer.await.map_err(|_| EngineError::NotRunning)?
+    }
+
+    /// Why each step of `commit`'s run that has not started (or is waiting to
+    /// be retried) waits, in pipeline order; empty when the run is not under
+    /// way (finished, or unknown to the engine).
+    ///
+    /// # Errors
+    /// [`EngineError::NotRunning`] when the engine is not running.
+    pub async fn waiting(&self, commit: &CommitId) -> Result<Vec<StepWait>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Waiting {
+                commit: commit.clone(),
+                reply,
+            })
+            .map_err(|_| EngineError::NotRunning)?;
+        answer.await.map_err(|_| EngineError::NotRunning)
     }
 
     /// Each runner of the pool as the engine sees it now, in pool order.

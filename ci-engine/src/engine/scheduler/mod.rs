@@ -23,6 +23,7 @@
 
 mod health;
 mod outcomes;
+mod waiting;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -135,6 +136,8 @@ impl RunnerSlot {
 /// An open request to a runner.
 struct Flight {
     seq: u64,
+    /// The run's commit (the run may end before the request does).
+    commit: CommitId,
     step: usize,
     attempt: u32,
     /// Index of the runner in the pool.
@@ -738,6 +741,7 @@ impl Scheduler {
         runner.class_in_flight[c] += 1;
         runner.in_flight += 1;
         let call = Arc::clone(&runner.runner);
+        let request_commit = request.commit.clone();
         let abort = self.tasks.spawn(async move {
             let started = Instant::now();
             let result = call.run(&request).await;
@@ -752,6 +756,7 @@ impl Scheduler {
             abort.id(),
             Task::Step(Flight {
                 seq,
+                commit: request_commit,
                 step,
                 attempt: number,
                 runner: r,

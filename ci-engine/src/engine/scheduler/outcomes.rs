@@ -449,6 +449,10 @@ impl Scheduler {
                 let _ = reply.send(self.runner_statuses());
                 Ok(())
             }
+            Command::Waiting { commit, reply } => {
+                let _ = reply.send(self.waiting(&commit));
+                Ok(())
+            }
         }
     }
 
