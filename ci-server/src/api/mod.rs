@@ -23,6 +23,7 @@ pub mod health;
 pub mod model;
 pub mod page;
 pub mod runners;
+pub mod waiting;
 
 use std::sync::Arc;
 
@@ -346,7 +347,13 @@ impl Api {
         commit: Path<String>,
     ) -> GetRunResponse {
         match self.lookup(&commit.0).await {
-            Ok(run) => GetRunResponse::Ok(Json(Box::new(RunDetail::from(&run)))),
+            Ok(run) => {
+                let mut detail = RunDetail::from(&run);
+                if !run.status.is_terminal() {
+                    waiting::fill(&mut detail, self.engine.as_ref()).await;
+                }
+                GetRunResponse::Ok(Json(Box::new(detail)))
+            }
             Err(e) => e.into(),
         }
     }

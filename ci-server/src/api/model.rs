@@ -260,6 +260,9 @@ pub struct StepInfo {
     pub attempts: Vec<AttemptInfo>,
     /// Where to read the step's logs (`GET` it for plain text).
     pub log_url: String,
+    /// Why the step has not started yet (or waits to be retried), while its
+    /// run is under way; absent otherwise.
+    pub waiting: Option<super::waiting::WaitingInfo>,
 }
 
 impl StepInfo {
@@ -271,6 +274,7 @@ impl StepInfo {
             duration_ms: step.attempts.iter().filter_map(|a| a.duration_ms).sum(),
             attempts: step.attempts.iter().map(AttemptInfo::from).collect(),
             log_url: format!("/run/{commit}/steps/{}/log", step.name),
+            waiting: None,
         }
     }
 }
