@@ -16,9 +16,9 @@ const ciPage = {
     if (s < 3600) return Math.floor(s / 60) + "m " + ciPage.pad(s % 60) + "s";
     return Math.floor(s / 3600) + "h " + ciPage.pad(Math.floor(s % 3600 / 60)) + "m";
   },
-  // Removes terminal escapes (CSI, OSC, two-character) as the server does.
+  // Removes terminal escapes (CSI, OSC, the others) as the server does.
   stripAnsi(text) {
-    return text.replace(/\x1b\[[\x20-\x3f]*[\x40-\x7e]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[\s\S]?/g, "");
+    return text.replace(/\x1b\[[\x20-\x3f]*[\x40-\x7e]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[\x20-\x2f]*[\x30-\x7e]?/g, "");
   },
   el(tag, attrs, ...children) {
     const node = document.createElement(tag);

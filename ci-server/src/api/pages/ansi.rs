@@ -37,7 +37,15 @@ pub fn strip_ansi(text: &str) -> String {
                     }
                 }
             }
-            // Any other escape is two characters long.
+            // Any other escape: intermediate bytes (` `..=`/`), then one
+            // final character (`ESC ( B`, `ESC =`, ...).
+            Some(c) if (' '..='/').contains(&c) => {
+                for c in chars.by_ref() {
+                    if !(' '..='/').contains(&c) {
+                        break;
+                    }
+                }
+            }
             Some(_) | None => {}
         }
     }
