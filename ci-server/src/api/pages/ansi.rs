@@ -5,7 +5,8 @@ const ESC: char = '\u{1b}';
 const BEL: char = '\u{7}';
 
 /// `text` without its ANSI escape sequences: CSI (`ESC [ … final`), OSC
-/// (`ESC ] … BEL` or `ESC ] … ESC \`) and two-character escapes (`ESC X`).
+/// (`ESC ] … BEL` or `ESC ] … ESC \`) and the other escapes (`ESC =`,
+/// `ESC ( B`).
 /// A lone `ESC` at the end is dropped; every other character is kept.
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
