@@ -351,6 +351,13 @@ async fn unknown_ambiguous_and_malformed_commits_are_html_error_pages() {
 
     let body = html(cli.get("/commit/xyz").send().await, StatusCode::BAD_REQUEST).await;
     assert!(body.contains("hexadecimal"), "{body}");
+
+    // The pages are not part of the API's document.
+    let resp = cli.get("/openapi.json").send().await;
+    resp.assert_status_is_ok();
+    let doc = resp.0.into_body().into_string().await.expect("body");
+    assert!(doc.contains("\"/run/{commit}\""), "{doc}");
+    assert!(!doc.contains("/commit/"), "{doc}");
 }
 
 #[tokio::test]
