@@ -95,11 +95,21 @@ fn bad_run() -> Run {
 fn evil_run() -> Run {
     use StepStatus::{Error, Success};
     let hostile = format!("{SCRIPT} {IMG} {AMP}");
-    let mut evil = run(EVIL, 6, &format!("feat/{SCRIPT}{IMG}"), [Success, Success, Error]);
+    let mut evil = run(
+        EVIL,
+        6,
+        &format!("feat/{SCRIPT}{IMG}"),
+        [Success, Success, Error],
+    );
     evil.commit.summary = hostile.clone();
     evil.commit.author = format!("{IMG} <x@example.invalid>");
     let test = &mut evil.steps[2];
-    let mut a = attempt(1, AttemptOutcome::Rejected, &format!("r{SCRIPT}"), Some(&hostile));
+    let mut a = attempt(
+        1,
+        AttemptOutcome::Rejected,
+        &format!("r{SCRIPT}"),
+        Some(&hostile),
+    );
     a.logs = format!("{hostile}\n</pre>{SCRIPT}\n");
     test.attempts = vec![a];
     test.reason = Some(hostile);
@@ -185,11 +195,20 @@ async fn the_list_has_one_row_per_run_newest_first_per_the_dom_contract() {
             &format!(r#"<tr class="run" data-commit="{id}" data-status="{status}">"#),
             "</tr>",
         );
-        assert!(row.contains(&format!(r#"<a href="/commit/{id}">"#)), "{row}");
-        assert!(row.contains(&format!("<code>{}</code>", &id[..10])), "{row}");
+        assert!(
+            row.contains(&format!(r#"<a href="/commit/{id}">"#)),
+            "{row}"
+        );
+        assert!(
+            row.contains(&format!("<code>{}</code>", &id[..10])),
+            "{row}"
+        );
     }
     let bad = between(tbody, &format!(r#"data-commit="{BAD}""#), "</tr>");
-    assert!(bad.contains(r#"<td class="summary">commit bbbb</td>"#), "{bad}");
+    assert!(
+        bad.contains(r#"<td class="summary">commit bbbb</td>"#),
+        "{bad}"
+    );
     assert!(bad.contains(r#"<td class="branches">main</td>"#), "{bad}");
     assert!(
         bad.contains(&format!(r#"<a href="/commit/{BAD}#step-build">build</a>"#)),
@@ -221,7 +240,10 @@ async fn the_list_filters_by_branch_and_status_and_links_pages() {
     )
     .await;
     assert_eq!(row_commits(&body), [BAD]);
-    assert!(body.contains(r#"<option value="failure" selected>"#), "{body}");
+    assert!(
+        body.contains(r#"<option value="failure" selected>"#),
+        "{body}"
+    );
 
     // An empty form field means "any", as a plain HTML form sends it.
     let body = html(
@@ -238,7 +260,10 @@ async fn the_list_filters_by_branch_and_status_and_links_pages() {
     )
     .await;
     assert_eq!(row_commits(&body), [TWIN_1]);
-    assert!(body.contains(r#"<p id="count">runs 1–1 of 2</p>"#), "{body}");
+    assert!(
+        body.contains(r#"<p id="count">runs 1–1 of 2</p>"#),
+        "{body}"
+    );
     assert!(!body.contains(r#"rel="prev""#), "{body}");
     assert!(
         body.contains(r#"<a rel="next" href="/?status=success&amp;limit=1&amp;offset=1">"#),
@@ -250,7 +275,10 @@ async fn the_list_filters_by_branch_and_status_and_links_pages() {
     )
     .await;
     assert_eq!(row_commits(&body), [GOOD]);
-    assert!(body.contains(r#"<p id="count">runs 2–2 of 2</p>"#), "{body}");
+    assert!(
+        body.contains(r#"<p id="count">runs 2–2 of 2</p>"#),
+        "{body}"
+    );
     assert!(
         body.contains(r#"<a rel="prev" href="/?status=success&amp;limit=1">"#),
         "{body}"
@@ -286,7 +314,11 @@ async fn the_run_page_shows_every_step_and_attempt_per_the_dom_contract() {
         )),
         "{body}"
     );
-    for (step, status) in [("lint", "success"), ("build", "failure"), ("test", "skipped")] {
+    for (step, status) in [
+        ("lint", "success"),
+        ("build", "failure"),
+        ("test", "skipped"),
+    ] {
         assert!(
             body.contains(&format!(
                 r#"<section class="step" id="step-{step}" data-step="{step}" data-status="{status}">"#
@@ -295,24 +327,44 @@ async fn the_run_page_shows_every_step_and_attempt_per_the_dom_contract() {
         );
     }
     let build = between(&body, r#"data-step="build""#, "</section>");
-    let first = between(build, r#"<details class="attempt" data-attempt="1""#, "</details>");
+    let first = between(
+        build,
+        r#"<details class="attempt" data-attempt="1""#,
+        "</details>",
+    );
     assert!(first.contains("<summary>"), "{first}");
-    assert!(first.contains(r#"<span class="badge lost">lost</span>"#), "{first}");
+    assert!(
+        first.contains(r#"<span class="badge lost">lost</span>"#),
+        "{first}"
+    );
     assert!(first.contains("on runner-b"), "{first}");
-    assert!(first.contains(r#"<span class="reason">runner died</span>"#), "{first}");
-    assert!(first.contains(r#"<span class="duration">500 ms</span>"#), "{first}");
+    assert!(
+        first.contains(r#"<span class="reason">runner died</span>"#),
+        "{first}"
+    );
+    assert!(
+        first.contains(r#"<span class="duration">500 ms</span>"#),
+        "{first}"
+    );
     // Colours are stripped; the text stays.
     assert!(
         first.contains("<pre class=\"log\">error: linker crashed\n</pre>"),
         "{first}"
     );
-    let second = between(build, r#"<details class="attempt" data-attempt="2""#, "</details>");
+    let second = between(
+        build,
+        r#"<details class="attempt" data-attempt="2""#,
+        "</details>",
+    );
     assert!(second.contains("on runner-a"), "{second}");
     assert!(second.contains("<pre class=\"log\">compiling ok\ntest broke\n</pre>"));
     assert!(!body.contains('\u{1b}'), "no escape character on the page");
 
     let test = between(&body, r#"data-step="test""#, "</section>");
-    assert!(test.contains(r#"<p class="reason">build did not succeed</p>"#), "{test}");
+    assert!(
+        test.contains(r#"<p class="reason">build did not succeed</p>"#),
+        "{test}"
+    );
     assert!(!test.contains("<details"), "a skipped step has no attempt");
     assert!(body.contains("Test Author &lt;test@example.invalid&gt;"));
     assert!(body.contains(r#"<dd id="run-failed">build</dd>"#), "{body}");
@@ -340,12 +392,18 @@ async fn unknown_ambiguous_and_malformed_commits_are_html_error_pages() {
     assert!(body.contains(r#"<a href="/">"#));
 
     // The JSON API answers the same prefix with the same status.
-    cli.get("/run/dddd").send().await.assert_status(StatusCode::CONFLICT);
+    cli.get("/run/dddd")
+        .send()
+        .await
+        .assert_status(StatusCode::CONFLICT);
     let body = html(cli.get("/commit/dddd").send().await, StatusCode::CONFLICT).await;
     assert!(body.contains("ambiguous"), "{body}");
     let list = between(&body, r#"<ul class="candidates">"#, "</ul>");
     for id in [TWIN_1, TWIN_2] {
-        assert!(list.contains(&format!(r#"<a href="/commit/{id}">"#)), "{list}");
+        assert!(
+            list.contains(&format!(r#"<a href="/commit/{id}">"#)),
+            "{list}"
+        );
     }
     assert!(!list.contains(GOOD));
 
@@ -369,7 +427,10 @@ async fn markup_from_commits_and_logs_is_shown_as_text() {
         let body = html(cli.get(&path).send().await, StatusCode::OK).await;
         assert!(body.contains(escaped_script), "{path}: {body}");
         assert!(body.contains(escaped_img), "{path}: {body}");
-        assert!(body.contains("&amp;amp;"), "{path}: `&amp;` is shown as typed");
+        assert!(
+            body.contains("&amp;amp;"),
+            "{path}: `&amp;` is shown as typed"
+        );
         assert!(!body.contains("<script>alert"), "{path}: {body}");
         assert!(!body.contains("<img src=x"), "{path}: {body}");
         // The only script elements are the page's own (one).
@@ -383,8 +444,14 @@ async fn markup_from_commits_and_logs_is_shown_as_text() {
     let test = between(&body, r#"data-step="test""#, "</section>");
     let log = between(test, r#"<pre class="log">"#, "</pre>");
     assert!(log.contains("&lt;/pre&gt;"), "{log}");
-    assert!(body.contains(r#"<p class="reason">&lt;script&gt;"#), "{body}");
-    assert!(body.contains("on r&lt;script&gt;"), "the runner id is escaped too");
+    assert!(
+        body.contains(r#"<p class="reason">&lt;script&gt;"#),
+        "{body}"
+    );
+    assert!(
+        body.contains("on r&lt;script&gt;"),
+        "the runner id is escaped too"
+    );
     // The branch filter echoes hostile input as text.
     let body = html(
         cli.get("/").query("branch", &IMG).send().await,

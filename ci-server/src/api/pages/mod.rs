@@ -197,7 +197,11 @@ pub async fn list(store: &dyn RunStore, params: &ListParams) -> PageResponse {
             n => format!("no runs here; {n} in all"),
         }
     } else if filter.offset == 0 && shown == page.total {
-        format!("{} run{}", page.total, if page.total == 1 { "" } else { "s" })
+        format!(
+            "{} run{}",
+            page.total,
+            if page.total == 1 { "" } else { "s" }
+        )
     } else {
         format!(
             "runs {}–{} of {}",
@@ -207,8 +211,8 @@ pub async fn list(store: &dyn RunStore, params: &ListParams) -> PageResponse {
         )
     };
     let prev_href = (filter.offset > 0).then(|| filter.href(filter.offset.saturating_sub(limit)));
-    let next_href =
-        (filter.offset.saturating_add(shown) < page.total).then(|| filter.href(filter.offset + limit));
+    let next_href = (filter.offset.saturating_add(shown) < page.total)
+        .then(|| filter.href(filter.offset + limit));
     let title = match (&filter.branch, filter.status) {
         (None, None) => "runs · ci-server".to_owned(),
         (b, s) => {
@@ -227,7 +231,10 @@ pub async fn list(store: &dyn RunStore, params: &ListParams) -> PageResponse {
         &RunsPage {
             title,
             branch: filter.branch.clone().unwrap_or_default(),
-            status: filter.status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            status: filter
+                .status
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
             statuses: RunStatus::ALL.iter().map(|s| s.as_str()).collect(),
             limit: filter.limit,
             rows,
