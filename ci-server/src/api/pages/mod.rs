@@ -34,6 +34,10 @@ const CANDIDATE_SCAN: usize = 10_000;
 /// How many candidates an ambiguous prefix's page lists at most.
 const MAX_CANDIDATES: usize = 20;
 
+/// The whole answer when a template fails to render: nothing from outside in it.
+const RENDER_FAILED: &str = "<!doctype html><meta charset=\"utf-8\"><title>server error</title>\
+    <p>The page could not be drawn; the server's log says why.</p>";
+
 /// Why a page could not be drawn.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
@@ -321,10 +325,7 @@ fn render(status: u16, page: &impl Template) -> PageResponse {
         Ok(html) => html,
         Err(e) => {
             tracing::error!(error = %e, "a page did not render");
-            return PageResponse::Internal(Html(format!(
-                "<!doctype html><title>server error</title><p>{}</p>",
-                "the page could not be drawn; see the server's log"
-            )));
+            return PageResponse::Internal(Html(RENDER_FAILED.to_owned()));
         }
     };
     match status {
@@ -333,5 +334,52 @@ fn render(status: u16, page: &impl Template) -> PageResponse {
         404 => PageResponse::NotFound(Html(html)),
         409 => PageResponse::Ambiguous(Html(html)),
         _ => PageResponse::Internal(Html(html)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(branch: Option<&str>, status: Option<RunStatus>, limit: u32) -> ListFilter {
+        ListFilter {
+            branch: branch.map(str::to_owned),
+            status,
+            limit,
+            offset: 0,
+        }
+    }
+
+    #[test]
+    fn paging_links_keep_the_filters_and_encode_the_branch() {
+        assert_eq!(filter(None, None, DEFAULT_LIMIT).href(0), "/");
+        assert_eq!(
+            filter(Some("feat/x y&z"), Some(RunStatus::Failure), 10).href(20),
+            "/?branch=feat%2Fx%20y%26z&status=failure&limit=10&offset=20"
+        );
+        assert_eq!(
+            filter(Some("ünï"), None, DEFAULT_LIMIT).href(100),
+            "/?branch=%C3%BCn%C3%AF&offset=100"
+        );
+    }
+
+    #[test]
+    fn empty_form_fields_mean_the_defaults() {
+        let params = ListParams {
+            branch: Some(" ".to_owned()),
+            status: Some(String::new()),
+            limit: Some(String::new()),
+            offset: Some(String::new()),
+        };
+        let f = params.check().expect("valid");
+        assert_eq!(f.branch, None);
+        assert_eq!(f.status, None);
+        assert_eq!(f.limit, DEFAULT_LIMIT);
+        assert_eq!(f.offset, 0);
+        let bad = ListParams {
+            limit: Some("1001".to_owned()),
+            ..ListParams::default()
+        };
+        assert!(bad.check().is_err_and(|m| m.contains("limit")));
     }
 }
