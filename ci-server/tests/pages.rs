@@ -72,6 +72,10 @@ fn run(id: &str, seq: u64, branch: &str, statuses: [StepStatus; 3]) -> Run {
         }
     }
     run.settle();
+    if run.finished_at.is_some() {
+        // A fixed end, 3.5 s after the start, rather than the test's clock.
+        run.finished_at = Some(1_700_000_004_500);
+    }
     run
 }
 
@@ -214,7 +218,16 @@ async fn the_list_has_one_row_per_run_newest_first_per_the_dom_contract() {
         bad.contains(&format!(r#"<a href="/commit/{BAD}#step-build">build</a>"#)),
         "failed steps link to the step: {bad}"
     );
-    assert!(bad.contains("2023-11-14 22:13 UTC"), "{bad}");
+    assert!(
+        bad.contains(r#"<time datetime="2023-11-14T22:13:20Z">2023-11-14 22:13 UTC</time>"#),
+        "{bad}"
+    );
+    assert!(bad.contains(r#"<td class="duration">3.5 s</td>"#), "{bad}");
+    let running = between(tbody, &format!(r#"data-commit="{TWIN_2}""#), "</tr>");
+    assert!(
+        running.contains(r#"<td class="duration"></td>"#),
+        "an unfinished run has no duration: {running}"
+    );
     assert!(body.contains(r#"<p id="count">5 runs</p>"#));
     assert!(!body.contains(r#"rel="prev""#) && !body.contains(r#"rel="next""#));
     // The live script is inline and builds no markup from strings.
@@ -368,6 +381,14 @@ async fn the_run_page_shows_every_step_and_attempt_per_the_dom_contract() {
     assert!(!test.contains("<details"), "a skipped step has no attempt");
     assert!(body.contains("Test Author &lt;test@example.invalid&gt;"));
     assert!(body.contains(r#"<dd id="run-failed">build</dd>"#), "{body}");
+    assert!(
+        body.contains(r#"<dd id="run-duration">3.5 s</dd>"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"<dd id="run-started">2023-11-14 22:13 UTC</dd>"#),
+        "{body}"
+    );
 
     // A running run's page names the running attempt.
     let body = html(
@@ -378,6 +399,16 @@ async fn the_run_page_shows_every_step_and_attempt_per_the_dom_contract() {
     assert!(body.contains(r#"data-status="running""#));
     let build = between(&body, r#"data-step="build""#, "</section>");
     assert!(build.contains(r#"data-outcome="running""#), "{build}");
+    assert!(body.contains(r#"<dd id="run-finished"></dd>"#), "{body}");
+    let test = between(
+        &body,
+        r#"data-step="test" data-status="pending""#,
+        "</section>",
+    );
+    assert!(
+        test.contains(r#"<p class="waiting" hidden></p>"#),
+        "no waiting sentence yet: {test}"
+    );
 }
 
 #[tokio::test]
