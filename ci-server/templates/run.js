@@ -61,7 +61,7 @@
     const reason = section.querySelector("p.reason");
     setText(reason, s.reason || "");
     reason.hidden = !s.reason;
-    const sentence = s.waiting && s.waiting.sentence;
+    const sentence = s.status === "pending" && s.waiting ? s.waiting.sentence : "";
     const waiting = section.querySelector("p.waiting");
     setText(waiting, sentence || "");
     waiting.hidden = !sentence;

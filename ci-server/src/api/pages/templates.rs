@@ -52,3 +52,47 @@ pub struct ErrorPage {
     /// Commits the visitor may have meant (for an ambiguous prefix).
     pub candidates: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::pages::view::StepView;
+
+    #[test]
+    fn a_waiting_sentence_is_printed_escaped_under_its_step() {
+        let step = |name: &str, waiting: Option<&str>| StepView {
+            name: name.to_owned(),
+            status: "pending".to_owned(),
+            reason: None,
+            waiting_sentence: waiting.map(str::to_owned),
+            duration: "0 ms".to_owned(),
+            attempts: Vec::new(),
+        };
+        let page = RunPage {
+            title: "t".to_owned(),
+            run: RunView {
+                id: "abcd".to_owned(),
+                status: "queued".to_owned(),
+                failed_steps: Vec::new(),
+                summary: String::new(),
+                author: String::new(),
+                branches: String::new(),
+                parents: Vec::new(),
+                created: String::new(),
+                started: None,
+                finished: None,
+                duration: None,
+                steps: vec![
+                    step("build", Some("waits for a runner <of 2>")),
+                    step("test", None),
+                ],
+            },
+        };
+        let html = page.render().expect("renders");
+        assert!(
+            html.contains(r#"<p class="waiting">waits for a runner &#60;of 2&#62;</p>"#),
+            "{html}"
+        );
+        assert_eq!(html.matches(r#"<p class="waiting" hidden></p>"#).count(), 1);
+    }
+}

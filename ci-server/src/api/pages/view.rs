@@ -6,7 +6,7 @@ use ci_engine::Run;
 use poem_openapi::types::ToJSON;
 
 use super::{ansi, format};
-use crate::api::model::{AttemptInfo, RunDetail, RunSummary, StepInfo};
+use crate::api::model::{AttemptInfo, RunDetail, RunSummary, StepInfo, StepStatusDto};
 
 /// How many hex digits of a commit a list shows.
 const SHORT_COMMIT: usize = 10;
@@ -137,7 +137,9 @@ impl RunView {
                     name: step.name.clone(),
                     status: word(&step.status),
                     reason: step.reason.clone(),
-                    waiting_sentence: waiting_sentence(step),
+                    waiting_sentence: (step.status == StepStatusDto::Pending)
+                        .then(|| waiting_sentence(step))
+                        .flatten(),
                     duration: format::duration(step.duration_ms),
                     attempts: step
                         .attempts
@@ -185,7 +187,7 @@ impl AttemptView {
 
 /// Why `step` is waiting, in one sentence, while it is pending.
 ///
-/// The run page prints it under a pending step. `StepInfo` does not say why a
+/// The run page prints it under the step while the step is pending. `StepInfo` does not say why a
 /// step waits yet, so this is `None` until it does; the page's script reads
 /// `waiting.sentence` from `GET /run/{commit}` when the JSON has it.
 pub fn waiting_sentence(step: &StepInfo) -> Option<String> {
