@@ -187,9 +187,10 @@ impl AttemptView {
 
 /// Why `step` is waiting, in one sentence, while it is pending.
 ///
-/// The run page prints it under the step while the step is pending. `StepInfo` does not say why a
-/// step waits yet, so this is `None` until it does; the page's script reads
-/// `waiting.sentence` from `GET /run/{commit}` when the JSON has it.
+/// The run page prints it under the step while the step is pending.
+/// `StepInfo` does not say why a step waits yet, so this is `None` until it
+/// does; the page's script reads `waiting.sentence` from `GET /run/{commit}`
+/// when the JSON has it.
 pub fn waiting_sentence(step: &StepInfo) -> Option<String> {
     let _ = step;
     None
