@@ -10,7 +10,8 @@
 //!   ([`server::Server::start`], [`server::Server::serve`], [`server::run`]);
 //!   [`server::RunnerChoice`] says which runners form the pool.
 //! - [`api`]: the poem-openapi HTTP API (`/runs`, `/run/{commit}`, step logs),
-//!   `/openapi.json`, Swagger UI at `/docs`, the live page at `/` and `/events`.
+//!   `/openapi.json`, Swagger UI at `/docs`, `/events`, and the pages for people
+//!   at `/` (the runs) and `/commit/{commit}` (one run).
 //! - [`git`]: `GitSource`, a `CommitSource` on gix.
 //! - [`http_runner`]: `HttpStepRunner`, a `StepRunner` on reqwest.
 //! - [`supervisor`]: starts and restarts a bundled step-runner simulator (one

@@ -13,7 +13,8 @@
 //! - [`runners`]: `GET /runners`, the engine's runners joined with their addresses.
 //! - [`health`]: `GET /healthz`.
 //! - [`events`]: `GET /events`, the engine's events as server-sent events.
-//! - [`page`]: the live page at `/`.
+//! - [`pages`]: the pages for people, `/` (the runs) and `/commit/{commit}`
+//!   (one run), server-rendered HTML kept live by `/events`.
 //!
 //! [`app`] assembles the whole HTTP application (API, `/openapi.json`, `/docs`);
 //! `docs/api.md` describes every endpoint with examples.
@@ -21,7 +22,7 @@
 pub mod events;
 pub mod health;
 pub mod model;
-pub mod page;
+pub mod pages;
 pub mod runners;
 pub mod waiting;
 
@@ -34,7 +35,7 @@ use futures::stream::BoxStream;
 use poem::http::StatusCode;
 use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::{EventStream, Html, Json, PlainText};
+use poem_openapi::payload::{EventStream, Json, PlainText};
 use poem_openapi::{ApiResponse, OpenApi, OpenApiService};
 use tokio::sync::watch;
 
@@ -444,10 +445,28 @@ impl Api {
         .into()
     }
 
-    /// The live page for people (HTML); not part of the API.
+    /// The list of runs for people (HTML); not part of the API.
     #[oai(path = "/", method = "get", hidden)]
-    async fn page(&self) -> Html<&'static str> {
-        Html(page::LIVE_PAGE)
+    async fn runs_page(
+        &self,
+        branch: Query<Option<String>>,
+        status: Query<Option<String>>,
+        limit: Query<Option<String>>,
+        offset: Query<Option<String>>,
+    ) -> pages::PageResponse {
+        let params = pages::ListParams {
+            branch: branch.0,
+            status: status.0,
+            limit: limit.0,
+            offset: offset.0,
+        };
+        pages::list(self.store.as_ref(), &params).await
+    }
+
+    /// One run for people (HTML); not part of the API.
+    #[oai(path = "/commit/:commit", method = "get", hidden)]
+    async fn run_page(&self, commit: Path<String>) -> pages::PageResponse {
+        pages::run(self, &commit.0).await
     }
 
     /// The engine's events as they happen (server-sent events).
@@ -509,8 +528,9 @@ pub fn openapi_service(api: Api) -> OpenApiService<Api, ()> {
 }
 
 /// The whole HTTP application: the API, the OpenAPI document at
-/// `/openapi.json`, Swagger UI (embedded, no network needed) at `/docs`, the live
-/// page at `/` and its event stream at `/events` (503 when `api` has no engine).
+/// `/openapi.json`, Swagger UI (embedded, no network needed) at `/docs`, the
+/// pages for people at `/` and `/commit/{commit}`, and the event stream that
+/// keeps them live at `/events` (503 when `api` has no engine).
 ///
 /// Any error poem itself produces (an unknown path, a wrong method) is turned into
 /// the same JSON [`ErrorBody`] as the API's own errors.
