@@ -492,10 +492,8 @@ impl Api {
     ) -> EventsResponse {
         match &self.journal {
             Some(journal) => {
-                let stream = futures::StreamExt::map(
-                    journal.stream(last_event_id.0.as_deref()),
-                    Any,
-                );
+                let stream =
+                    futures::StreamExt::map(journal.stream(last_event_id.0.as_deref()), Any);
                 let stream = match self.stop.clone() {
                     Some(mut stop) => {
                         let stopped = async move {

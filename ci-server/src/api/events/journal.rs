@@ -281,7 +281,9 @@ impl Journal {
                 live: Some(live),
             }),
         });
-        let task = tokio::spawn(pump(Arc::clone(&shared), events));
+        // The guard is part of the task's future from the start, so the feed
+        // closes even when the task is aborted before it first runs.
+        let task = tokio::spawn(pump(CloseOnDrop(Arc::clone(&shared)), events));
         Self { shared, task }
     }
 
@@ -502,9 +504,15 @@ impl Client {
                 self.queue.push_back(shared.event(entry));
                 self.position = entry.seq;
             }
-            tracing::debug!(missed, "an event client fell behind and catches up from the buffer");
+            tracing::debug!(
+                missed,
+                "an event client fell behind and catches up from the buffer"
+            );
         } else {
-            tracing::info!(missed, "an event client fell behind further than the buffer reaches");
+            tracing::info!(
+                missed,
+                "an event client fell behind further than the buffer reaches"
+            );
             self.position = state.head;
             self.queue.push_back(shared.reset(
                 state.head,
@@ -519,8 +527,8 @@ impl Client {
 }
 
 /// The journal's task: numbers and keeps every engine event.
-async fn pump(shared: Arc<Shared>, mut events: broadcast::Receiver<EngineEvent>) {
-    let _close = CloseOnDrop(Arc::clone(&shared));
+async fn pump(close: CloseOnDrop, mut events: broadcast::Receiver<EngineEvent>) {
+    let shared = &close.0;
     loop {
         match events.recv().await {
             Ok(event) => shared.record(event_json(&event)),
@@ -566,4 +574,436 @@ fn base36(mut n: u64) -> String {
     }
     out.reverse();
     String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    type Client = Pin<Box<dyn Stream<Item = StreamEvent> + Send>>;
+
+    /// Bound on waiting for anything; the tests never wait for time to pass.
+    const WITHIN: Duration = Duration::from_secs(10);
+
+    fn event(n: u64) -> EngineEvent {
+        EngineEvent::RunnerUp {
+            runner: format!("r{n}"),
+        }
+    }
+
+    fn runner_of(e: &StreamEvent) -> &str {
+        e.data()["runner"].as_str().unwrap_or("")
+    }
+
+    fn id(journal: &Journal, n: u64) -> String {
+        format!("{}-{n}", journal.epoch())
+    }
+
+    fn connect(journal: &Journal, last_event_id: Option<&str>) -> Client {
+        Box::pin(journal.stream(last_event_id))
+    }
+
+    async fn next(client: &mut Client) -> StreamEvent {
+        tokio::time::timeout(WITHIN, client.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream is open")
+    }
+
+    /// Waits (yielding, with a deadline) until the journal numbered `head` events.
+    async fn settle(journal: &Journal, head: u64) {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        while journal.head() < head {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the journal numbered {} events, not {head}",
+                journal.head()
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A journal of a fake engine that already sent events 1 to `n`.
+    async fn journal_after(n: u64, capacity: usize) -> (broadcast::Sender<EngineEvent>, Journal) {
+        let (tx, rx) = broadcast::channel(4096);
+        let journal = Journal::spawn(rx, capacity);
+        for i in 1..=n {
+            tx.send(event(i)).expect("the journal listens");
+        }
+        settle(&journal, n).await;
+        (tx, journal)
+    }
+
+    fn assert_connected(e: &StreamEvent, journal: &Journal, id: Option<&str>, last_id: &str) {
+        assert_eq!(e.kind(), CONNECTED, "{e:?}");
+        assert_eq!(e.id(), id, "{e:?}");
+        assert_eq!(e.data()["epoch"], journal.epoch(), "{e:?}");
+        assert_eq!(e.data()["last_id"], last_id, "{e:?}");
+    }
+
+    fn assert_reset(e: &StreamEvent, id: &str, reason: ResetReason) {
+        assert_eq!(e.kind(), RESET, "{e:?}");
+        assert_eq!(e.id(), Some(id), "{e:?}");
+        assert_eq!(e.data()["reason"], reason.as_str(), "{e:?}");
+        assert!(
+            e.data()["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn epochs_are_compact_differ_and_have_no_dash() {
+        let a = new_epoch();
+        let b = new_epoch();
+        for e in [&a, &b] {
+            assert!(e.len() >= 5 && e.len() <= 16, "{e}");
+            assert!(
+                e.bytes()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()),
+                "{e}"
+            );
+        }
+        assert_ne!(
+            a, b,
+            "two epochs in a row are told apart by their random part"
+        );
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_from_one_after_a_connected_with_the_position() {
+        let (tx, journal) = journal_after(0, DEFAULT_CAPACITY).await;
+        let mut client = connect(&journal, None);
+        let first = next(&mut client).await;
+        assert_connected(&first, &journal, Some(&id(&journal, 0)), &id(&journal, 0));
+        for i in 1..=3 {
+            tx.send(event(i)).expect("the journal listens");
+        }
+        for i in 1..=3 {
+            let e = next(&mut client).await;
+            assert_eq!(e.id(), Some(id(&journal, i).as_str()));
+            assert_eq!(e.kind(), "runner_up");
+            assert_eq!(runner_of(&e), format!("r{i}"));
+        }
+        // A new client starts at the newest event.
+        let mut late = connect(&journal, None);
+        assert_connected(
+            &next(&mut late).await,
+            &journal,
+            Some(&id(&journal, 3)),
+            &id(&journal, 3),
+        );
+        tx.send(event(4)).expect("the journal listens");
+        assert_eq!(next(&mut late).await.id(), Some(id(&journal, 4).as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_client_resumes_after_its_last_id_with_the_missed_events_then_live_ones() {
+        let (tx, journal) = journal_after(5, DEFAULT_CAPACITY).await;
+        let mut client = connect(&journal, Some(&id(&journal, 2)));
+        assert_connected(
+            &next(&mut client).await,
+            &journal,
+            Some(&id(&journal, 2)),
+            &id(&journal, 2),
+        );
+        for i in 3..=5 {
+            let e = next(&mut client).await;
+            assert_eq!(e.id(), Some(id(&journal, i).as_str()));
+            assert_eq!(runner_of(&e), format!("r{i}"));
+        }
+        tx.send(event(6)).expect("the journal listens");
+        let live = next(&mut client).await;
+        assert_eq!(live.id(), Some(id(&journal, 6).as_str()));
+        assert_eq!(runner_of(&live), "r6");
+
+        // Up to date: nothing to replay; an empty id is no id.
+        let mut up_to_date = connect(&journal, Some(&id(&journal, 6)));
+        let mut empty = connect(&journal, Some(""));
+        for c in [&mut up_to_date, &mut empty] {
+            assert_connected(
+                &next(c).await,
+                &journal,
+                Some(&id(&journal, 6)),
+                &id(&journal, 6),
+            );
+        }
+        tx.send(event(7)).expect("the journal listens");
+        for c in [&mut up_to_date, &mut empty] {
+            assert_eq!(next(c).await.id(), Some(id(&journal, 7).as_str()));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_buffer_keeps_the_newest_events_only() {
+        let (tx, journal) = journal_after(5, 3).await;
+        // 3, 4 and 5 are kept: a client at 2 resumes, one at 1 cannot.
+        let mut at_two = connect(&journal, Some(&id(&journal, 2)));
+        assert_eq!(next(&mut at_two).await.kind(), CONNECTED);
+        for i in 3..=5 {
+            assert_eq!(next(&mut at_two).await.id(), Some(id(&journal, i).as_str()));
+        }
+        let mut at_one = connect(&journal, Some(&id(&journal, 1)));
+        let connected = next(&mut at_one).await;
+        assert_connected(&connected, &journal, None, &id(&journal, 5));
+        assert_reset(
+            &next(&mut at_one).await,
+            &id(&journal, 5),
+            ResetReason::TooOld,
+        );
+        tx.send(event(6)).expect("the journal listens");
+        assert_eq!(next(&mut at_one).await.id(), Some(id(&journal, 6).as_str()));
+
+        // Shrinking the buffer drops the oldest at once.
+        journal.set_capacity(1);
+        assert_eq!(journal.capacity(), 1);
+        let mut at_four = connect(&journal, Some(&id(&journal, 4)));
+        assert_eq!(next(&mut at_four).await.id(), None);
+        assert_reset(
+            &next(&mut at_four).await,
+            &id(&journal, 6),
+            ResetReason::TooOld,
+        );
+        let mut at_five = connect(&journal, Some(&id(&journal, 5)));
+        assert_eq!(
+            next(&mut at_five).await.id(),
+            Some(id(&journal, 5).as_str())
+        );
+        assert_eq!(
+            next(&mut at_five).await.id(),
+            Some(id(&journal, 6).as_str())
+        );
+
+        // Without a buffer only the newest position resumes.
+        journal.set_capacity(0);
+        tx.send(event(7)).expect("the journal listens");
+        settle(&journal, 7).await;
+        let mut at_six = connect(&journal, Some(&id(&journal, 6)));
+        assert_eq!(next(&mut at_six).await.id(), None);
+        assert_reset(
+            &next(&mut at_six).await,
+            &id(&journal, 7),
+            ResetReason::TooOld,
+        );
+        let mut at_seven = connect(&journal, Some(&id(&journal, 7)));
+        assert_eq!(
+            next(&mut at_seven).await.id(),
+            Some(id(&journal, 7).as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn ids_that_cannot_be_resumed_get_one_reset_then_live_events() {
+        let (tx, journal) = journal_after(5, DEFAULT_CAPACITY).await;
+        let epoch = journal.epoch().to_owned();
+        let other = if epoch == "zz" { "yy" } else { "zz" };
+        let cases = [
+            (format!("{other}-3"), ResetReason::OtherEpoch),
+            ("garbage".to_owned(), ResetReason::MalformedId),
+            (format!("{epoch}-"), ResetReason::MalformedId),
+            (format!("{epoch}-x"), ResetReason::MalformedId),
+            (format!("{epoch}--1"), ResetReason::MalformedId),
+            (format!("{epoch}-+3"), ResetReason::MalformedId),
+            ("-3".to_owned(), ResetReason::MalformedId),
+            (format!("{epoch}-3-4"), ResetReason::MalformedId),
+            (format!("{epoch}-6"), ResetReason::FutureId),
+            (
+                format!("{epoch}-99999999999999999999999"),
+                ResetReason::FutureId,
+            ),
+        ];
+        let mut clients = Vec::new();
+        for (sent, reason) in &cases {
+            let mut client = connect(&journal, Some(sent));
+            assert_connected(&next(&mut client).await, &journal, None, &id(&journal, 5));
+            assert_reset(&next(&mut client).await, &id(&journal, 5), *reason);
+            clients.push(client);
+        }
+        tx.send(event(6)).expect("the journal listens");
+        for (client, (sent, _)) in clients.iter_mut().zip(&cases) {
+            let e = next(client).await;
+            assert_eq!(e.id(), Some(id(&journal, 6).as_str()), "after {sent:?}");
+            assert_eq!(runner_of(&e), "r6");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_falls_behind_the_engine_resets_clients_before_the_gap() {
+        // A small engine channel, filled before the journal's task first runs
+        // (a current-thread runtime runs it only when the test yields).
+        let (tx, rx) = broadcast::channel(2);
+        let journal = Journal::spawn(rx, DEFAULT_CAPACITY);
+        let mut client = connect(&journal, None);
+        for i in 1..=5 {
+            tx.send(event(i)).expect("the journal listens");
+        }
+        assert_connected(
+            &next(&mut client).await,
+            &journal,
+            Some(&id(&journal, 0)),
+            &id(&journal, 0),
+        );
+        // Events 1 to 3 were lost: their numbers are skipped, not reused.
+        assert_reset(&next(&mut client).await, &id(&journal, 3), ResetReason::Gap);
+        for i in 4..=5 {
+            let e = next(&mut client).await;
+            assert_eq!(e.id(), Some(id(&journal, i).as_str()));
+            assert_eq!(runner_of(&e), format!("r{i}"));
+        }
+        settle(&journal, 5).await;
+        let mut before_gap = connect(&journal, Some(&id(&journal, 0)));
+        assert_eq!(next(&mut before_gap).await.id(), None);
+        assert_reset(
+            &next(&mut before_gap).await,
+            &id(&journal, 5),
+            ResetReason::TooOld,
+        );
+        let mut after_gap = connect(&journal, Some(&id(&journal, 3)));
+        assert_eq!(
+            next(&mut after_gap).await.id(),
+            Some(id(&journal, 3).as_str())
+        );
+        assert_eq!(
+            next(&mut after_gap).await.id(),
+            Some(id(&journal, 4).as_str())
+        );
+        assert_eq!(
+            next(&mut after_gap).await.id(),
+            Some(id(&journal, 5).as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_falls_behind_catches_up_from_the_buffer() {
+        let (tx, journal) = journal_after(0, DEFAULT_CAPACITY).await;
+        let mut client = connect(&journal, None);
+        assert_eq!(next(&mut client).await.kind(), CONNECTED);
+        let n = u64::try_from(LIVE_CAPACITY).unwrap_or(u64::MAX) + 50;
+        for i in 1..=n {
+            tx.send(event(i)).expect("the journal listens");
+        }
+        settle(&journal, n).await;
+        // The live feed dropped events for this client; the buffer has them.
+        for i in 1..=n {
+            let e = next(&mut client).await;
+            assert_eq!(e.id(), Some(id(&journal, i).as_str()));
+            assert_eq!(runner_of(&e), format!("r{i}"));
+        }
+        tx.send(event(n + 1)).expect("the journal listens");
+        assert_eq!(
+            next(&mut client).await.id(),
+            Some(id(&journal, n + 1).as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_falls_behind_further_than_the_buffer_is_reset() {
+        let (tx, journal) = journal_after(0, 4).await;
+        let mut client = connect(&journal, None);
+        assert_eq!(next(&mut client).await.kind(), CONNECTED);
+        let n = u64::try_from(LIVE_CAPACITY).unwrap_or(u64::MAX) + 50;
+        for i in 1..=n {
+            tx.send(event(i)).expect("the journal listens");
+        }
+        settle(&journal, n).await;
+        assert_reset(
+            &next(&mut client).await,
+            &id(&journal, n),
+            ResetReason::Lagged,
+        );
+        // What the live feed still held is older than the reset: skipped.
+        tx.send(event(n + 1)).expect("the journal listens");
+        let e = next(&mut client).await;
+        assert_eq!(e.id(), Some(id(&journal, n + 1).as_str()));
+        assert_eq!(runner_of(&e), format!("r{}", n + 1));
+    }
+
+    #[tokio::test]
+    async fn streams_end_when_the_engine_events_end_or_the_journal_is_dropped() {
+        let (tx, journal) = journal_after(1, DEFAULT_CAPACITY).await;
+        let mut client = connect(&journal, Some(&id(&journal, 0)));
+        assert_eq!(next(&mut client).await.kind(), CONNECTED);
+        drop(tx);
+        assert_eq!(next(&mut client).await.id(), Some(id(&journal, 1).as_str()));
+        let end = tokio::time::timeout(WITHIN, client.next()).await;
+        assert!(matches!(end, Ok(None)), "the stream ends: {end:?}");
+
+        let (_tx, journal) = journal_after(0, DEFAULT_CAPACITY).await;
+        let mut client = connect(&journal, None);
+        assert_eq!(next(&mut client).await.kind(), CONNECTED);
+        drop(journal);
+        let end = tokio::time::timeout(WITHIN, client.next()).await;
+        assert!(matches!(end, Ok(None)), "the stream ends: {end:?}");
+    }
+
+    /// Clients that read some events, drop the connection and come back with
+    /// their last id, while events keep coming: each sees every event exactly
+    /// once, in order, across any number of seams.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_duplicate_and_no_gap_at_the_seam_under_concurrent_events() {
+        const EVENTS: u64 = 3000;
+        let (tx, rx) = broadcast::channel(8192);
+        // A buffer that holds everything: a reset here would be a bug.
+        let journal = Arc::new(Journal::spawn(rx, 8192));
+        let mut readers = Vec::new();
+        for (k, chunk) in [1_usize, 3, 7, 20, 97].into_iter().enumerate() {
+            let journal = Arc::clone(&journal);
+            // Connected before the first event, so each must see all of them.
+            let mut client = connect(&journal, None);
+            readers.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut reconnects = 0_u32;
+                loop {
+                    let e = next(&mut client).await;
+                    match e.kind() {
+                        CONNECTED => continue,
+                        RESET => panic!("reader {k} was reset: {e:?}"),
+                        _ => {}
+                    }
+                    let n: u64 = runner_of(&e)[1..].parse().expect("a numbered event");
+                    assert_eq!(e.id(), Some(format!("{}-{n}", journal.epoch()).as_str()));
+                    seen.push(n);
+                    if n == EVENTS {
+                        break;
+                    }
+                    if seen.len() % chunk == 0 {
+                        // Drop the connection and resume from the last id.
+                        client = connect(&journal, e.id());
+                        reconnects += 1;
+                    }
+                }
+                (seen, reconnects)
+            }));
+        }
+        let producer = tokio::spawn(async move {
+            for i in 1..=EVENTS {
+                tx.send(event(i)).expect("the journal listens");
+                if i % 8 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            tx
+        });
+        let _tx = producer.await.expect("producer");
+        let expected: Vec<u64> = (1..=EVENTS).collect();
+        for reader in readers {
+            let (seen, reconnects) = reader.await.expect("reader");
+            assert!(reconnects > 0);
+            let first_wrong = seen.iter().zip(&expected).position(|(s, e)| s != e);
+            assert_eq!(
+                first_wrong,
+                None,
+                "after {reconnects} reconnects the events go {:?}",
+                first_wrong.map(|i| &seen[i.saturating_sub(2)..(i + 3).min(seen.len())])
+            );
+            assert_eq!(seen.len(), expected.len(), "after {reconnects} reconnects");
+        }
+    }
 }
