@@ -52,7 +52,7 @@ const ciPage = {
     const events = new EventSource("/events");
     events.onopen = () => { label.textContent = "live"; soon(); };
     events.onmessage = soon;
-    for (const t of ["connected", "reset", "lagged", "run_queued", "step_started", "step_finished",
+    for (const t of ["connected", "reset", "run_queued", "step_started", "step_finished",
       "step_withdrawn", "run_finished", "runner_down", "runner_up"]) {
       events.addEventListener(t, soon);
     }

@@ -137,5 +137,26 @@ async fn a_waiting_build_names_the_builds_that_hold_the_runners() {
         .clone();
     assert_eq!(test["waiting"]["kind"], "needs", "{test}");
     assert_eq!(test["waiting"]["need"], "build", "{test}");
+
+    // The run page says the same, in words, on the step.
+    let resp = cli.get(format!("/commit/{}", ids[2])).send().await;
+    resp.assert_status_is_ok();
+    let html = resp.0.into_body().into_string().await.expect("a page");
+    let build_section = html
+        .split("<section class=\"step\"")
+        .find(|s| s.contains("data-step=\"build\""))
+        .expect("a build section");
+    let waiting_line = build_section
+        .split("<p class=\"waiting\"")
+        .nth(1)
+        .and_then(|s| s.split("</p>").next())
+        .expect("a waiting paragraph");
+    assert!(
+        waiting_line.contains("waits for a free build slot")
+            && waiting_line.contains("on sim-1")
+            && waiting_line.contains("on sim-2")
+            && !waiting_line.contains("hidden"),
+        "{waiting_line}"
+    );
     task.abort();
 }

@@ -34,8 +34,9 @@ use ci_engine::{EngineConfig, EngineHandle, RunQuery, RunStatus, RunStore, Store
 use futures::stream::BoxStream;
 use poem::http::StatusCode;
 use poem::{Endpoint, EndpointExt, IntoResponse, Route};
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json, PlainText};
+use poem_openapi::types::Any;
 use poem_openapi::{ApiResponse, OpenApi, OpenApiService};
 use tokio::sync::watch;
 
@@ -61,6 +62,7 @@ const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub struct Api {
     store: Arc<dyn RunStore>,
     engine: Option<EngineHandle>,
+    journal: Option<events::Journal>,
     stop: Option<watch::Receiver<bool>>,
     runners: Option<runners::RunnerDirectory>,
     role: health::Role,
@@ -71,10 +73,23 @@ pub struct Api {
 impl Api {
     /// An API that answers from `store`; `/events` streams `engine`'s events
     /// (and answers 503 without an engine).
+    ///
+    /// With an engine, the event [`Journal`](events::Journal) starts at once:
+    /// from now on every engine event is numbered and the newest
+    /// [`events::DEFAULT_CAPACITY`] are kept for clients that resume (see
+    /// [`with_event_buffer`](Self::with_event_buffer)).
+    ///
+    /// # Panics
+    /// With an engine, when called outside a Tokio runtime (the journal is a
+    /// task).
     pub fn new(store: Arc<dyn RunStore>, engine: Option<EngineHandle>) -> Self {
+        let journal = engine
+            .as_ref()
+            .map(|handle| events::Journal::spawn(handle.subscribe(), events::DEFAULT_CAPACITY));
         Self {
             store,
             engine,
+            journal,
             stop: None,
             runners: None,
             role: health::Role::Primary,
@@ -117,6 +132,18 @@ impl Api {
         self
     }
 
+    /// Keeps the newest `events` engine events (default
+    /// [`events::DEFAULT_CAPACITY`], 1024) for clients of `/events` that
+    /// reconnect with `Last-Event-ID`; a client that missed more gets a
+    /// `reset`. No effect without an engine.
+    #[must_use]
+    pub fn with_event_buffer(self, events: usize) -> Self {
+        if let Some(journal) = &self.journal {
+            journal.set_capacity(events);
+        }
+        self
+    }
+
     /// Ends every event stream once `stop` holds `true` (or its sender is
     /// dropped), so that a graceful shutdown does not wait for clients that keep
     /// `/events` open.
@@ -130,14 +157,20 @@ impl Api {
 /// Answers of `GET /events`.
 #[derive(ApiResponse)]
 pub enum EventsResponse {
-    /// Server-sent events: first `connected`, then one per engine event
-    /// (`run_queued`, `step_started`, `step_finished`, `step_withdrawn`,
-    /// `run_finished`, `runner_down`, `runner_up`), or `lagged` when the client
-    /// fell behind. The data is JSON with a `type` field naming the event.
-    /// `step_started` names the `runner` the attempt is sent to; `runner_down`
-    /// has the `runner` and the `reason`; `runner_up` has the `runner`.
+    /// Server-sent events, each with an id `EPOCH-N` (the server's epoch, new
+    /// at every start, and the event's number, from 1): first `connected`
+    /// (`epoch`, and `last_id`, where the stream continues from), then one per
+    /// engine event (`run_queued`, `step_started`, `step_finished`,
+    /// `step_withdrawn`, `run_finished`, `runner_down`, `runner_up`). With a
+    /// `Last-Event-ID` header, the events after that id come first; when they
+    /// are no longer known (another epoch, a malformed or unknown id, too
+    /// old), or when the client fell behind, a `reset` event (`reason`,
+    /// `message`) says to re-read everything. The data is JSON with a `type`
+    /// field naming the event. `step_started` names the `runner` the attempt
+    /// is sent to; `runner_down` has the `runner` and the `reason`;
+    /// `runner_up` has the `runner`.
     #[oai(status = 200)]
-    Ok(EventStream<BoxStream<'static, serde_json::Value>>),
+    Ok(EventStream<BoxStream<'static, Any<events::StreamEvent>>>),
     /// No engine runs behind this API.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -470,11 +503,23 @@ impl Api {
     }
 
     /// The engine's events as they happen (server-sent events).
+    ///
+    /// Every event has an id `EPOCH-N`. A client that reconnects with the
+    /// `Last-Event-ID` header (browsers do) gets the events it missed, with
+    /// their ids, when the server still has them, and a `reset` event
+    /// otherwise. The server keeps the last 1024 events by default.
     #[oai(path = "/events", method = "get", operation_id = "events")]
-    async fn events(&self) -> EventsResponse {
-        match &self.engine {
-            Some(handle) => {
-                let stream = events::engine_events(handle);
+    async fn events(
+        &self,
+        /// The id of the last event received (`EPOCH-N`); the stream resumes
+        /// after it.
+        #[oai(name = "Last-Event-ID")]
+        last_event_id: Header<Option<String>>,
+    ) -> EventsResponse {
+        match &self.journal {
+            Some(journal) => {
+                let stream =
+                    futures::StreamExt::map(journal.stream(last_event_id.0.as_deref()), Any);
                 let stream = match self.stop.clone() {
                     Some(mut stop) => {
                         let stopped = async move {

@@ -254,7 +254,11 @@ pub async fn run(api: &super::Api, raw: &str) -> PageResponse {
     use super::LookupError;
     match api.lookup(raw).await {
         Ok(run) => {
-            let view = RunView::new(&run);
+            let mut detail = crate::api::RunDetail::from(&run);
+            if !run.status.is_terminal() {
+                crate::api::waiting::fill(&mut detail, api.engine.as_ref()).await;
+            }
+            let view = RunView::new(&run, detail);
             let title = format!(
                 "{} {} · ci-server",
                 view.id.chars().take(10).collect::<String>(),

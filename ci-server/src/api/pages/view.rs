@@ -124,10 +124,10 @@ pub struct AttemptView {
 }
 
 impl RunView {
-    /// The view of `run`, built from the same [`RunDetail`] `GET /run/{commit}`
-    /// answers, with each attempt's logs from `run`.
-    pub fn new(run: &Run) -> Self {
-        let detail = RunDetail::from(run);
+    /// The view of `run`, built from `detail`, the same [`RunDetail`]
+    /// `GET /run/{commit}` answers (with the engine's `waiting` filled in), with
+    /// each attempt's logs from `run`.
+    pub fn new(run: &Run, detail: RunDetail) -> Self {
         let steps = detail
             .steps
             .iter()
@@ -188,12 +188,10 @@ impl AttemptView {
 /// Why `step` is waiting, in one sentence, while it is pending.
 ///
 /// The run page prints it under the step while the step is pending.
-/// `StepInfo` does not say why a step waits yet, so this is `None` until it
-/// does; the page's script reads `waiting.sentence` from `GET /run/{commit}`
-/// when the JSON has it.
+/// Why a step waits, in one sentence, when the engine said so (the page's
+/// script reads the same `waiting.sentence` from `GET /run/{commit}`).
 pub fn waiting_sentence(step: &StepInfo) -> Option<String> {
-    let _ = step;
-    None
+    step.waiting.as_ref().map(|w| w.sentence.clone())
 }
 
 fn millis(ms: Option<i64>) -> Option<String> {

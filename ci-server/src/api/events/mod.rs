@@ -2,38 +2,25 @@
 //! server-sent events, for the live page and any other watcher.
 //!
 //! Events are notifications, not the record: a client that sees one re-reads
-//! `/runs` or `/run/{commit}`. A client that falls too far behind gets a
-//! `lagged` event (and should re-read everything).
+//! `/runs` or `/run/{commit}`. Every event has an id `EPOCH-N`; a client that
+//! reconnects with the `Last-Event-ID` header gets the events it missed, or a
+//! `reset` event (re-read everything) when they are no longer known. The
+//! [`journal`] numbers, keeps and replays them.
 
-use ci_engine::{EngineEvent, EngineHandle};
-use futures::Stream;
+pub mod journal;
+
+use ci_engine::EngineEvent;
 use poem::web::sse::Event;
-use tokio::sync::broadcast;
+use poem_openapi::types::Any;
 
-/// The first event of every stream, so a client knows it is connected.
+pub use journal::{DEFAULT_CAPACITY, Journal, ResetReason, StreamEvent};
+
+/// The first event of every stream, so a client knows it is connected and
+/// where it is.
 pub const CONNECTED: &str = "connected";
-/// The event sent when the client fell behind and missed events.
-pub const LAGGED: &str = "lagged";
-
-/// The engine's events from now on, as JSON values with a `type` field, after a
-/// first `{"type": "connected"}`. Ends when the engine is dropped.
-pub fn engine_events(
-    handle: &EngineHandle,
-) -> impl Stream<Item = serde_json::Value> + Send + 'static {
-    let rx = handle.subscribe();
-    let first = futures::stream::once(async { serde_json::json!({ "type": CONNECTED }) });
-    let rest = futures::stream::unfold(rx, |mut rx| async move {
-        let value = match rx.recv().await {
-            Ok(event) => event_json(&event),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                serde_json::json!({ "type": LAGGED, "missed": missed })
-            }
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((value, rx))
-    });
-    futures::StreamExt::chain(first, rest)
-}
+/// The event that tells a client it missed events that cannot be replayed:
+/// re-read everything, then follow the events that come after it.
+pub const RESET: &str = "reset";
 
 fn event_json(event: &EngineEvent) -> serde_json::Value {
     serde_json::to_value(event).unwrap_or_else(|e| {
@@ -42,20 +29,20 @@ fn event_json(event: &EngineEvent) -> serde_json::Value {
     })
 }
 
-/// The server-sent event for `value`: its `type` as the event name, the JSON as data.
-pub fn to_sse(value: serde_json::Value) -> Event {
-    let kind = value
-        .get("type")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("message")
-        .to_owned();
-    Event::message(value.to_string()).event_type(kind)
+/// The server-sent event for one item of a client's stream (see
+/// [`StreamEvent::to_sse`]).
+pub fn to_sse(item: Any<StreamEvent>) -> Event {
+    item.0.to_sse()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ci_engine::{AttemptOutcome, StepStatus};
+
+    fn sse_of(value: serde_json::Value) -> Event {
+        to_sse(Any(StreamEvent::new(Some("e-1".into()), value)))
+    }
 
     #[test]
     fn every_field_of_a_step_event_reaches_the_stream() {
@@ -88,7 +75,7 @@ mod tests {
                 "reason": "connection refused",
             })
         );
-        let sse = to_sse(withdrawn).to_string();
+        let sse = sse_of(withdrawn).to_string();
         assert!(sse.contains("event: step_withdrawn"), "{sse}");
     }
 
@@ -123,7 +110,7 @@ mod tests {
                 "reason": "runner unreachable: connection refused",
             })
         );
-        let sse = to_sse(down).to_string();
+        let sse = sse_of(down).to_string();
         assert!(sse.contains("event: runner_down"), "{sse}");
         assert!(sse.contains("\"runner\":\"runner-1\""), "{sse}");
 
@@ -134,6 +121,6 @@ mod tests {
             up,
             serde_json::json!({ "type": "runner_up", "runner": "runner-1" })
         );
-        assert!(to_sse(up).to_string().contains("event: runner_up"));
+        assert!(sse_of(up).to_string().contains("event: runner_up"));
     }
 }
