@@ -139,7 +139,7 @@ async fn pages_update_live_and_open_a_run_in_a_real_browser() {
         .await
         .expect("the run list loads");
     let row = poll("the first commit's row on /", WAIT, || async {
-        match b.js(ROW_JS, vec![json!(first)]).await {
+        match b.try_js(ROW_JS, vec![json!(first)]).await? {
             Value::Null => Err(b.page_html().await),
             row => Ok(row),
         }
@@ -156,7 +156,7 @@ async fn pages_update_live_and_open_a_run_in_a_real_browser() {
     b.js(WATCH_ROWS_JS, vec![]).await;
     let second = repo.commit("second");
     let row = poll("the new commit's row to finish on /", WAIT, || async {
-        let row = b.js(ROW_JS, vec![json!(second)]).await;
+        let row = b.try_js(ROW_JS, vec![json!(second)]).await?;
         match row["status"].as_str() {
             Some(s) if is_terminal(s) => Ok(row),
             Some(_) => Err(format!("the row: {}", row["html"])),
@@ -210,17 +210,22 @@ async fn pages_update_live_and_open_a_run_in_a_real_browser() {
     b.screenshot(&runs_png).await;
     assert_fits_phone(b, "/").await;
 
-    // Its link opens the run page.
-    let link = b
-        .client
-        .find(Locator::Css(&format!(
-            "#runs tr.run[data-commit=\"{second}\"] a[href=\"/commit/{second}\"]"
-        )))
-        .await
-        .expect("the row's link");
-    link.click().await.expect("the link can be clicked");
+    // Its link opens the run page. (A live update may replace the row under
+    // the click: the link is then found anew.)
+    let link = format!("#runs tr.run[data-commit=\"{second}\"] a[href=\"/commit/{second}\"]");
+    poll("a click on the row's link", WAIT, || async {
+        let a = b
+            .client
+            .find(Locator::Css(&link))
+            .await
+            .map_err(|e| format!("no {link} ({e})"))?;
+        a.click()
+            .await
+            .map_err(|e| format!("the link cannot be clicked ({e}): {}", row["html"]))
+    })
+    .await;
     let run = poll("the run page of the new commit", WAIT, || async {
-        let run = b.js(RUN_PAGE_JS, vec![]).await;
+        let run = b.try_js(RUN_PAGE_JS, vec![]).await?;
         let done = run["commit"] == second.as_str()
             && run["status"].as_str().is_some_and(is_terminal)
             && run["steps"].as_array().is_some_and(|steps| {
@@ -238,7 +243,7 @@ async fn pages_update_live_and_open_a_run_in_a_real_browser() {
         } else {
             Err(format!(
                 "main#run: {}",
-                shorten(&run["html"].to_string(), 8000)
+                shorten(run["html"].as_str().unwrap_or_default(), 8000)
             ))
         }
     })
@@ -249,7 +254,7 @@ async fn pages_update_live_and_open_a_run_in_a_real_browser() {
         format!("/commit/{second}"),
         "the link led elsewhere"
     );
-    let html = shorten(&run["html"].to_string(), 8000);
+    let html = shorten(run["html"].as_str().unwrap_or_default(), 8000);
     let steps = run["steps"].as_array().expect("steps");
     for step in steps {
         let status = step["status"].as_str().unwrap_or_default();

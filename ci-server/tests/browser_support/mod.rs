@@ -319,10 +319,18 @@ impl Browser {
     /// Runs `script` (a function body; `arguments` holds `args`) in the page
     /// and returns what it returns. Panics when the script throws.
     pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
+        self.try_js(script, args)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::js`] for polling: a script that fails (say, while a page is
+    /// being left) is an `Err` to try again, not a panic.
+    pub async fn try_js(&self, script: &str, args: Vec<Value>) -> Result<Value, String> {
         self.client
             .execute(script, args)
             .await
-            .unwrap_or_else(|e| panic!("script failed ({e}):\n{script}"))
+            .map_err(|e| format!("script failed ({e}):\n{script}"))
     }
 
     /// The page's HTML, cut to a size that fits a failure message.
