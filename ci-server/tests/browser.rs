@@ -1,0 +1,363 @@
+//! The pages in a real browser: `ci-server` (bundled simulator, quick steps) on
+//! a temporary repository, and a headless Chromium driven over WebDriver by a
+//! chromedriver the test starts itself. The run list at `/` must show a new
+//! commit's run and its status changes live, without a reload; its link must
+//! open the run page at `/commit/{id}`, whose steps carry statuses and whose
+//! attempts open to show their logs. Both pages must fit a phone's width.
+//!
+//! Screenshots of both pages are written under the target directory
+//! (`…/tmp/screenshots/`); with `UPDATE_SCREENSHOTS=1` they are also copied
+//! to `docs/screenshots/`. Chromium and chromedriver come from `PATH`
+//! (Debian's `chromium` and `chromium-driver`, which `.ci/test` installs); when
+//! they are missing the test fails under CI and is skipped elsewhere.
+
+mod browser_support;
+mod e2e_support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use browser_support::{Browser, poll, shorten, tools_or_skip};
+use e2e_support::{GitRepo, Server, is_terminal};
+use fantoccini::Locator;
+use serde_json::{Value, json};
+
+/// Steps short enough that a run takes about a second, and no crash.
+const SIM_ARGS: &str = "--no-crash --lint-ms 50 --build-ms 300 --test-ms 300";
+
+/// Bound on each wait for the page (a run, a live update, a navigation).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The desktop window the screenshots are taken in.
+const DESKTOP: (u32, u32) = (1200, 900);
+
+/// A phone's viewport, for the no-horizontal-scroll check.
+const PHONE: (u32, u32) = (390, 844);
+
+const RUN_STATUSES: [&str; 6] = [
+    "queued",
+    "running",
+    "success",
+    "failure",
+    "error",
+    "cancelled",
+];
+const STEP_STATUSES: [&str; 7] = [
+    "pending",
+    "running",
+    "success",
+    "failure",
+    "error",
+    "skipped",
+    "cancelled",
+];
+
+/// The row of `commit` in the run list: its status, its HTML and whether it
+/// links to the run page; `null` when there is no such row.
+const ROW_JS: &str = r#"
+const id = arguments[0];
+const row = [...document.querySelectorAll('#runs tr.run')].find(r => r.dataset.commit === id);
+if (!row) return null;
+const link = [...row.querySelectorAll('a')].some(a => a.getAttribute('href') === '/commit/' + id);
+return { status: row.dataset.status, html: row.outerHTML, link: link };
+"#;
+
+/// Records, from now on, every status that a row of the run list shows (rows
+/// added, and `data-status` changes), by commit, in `window.__statuses`.
+const WATCH_ROWS_JS: &str = r#"
+window.__statuses = {};
+const note = row => {
+  const id = row.dataset.commit, st = row.dataset.status;
+  const seen = (window.__statuses[id] = window.__statuses[id] || []);
+  if (seen[seen.length - 1] !== st) seen.push(st);
+};
+const visit = node => {
+  if (node.nodeType !== 1) return;
+  if (node.matches('tr.run')) note(node);
+  node.querySelectorAll('tr.run').forEach(note);
+};
+new MutationObserver(records => {
+  for (const r of records) {
+    if (r.type === 'attributes') { if (r.target.matches('tr.run')) note(r.target); }
+    else r.addedNodes.forEach(visit);
+  }
+}).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'] });
+"#;
+
+/// The run page: the run's commit and status and each step with its status
+/// and attempts; `null` when the page has no `main#run`.
+const RUN_PAGE_JS: &str = r#"
+const main = document.querySelector('main#run');
+if (!main) return null;
+return {
+  commit: main.dataset.commit,
+  status: main.dataset.status,
+  steps: [...main.querySelectorAll('section.step')].map(s => ({
+    name: s.dataset.step,
+    status: s.dataset.status,
+    attempts: [...s.querySelectorAll('details.attempt')].map(d => ({
+      n: d.dataset.attempt,
+      open: d.open,
+      summary: !!d.querySelector(':scope > summary'),
+      log: !!d.querySelector('pre.log'),
+    })),
+  })),
+  html: main.outerHTML,
+};
+"#;
+
+/// Whether the page scrolls sideways: `[scrollWidth, innerWidth]`.
+const WIDTH_JS: &str = "return [document.documentElement.scrollWidth, window.innerWidth];";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_update_live_and_open_a_run_in_a_real_browser() {
+    let Some(tools) = tools_or_skip() else {
+        return;
+    };
+    let started = Instant::now();
+
+    let repo = GitRepo::new();
+    let first = repo.commit("first");
+    let server = Server::start(
+        repo.path(),
+        &[
+            "--db",
+            ":memory:",
+            "--initial",
+            "all",
+            "--sim-args",
+            SIM_ARGS,
+        ],
+    );
+    let browser = Browser::start(&tools, DESKTOP.0, DESKTOP.1).await;
+    let b = &browser;
+    let server_log = || shorten(&server.proc.stderr_tail(), 4000);
+
+    // The run list shows the first commit.
+    b.client
+        .goto(&server.url("/"))
+        .await
+        .expect("the run list loads");
+    let row = poll("the first commit's row on /", WAIT, || async {
+        match b.try_js(ROW_JS, vec![json!(first)]).await? {
+            Value::Null => Err(b.page_html().await),
+            row => Ok(row),
+        }
+    })
+    .await;
+    assert_eq!(
+        row["link"], true,
+        "the row does not link to /commit/{first}: {}",
+        row["html"]
+    );
+
+    // A new commit shows up in place: no navigation (the marker survives).
+    b.js("window.__noReload = 1;", vec![]).await;
+    b.js(WATCH_ROWS_JS, vec![]).await;
+    let second = repo.commit("second");
+    let row = poll("the new commit's row to finish on /", WAIT, || async {
+        let row = b.try_js(ROW_JS, vec![json!(second)]).await?;
+        match row["status"].as_str() {
+            Some(s) if is_terminal(s) => Ok(row),
+            Some(_) => Err(format!("the row: {}", row["html"])),
+            None => Err(format!(
+                "no row yet; the page:\n{}\nserver log:\n{}",
+                b.page_html().await,
+                server_log()
+            )),
+        }
+    })
+    .await;
+    assert_eq!(
+        b.js("return window.__noReload === 1;", vec![]).await,
+        true,
+        "the run list navigated or reloaded to show the new commit"
+    );
+    assert_eq!(
+        row["link"], true,
+        "the row does not link to /commit/{second}: {}",
+        row["html"]
+    );
+    let seen = b
+        .js(
+            "return window.__statuses[arguments[0]] || [];",
+            vec![json!(second)],
+        )
+        .await;
+    let seen: Vec<&str> = seen
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for s in &seen {
+        assert!(
+            RUN_STATUSES.contains(s),
+            "the row showed {s:?}, not a run status; statuses seen: {seen:?}"
+        );
+    }
+    assert!(
+        seen.first()
+            .is_some_and(|s| matches!(*s, "queued" | "running")),
+        "the new row did not first show queued or running; statuses seen: {seen:?}; row: {}",
+        row["html"]
+    );
+    assert!(
+        seen.last().copied().is_some_and(is_terminal),
+        "the row's status never changed live to a final one; statuses seen: {seen:?}"
+    );
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    let runs_png = shots.join("runs.png");
+    b.screenshot(&runs_png).await;
+    assert_fits_phone(b, "/").await;
+
+    // Its link opens the run page. (A live update may replace the row under
+    // the click: the link is then found anew.)
+    let link = format!("#runs tr.run[data-commit=\"{second}\"] a[href=\"/commit/{second}\"]");
+    poll("a click on the row's link", WAIT, || async {
+        let a = b
+            .client
+            .find(Locator::Css(&link))
+            .await
+            .map_err(|e| format!("no {link} ({e})"))?;
+        a.click()
+            .await
+            .map_err(|e| format!("the link cannot be clicked ({e}): {}", row["html"]))
+    })
+    .await;
+    let run = poll("the run page of the new commit", WAIT, || async {
+        let run = b.try_js(RUN_PAGE_JS, vec![]).await?;
+        let done = run["commit"] == second.as_str()
+            && run["status"].as_str().is_some_and(is_terminal)
+            && run["steps"].as_array().is_some_and(|steps| {
+                !steps.is_empty()
+                    && steps.iter().all(|s| {
+                        s["status"]
+                            .as_str()
+                            .is_some_and(|st| !matches!(st, "pending" | "running"))
+                    })
+            });
+        if done {
+            Ok(run)
+        } else if run.is_null() {
+            Err(format!("no main#run; the page:\n{}", b.page_html().await))
+        } else {
+            Err(format!(
+                "main#run: {}",
+                shorten(run["html"].as_str().unwrap_or_default(), 8000)
+            ))
+        }
+    })
+    .await;
+    let url = b.client.current_url().await.expect("the page's URL");
+    assert_eq!(
+        url.path(),
+        format!("/commit/{second}"),
+        "the link led elsewhere"
+    );
+    let html = shorten(run["html"].as_str().unwrap_or_default(), 8000);
+    let steps = run["steps"].as_array().expect("steps");
+    for step in steps {
+        let status = step["status"].as_str().unwrap_or_default();
+        assert!(
+            STEP_STATUSES.contains(&status),
+            "step {} shows {status:?}, not a step status: {html}",
+            step["name"]
+        );
+        for attempt in step["attempts"].as_array().into_iter().flatten() {
+            assert!(
+                attempt["summary"] == true && attempt["log"] == true,
+                "an attempt of step {} lacks its <summary> or <pre class=\"log\">: {html}",
+                step["name"]
+            );
+        }
+    }
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["lint", "build", "test"], "the steps: {html}");
+
+    // An attempt opens to show its log. Lint runs first and always runs.
+    let details = b
+        .client
+        .find(Locator::Css(
+            "main#run section.step[data-step=\"lint\"] details.attempt",
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("lint has no attempt ({e}): {html}"));
+    let summary = details
+        .find(Locator::Css(":scope > summary"))
+        .await
+        .expect("the attempt's summary");
+    let log = details
+        .find(Locator::Css("pre.log"))
+        .await
+        .expect("the attempt's log");
+    let is_open = || async {
+        details
+            .prop("open")
+            .await
+            .expect("the details' open property")
+            .as_deref()
+            == Some("true")
+    };
+    if is_open().await {
+        // Shown open at first: close it, to see the click open it.
+        summary.click().await.expect("the summary can be clicked");
+        assert!(
+            !is_open().await,
+            "a click on the summary did not close the attempt: {}",
+            details.html(false).await.unwrap_or_default()
+        );
+    }
+    summary.click().await.expect("the summary can be clicked");
+    let text = poll("the opened attempt's log to be shown", WAIT, || async {
+        let shown = log.is_displayed().await.unwrap_or(false);
+        let text = log.text().await.unwrap_or_default();
+        if is_open().await && shown && !text.trim().is_empty() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "open: {}, log shown: {shown}, log text: {text:?}; the attempt: {}",
+                is_open().await,
+                details.html(false).await.unwrap_or_default()
+            ))
+        }
+    })
+    .await;
+    assert!(!text.trim().is_empty());
+
+    let run_png = shots.join("run.png");
+    b.screenshot(&run_png).await;
+    assert_fits_phone(b, &format!("/commit/{second}")).await;
+
+    eprintln!("screenshot of the run list: {}", runs_png.display());
+    eprintln!("screenshot of the run page: {}", run_png.display());
+    if std::env::var("UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        for png in [&runs_png, &run_png] {
+            let to: PathBuf = docs.join(png.file_name().expect("a file name"));
+            std::fs::create_dir_all(&docs).expect("docs/screenshots can be made");
+            std::fs::copy(png, &to)
+                .unwrap_or_else(|e| panic!("{} cannot be written: {e}", to.display()));
+            eprintln!("updated {}", to.display());
+        }
+    }
+
+    browser.close().await;
+    let took = started.elapsed();
+    eprintln!("browser test took {took:?}");
+}
+
+/// At a phone's width, `page` has no horizontal scroll; the desktop size is
+/// restored after.
+async fn assert_fits_phone(b: &Browser, page: &str) {
+    b.resize(PHONE.0, PHONE.1).await;
+    let widths = b.js(WIDTH_JS, vec![]).await;
+    let (scroll, inner) = (widths[0].as_u64(), widths[1].as_u64());
+    assert!(
+        scroll.is_some() && scroll <= inner,
+        "{page} scrolls sideways at {}×{}: scrollWidth {scroll:?} > innerWidth {inner:?}; the page:\n{}",
+        PHONE.0,
+        PHONE.1,
+        b.page_html().await
+    );
+    b.resize(DESKTOP.0, DESKTOP.1).await;
+}
