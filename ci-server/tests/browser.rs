@@ -52,6 +52,9 @@ const STEP_STATUSES: [&str; 7] = [
     "cancelled",
 ];
 
+/// A commit message that would run script if a page inserted it as markup.
+const HOSTILE: &str = "hostile <script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\"> &amp; done";
+
 /// The row of `commit` in the run list: its status, its HTML and whether it
 /// links to the run page; `null` when there is no such row.
 const ROW_JS: &str = r#"
@@ -340,6 +343,55 @@ async fn pages_update_live_and_open_a_run_in_a_real_browser() {
             eprintln!("updated {}", to.display());
         }
     }
+
+    // A commit message full of markup and script shows as text, live on the
+    // list and on its run page, and nothing in it runs.
+    b.client
+        .goto(&server.url("/"))
+        .await
+        .expect("the run list loads");
+    let hostile = repo.commit(HOSTILE);
+    let cell = poll("the hostile commit's row on /", WAIT, || async {
+        let found = b
+            .try_js(
+                "const r = [...document.querySelectorAll('#runs tr.run')].find(r => r.dataset.commit === arguments[0]);\n\
+                 return r ? r.querySelector('td.summary').textContent : null;",
+                vec![json!(hostile)],
+            )
+            .await?;
+        found
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "no row yet".to_owned())
+    })
+    .await;
+    assert_eq!(
+        cell.trim(),
+        HOSTILE,
+        "the summary is not the message as text"
+    );
+    b.client
+        .goto(&server.url(&format!("/commit/{hostile}")))
+        .await
+        .expect("the run page loads");
+    let summary = b
+        .js(
+            "return document.querySelector('#run .summary').textContent;",
+            vec![],
+        )
+        .await;
+    assert_eq!(summary.as_str().map(str::trim), Some(HOSTILE));
+    let injected = b
+        .js(
+            "return [window.__pwned === undefined, document.querySelectorAll('img[src=\"x\"]').length];",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        injected,
+        json!([true, 0]),
+        "markup from the commit ran or was inserted"
+    );
 
     browser.close().await;
     let took = started.elapsed();
