@@ -36,7 +36,7 @@ pub use model::{
     Attempt, AttemptOutcome, Commit, CommitId, Concurrency, Pipeline, PipelineError,
     PipelineFileError, Run, RunStatus, Scope, StepRecord, StepSpec, StepStatus,
 };
-pub use pool::{PoolError, PoolMember, RunnerPool, RunnerState, RunnerStatus};
+pub use pool::{ClassStatus, PoolError, PoolMember, RunnerPool, RunnerState, RunnerStatus};
 pub use runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
 pub use source::{BoxError, CommitSource, SourceError};
 pub use store::{RunPage, RunQuery, RunStore, StoreError};

@@ -141,3 +141,19 @@ pub struct RunnerStatus {
     /// The last error it gave (unreachable, lost, protocol), if any.
     pub last_error: Option<String>,
 }
+
+/// One concurrency class as the engine sees it now, from
+/// [`EngineHandle::classes`](crate::EngineHandle::classes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClassStatus {
+    /// The class (group or step name).
+    pub class: String,
+    /// Whether its limit holds per runner or across the pool.
+    pub scope: crate::Scope,
+    /// Its limit; `None` is unlimited.
+    pub limit: Option<u32>,
+    /// Ready steps waiting for a permit or a runner (pinned ones included).
+    pub ready: u32,
+    /// Open requests of the class on all runners (given-up ones included).
+    pub in_flight: u32,
+}

@@ -209,3 +209,29 @@ async fn a_finished_or_unknown_run_has_nothing_waiting() {
     let unknown = handle.waiting(&CommitId::new("nope")).await.unwrap();
     assert!(unknown.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn classes_report_their_queue_depth_and_open_requests() {
+    let sims = [fixed(1_000), fixed(1_000)];
+    let handle = start(exclusive_build(), &sims, 3, EngineConfig::default());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let classes = loop {
+        let classes = handle.classes().await.unwrap();
+        if classes
+            .iter()
+            .any(|c| c.class == "build" && c.in_flight == 2)
+        {
+            break classes;
+        }
+        assert!(Instant::now() < deadline, "never two builds: {classes:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let build = classes.iter().find(|c| c.class == "build").unwrap();
+    assert_eq!((build.ready, build.in_flight, build.limit), (1, 2, Some(1)));
+    let test = classes.iter().find(|c| c.class == "test").unwrap();
+    assert_eq!(
+        (test.ready, test.in_flight),
+        (0, 0),
+        "tests wait for builds, not for permits"
+    );
+}

@@ -22,7 +22,7 @@ pub use config::{ConfigError, EngineConfig};
 pub use events::EngineEvent;
 
 use crate::model::{CommitId, Pipeline};
-use crate::pool::{RunnerPool, RunnerStatus};
+use crate::pool::{ClassStatus, RunnerPool, RunnerStatus};
 use crate::runner::StepRunner;
 use crate::source::CommitSource;
 use crate::store::{RunStore, StoreError};
@@ -63,6 +63,9 @@ pub(crate) enum Command {
     Waiting {
         commit: CommitId,
         reply: oneshot::Sender<Vec<StepWait>>,
+    },
+    Classes {
+        reply: oneshot::Sender<Vec<ClassStatus>>,
     },
 }
 
@@ -112,6 +115,19 @@ impl EngineHandle {
                 commit: commit.clone(),
                 reply,
             })
+            .map_err(|_| EngineError::NotRunning)?;
+        answer.await.map_err(|_| EngineError::NotRunning)
+    }
+
+    /// Each concurrency class now: how many steps wait ready, how many
+    /// requests are open, in pipeline order (for queue-depth metrics).
+    ///
+    /// # Errors
+    /// [`EngineError::NotRunning`] when the engine is not running.
+    pub async fn classes(&self) -> Result<Vec<ClassStatus>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Classes { reply })
             .map_err(|_| EngineError::NotRunning)?;
         answer.await.map_err(|_| EngineError::NotRunning)
     }

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::{Outage, Scheduler, Task, TaskOutput};
 use crate::engine::{EngineError, EngineEvent};
 use crate::model::now_millis;
-use crate::pool::{RunnerState, RunnerStatus};
+use crate::pool::{ClassStatus, RunnerState, RunnerStatus};
 use crate::runner::Probe;
 
 impl Scheduler {
@@ -207,6 +207,25 @@ impl Scheduler {
                 crashes: r.crashes,
                 lost_attempts: r.lost_attempts,
                 last_error: r.last_error.clone(),
+            })
+            .collect()
+    }
+
+    /// Each concurrency class now, in pipeline order.
+    pub(super) fn class_statuses(&self) -> Vec<ClassStatus> {
+        self.pipeline
+            .classes()
+            .iter()
+            .zip(&self.classes)
+            .map(|(spec, state)| {
+                let ready = state.ready.len() + state.pinned.iter().map(|q| q.len()).sum::<usize>();
+                ClassStatus {
+                    class: spec.key.clone(),
+                    scope: state.scope,
+                    limit: state.limit,
+                    ready: u32::try_from(ready).unwrap_or(u32::MAX),
+                    in_flight: state.in_flight,
+                }
             })
             .collect()
     }

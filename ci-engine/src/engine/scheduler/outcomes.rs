@@ -453,6 +453,10 @@ impl Scheduler {
                 let _ = reply.send(self.waiting(&commit));
                 Ok(())
             }
+            Command::Classes { reply } => {
+                let _ = reply.send(self.class_statuses());
+                Ok(())
+            }
         }
     }
 
