@@ -288,6 +288,7 @@ impl Server {
         let api = crate::api::Api::new(Arc::clone(&self.store), Some(engine.handle()))
             .with_runners(runners::directory(self.runners))
             .with_unreachable_limit(self.unreachable_limit)
+            .with_branch_tips(branch_tips(&self.repo_path))
             .ending_streams_on(stop_rx.clone());
         let app = crate::api::app(api);
 
@@ -487,5 +488,58 @@ mod tests {
             config.http_runner,
             HttpRunnerConfig::for_engine(&config.engine)
         );
+    }
+}
+
+/// Resolves `refs/heads/<branch>` in the watched repository for
+/// `GET /badge.svg`; a repository that cannot be opened (it vanished) or a
+/// branch that does not exist gives `None`, and the badge falls back to the
+/// branch's newest run.
+fn branch_tips(repo_path: &Path) -> crate::api::badge::TipResolver {
+    let repo = gix::ThreadSafeRepository::open(repo_path)
+        .map_err(|e| warn!(error = %e, "the badge cannot read branch tips"))
+        .ok();
+    Arc::new(move |branch: &str| {
+        let repo = repo.as_ref()?.to_thread_local();
+        let mut reference = repo.find_reference(&format!("refs/heads/{branch}")).ok()?;
+        reference.peel_to_id().ok().map(|id| id.to_string())
+    })
+}
+
+#[cfg(test)]
+mod branch_tip_tests {
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[test]
+    fn branch_tips_reads_the_current_tip_of_a_branch() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        git(dir.path(), &["commit", "-q", "--allow-empty", "-m", "one"]);
+        let tips = branch_tips(dir.path());
+        let first = git(dir.path(), &["rev-parse", "HEAD"]);
+        assert_eq!(tips("main"), Some(first));
+        git(dir.path(), &["commit", "-q", "--allow-empty", "-m", "two"]);
+        let second = git(dir.path(), &["rev-parse", "HEAD"]);
+        assert_eq!(tips("main"), Some(second), "a new commit is seen at once");
+        assert_eq!(tips("nope"), None);
+        assert_eq!(tips("../../etc"), None);
+        let missing = branch_tips(&dir.path().join("not-a-repo"));
+        assert_eq!(missing("main"), None);
     }
 }

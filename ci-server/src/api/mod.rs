@@ -19,6 +19,7 @@
 //! [`app`] assembles the whole HTTP application (API, `/openapi.json`, `/docs`);
 //! `docs/api.md` describes every endpoint with examples.
 
+pub mod badge;
 pub mod events;
 pub mod health;
 pub mod model;
@@ -68,6 +69,7 @@ pub struct Api {
     role: health::Role,
     unreachable_limit: Duration,
     check_timeout: Duration,
+    tips: Option<badge::TipResolver>,
 }
 
 impl Api {
@@ -95,7 +97,17 @@ impl Api {
             role: health::Role::Primary,
             unreachable_limit: EngineConfig::default().unreachable_limit,
             check_timeout: health::HEALTH_TIMEOUT,
+            tips: None,
         }
+    }
+
+    /// Lets `GET /badge.svg` find a branch's current tip, so the badge shows
+    /// the tip's run rather than the branch's newest run (which may be an
+    /// older commit still running, or a commit of a rewritten history).
+    #[must_use]
+    pub fn with_branch_tips(mut self, tips: badge::TipResolver) -> Self {
+        self.tips = Some(tips);
+        self
     }
 
     /// Sets how long `GET /healthz` waits for the store's read, and
@@ -152,6 +164,15 @@ impl Api {
         self.stop = Some(stop);
         self
     }
+}
+
+/// Answers of `GET /badge.svg`.
+#[derive(ApiResponse)]
+pub enum BadgeResponse {
+    /// The badge, always: an unknown branch gets a grey `unknown` badge, since
+    /// image proxies drop error answers. `Cache-Control` keeps caches short.
+    #[oai(status = 200, content_type = "image/svg+xml")]
+    Ok(PlainText<String>, #[oai(header = "Cache-Control")] String),
 }
 
 /// Answers of `GET /events`.
@@ -438,6 +459,25 @@ impl Api {
             },
             None => StepLogResponse::Ok(PlainText(all_attempt_logs(record))),
         }
+    }
+
+    /// The status of a branch as an SVG badge for a README: the run of the
+    /// branch's current tip, or while it has none the branch's newest run;
+    /// without `branch`, the newest run. A branch with no run gets a grey
+    /// `unknown` badge (still 200).
+    #[oai(path = "/badge.svg", method = "get", operation_id = "badge")]
+    async fn badge(
+        &self,
+        /// The branch (short name, e.g. `main`).
+        branch: Query<Option<String>>,
+    ) -> BadgeResponse {
+        let branch = branch.0.filter(|b| !b.is_empty());
+        let status =
+            badge::status_of(self.store.as_ref(), self.tips.as_ref(), branch.as_deref()).await;
+        BadgeResponse::Ok(
+            PlainText(badge::svg(status)),
+            format!("max-age={}, must-revalidate", badge::MAX_AGE_SECS),
+        )
     }
 
     /// The runners of the pool: the engine's view of each, with its address.
