@@ -17,6 +17,8 @@
 //! - [`supervisor`]: starts and restarts a bundled step-runner simulator (one
 //!   supervisor per simulator).
 //! - [`sqlite_store`]: `SqliteStore`, a durable `RunStore`.
+//! - [`timed_store`]: `TimedStore`, a `RunStore` that times every call of
+//!   another one for `GET /metrics`.
 
 pub mod api;
 pub mod cli;
@@ -25,3 +27,4 @@ pub mod http_runner;
 pub mod server;
 pub mod sqlite_store;
 pub mod supervisor;
+pub mod timed_store;

@@ -27,6 +27,7 @@ use crate::api::runners::RunnerInfo;
 use crate::git::{GitSource, GitSourceConfig, GitSourceError};
 use crate::http_runner::{HttpRunnerConfig, HttpRunnerError};
 use crate::supervisor::{RunnerSupervisor, SupervisorError};
+use crate::timed_store::{StoreMetrics, TimedStore};
 
 mod runners;
 
@@ -166,6 +167,8 @@ pub struct Server {
     db: String,
     /// For `/healthz`: how long no runner may be up before the server is unhealthy.
     unreachable_limit: Duration,
+    /// For `/metrics`: the times of the store's operations.
+    store_metrics: StoreMetrics,
 }
 
 impl std::fmt::Debug for Server {
@@ -200,6 +203,8 @@ impl Server {
                 source,
             })?;
         let (store, db) = open_store(&config.store, &repo_path).await?;
+        let store_metrics = StoreMetrics::new();
+        let store: Arc<dyn RunStore> = Arc::new(TimedStore::new(store, store_metrics.clone()));
         let source = GitSource::open(&repo_path, Arc::clone(&store), config.source).await?;
         // A runner is told where the repository is on its machine; unless it
         // names a path of its own, that is this path (right for the bundled
@@ -231,6 +236,7 @@ impl Server {
             repo_path,
             db,
             unreachable_limit,
+            store_metrics,
         })
     }
 
@@ -289,6 +295,7 @@ impl Server {
             .with_runners(runners::directory(self.runners))
             .with_unreachable_limit(self.unreachable_limit)
             .with_branch_tips(branch_tips(&self.repo_path))
+            .with_store_metrics(&self.store_metrics)
             .ending_streams_on(stop_rx.clone());
         let app = crate::api::app(api);
 

@@ -12,6 +12,7 @@
 //! - [`model`]: the JSON shapes of runs, steps and attempts.
 //! - [`runners`]: `GET /runners`, the engine's runners joined with their addresses.
 //! - [`health`]: `GET /healthz`.
+//! - [`metrics`]: `GET /metrics`, in the OpenMetrics text format.
 //! - [`events`]: `GET /events`, the engine's events as server-sent events.
 //! - [`pages`]: the pages for people, `/` (the runs) and `/commit/{commit}`
 //!   (one run), server-rendered HTML kept live by `/events`.
@@ -22,6 +23,7 @@
 pub mod badge;
 pub mod events;
 pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod pages;
 pub mod runners;
@@ -70,6 +72,7 @@ pub struct Api {
     unreachable_limit: Duration,
     check_timeout: Duration,
     tips: Option<badge::TipResolver>,
+    metrics: metrics::Metrics,
 }
 
 impl Api {
@@ -88,10 +91,12 @@ impl Api {
         let journal = engine
             .as_ref()
             .map(|handle| events::Journal::spawn(handle.subscribe(), events::DEFAULT_CAPACITY));
+        let metrics = metrics::Metrics::new(engine.as_ref());
         Self {
             store,
             engine,
             journal,
+            metrics,
             stop: None,
             runners: None,
             role: health::Role::Primary,
@@ -126,6 +131,15 @@ impl Api {
     #[must_use]
     pub fn with_unreachable_limit(mut self, limit: Duration) -> Self {
         self.unreachable_limit = limit;
+        self
+    }
+
+    /// Adds the store's operation metrics to `GET /metrics` (give it those of
+    /// the [`TimedStore`](crate::timed_store::TimedStore) that wraps the
+    /// server's store).
+    #[must_use]
+    pub fn with_store_metrics(mut self, store: &crate::timed_store::StoreMetrics) -> Self {
+        self.metrics.register_store(store);
         self
     }
 
@@ -195,6 +209,20 @@ pub enum EventsResponse {
     /// No engine runs behind this API.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
+}
+
+/// Answers of `GET /metrics`.
+#[derive(ApiResponse)]
+pub enum MetricsResponse {
+    /// Every metric, in the OpenMetrics text format.
+    #[oai(
+        status = 200,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )]
+    Ok(PlainText<String>),
+    /// The metrics could not be encoded.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
 }
 
 /// Answers of `GET /runs`.
@@ -516,6 +544,27 @@ impl Api {
         )
         .await
         .into()
+    }
+
+    /// The server's metrics, for Prometheus.
+    ///
+    /// In the OpenMetrics text format: finished runs, attempts and their
+    /// durations (counted from the server's start), the runners and the
+    /// concurrency classes as the engine sees them now, and the store's
+    /// operation times. Without an engine, only the store's metrics have
+    /// samples. `docs/api.md` lists every metric.
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self) -> MetricsResponse {
+        match self
+            .metrics
+            .render(self.engine.as_ref(), self.check_timeout)
+            .await
+        {
+            Ok(text) => MetricsResponse::Ok(PlainText(text)),
+            Err(e) => MetricsResponse::Internal(Json(ErrorBody::new(format!(
+                "the metrics could not be encoded: {e}"
+            )))),
+        }
     }
 
     /// The list of runs for people (HTML); not part of the API.
