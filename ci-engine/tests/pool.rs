@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,19 +24,6 @@ use ci_engine::{
 };
 use proptest::prelude::*;
 use tokio::time::Instant;
-
-/// 128 cases each, or `PROPTEST_CASES` when it is set (for long runs).
-fn cases() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(128);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A pool scenario: the pipeline, one simulated runner config per runner,
 /// outages per runner, commits.
@@ -483,14 +472,6 @@ impl PoolOutcome {
     }
 }
 
-fn concurrency(code: u8) -> Concurrency {
-    match code {
-        0 => Concurrency::Unlimited,
-        1 => Concurrency::Exclusive,
-        n => Concurrency::Limit(u32::from(n)),
-    }
-}
-
 /// A random pipeline of 1–5 steps: needs on earlier steps, random limits and
 /// scopes, some steps in the shared group `g`, some pinned to a need.
 fn pipeline() -> impl Strategy<Value = Pipeline> {
@@ -507,7 +488,7 @@ fn pipeline() -> impl Strategy<Value = Pipeline> {
                     .map(|i| {
                         let mut s = if grouped[i] {
                             let scope = if group.1 { Scope::Pool } else { Scope::Runner };
-                            StepSpec::new(format!("s{i}"), concurrency(group.0))
+                            StepSpec::new(format!("s{i}"), common::concurrency(group.0))
                                 .group("g")
                                 .scope(scope)
                         } else {
@@ -516,7 +497,8 @@ fn pipeline() -> impl Strategy<Value = Pipeline> {
                             } else {
                                 Scope::Runner
                             };
-                            StepSpec::new(format!("s{i}"), concurrency(conc[i].0)).scope(scope)
+                            StepSpec::new(format!("s{i}"), common::concurrency(conc[i].0))
+                                .scope(scope)
                         };
                         let mut first_need = None;
                         for (j, &need) in needs[i].iter().enumerate().take(i) {
@@ -646,7 +628,7 @@ fn clean_scenario() -> impl Strategy<Value = PoolScenario> {
 }
 
 proptest! {
-    #![proptest_config(cases())]
+    #![proptest_config(common::cases(128))]
 
     /// Work conservation across the pool: a ready step waits only while every
     /// runner it may use is full for its class.

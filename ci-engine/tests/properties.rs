@@ -11,30 +11,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ci_engine::testing::sim::{SimRunnerConfig, StepBehaviour};
-use ci_engine::{Commit, CommitId, Concurrency, EngineConfig, Pipeline, StepSpec};
+use ci_engine::{Commit, CommitId, EngineConfig, Pipeline, StepSpec};
 use common::{Scenario, simulate};
 use proptest::prelude::*;
-
-/// 256 cases each, or `PROPTEST_CASES` when it is set (for long runs).
-fn cases() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-fn concurrency(code: u8) -> Concurrency {
-    match code {
-        0 => Concurrency::Unlimited,
-        1 => Concurrency::Exclusive,
-        n => Concurrency::Limit(u32::from(n)),
-    }
-}
 
 /// A random valid pipeline of 1–5 steps: needs only on earlier steps (a DAG),
 /// each step in its own class or in the shared group `g`.
@@ -50,9 +29,10 @@ fn pipeline() -> impl Strategy<Value = Pipeline> {
                 let steps = (0..n)
                     .map(|i| {
                         let mut s = if grouped[i] {
-                            StepSpec::new(format!("s{i}"), concurrency(group_conc)).group("g")
+                            StepSpec::new(format!("s{i}"), common::concurrency(group_conc))
+                                .group("g")
                         } else {
-                            StepSpec::new(format!("s{i}"), concurrency(conc[i]))
+                            StepSpec::new(format!("s{i}"), common::concurrency(conc[i]))
                         };
                         for (j, &need) in needs[i].iter().enumerate().take(i) {
                             if need {
@@ -237,7 +217,7 @@ fn clean() -> impl Strategy<Value = Scenario> {
 }
 
 proptest! {
-    #![proptest_config(cases())]
+    #![proptest_config(common::cases(256))]
 
     /// Invariant 1: never more in flight per class than its limit, nor overall
     /// than the global cap, whatever the faults.
@@ -341,7 +321,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(cases())]
+    #![proptest_config(common::cases(256))]
 
     /// Stopping the engine at random moments (in-flight steps abandoned when
     /// the grace period is short) and starting it again on the same store loses

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_engine::testing::sim::{SimRunner, SimRunnerConfig, StepBehaviour, chain_commits};
+use ci_engine::testing::sim::{
+    ScriptedSource, SimRunner, SimRunnerConfig, StepBehaviour, chain_commits,
+};
 use ci_engine::{
     Engine, EngineConfig, MemoryStore, Pipeline, PoolMember, RunQuery, RunStatus, RunStore,
     RunnerPool, StepRunner,
@@ -142,21 +144,6 @@ fn runner(seed: u64) -> Arc<SimRunner> {
     })
 }
 
-/// A source that hands out its commits once, then stays open.
-struct StaysOpen(Option<Vec<ci_engine::Commit>>);
-
-#[async_trait::async_trait]
-impl ci_engine::CommitSource for StaysOpen {
-    async fn next_commits(
-        &mut self,
-    ) -> Result<Option<Vec<ci_engine::Commit>>, ci_engine::SourceError> {
-        match self.0.take() {
-            Some(commits) => Ok(Some(commits)),
-            None => std::future::pending().await,
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_scrape_after_some_runs_matches_the_store_and_the_engine() {
     let store_metrics = StoreMetrics::new();
@@ -186,11 +173,14 @@ async fn a_scrape_after_some_runs_matches_the_store_and_the_engine() {
     let api = Api::new(Arc::clone(&store), Some(handle.clone())).with_store_metrics(&store_metrics);
     let cli = TestClient::new(app(api));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(
-        engine.run(Box::new(StaysOpen(Some(chain_commits(COMMITS)))), async {
+    let task = tokio::spawn(engine.run(
+        Box::new(
+            ScriptedSource::new(vec![(Duration::ZERO, chain_commits(COMMITS))]).staying_open(),
+        ),
+        async {
             let _ = stopped.await;
-        }),
-    );
+        },
+    ));
 
     // Wait until every run is finished in the store and counted by the metrics.
     let deadline = Instant::now() + PATIENCE;

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_engine::testing::sim::{SimRunner, SimRunnerConfig, StepBehaviour, chain_commits};
+use ci_engine::testing::sim::{
+    ScriptedSource, SimRunner, SimRunnerConfig, StepBehaviour, chain_commits,
+};
 use ci_engine::{
     Engine, EngineConfig, EngineError, EngineHandle, MemoryStore, Pipeline, PoolMember, RunStore,
     RunnerPool, StepRunner,
@@ -25,23 +27,6 @@ use tokio::time::Instant;
 const PATIENCE: Duration = Duration::from_secs(15);
 /// Pause between two looks at the API while waiting.
 const POLL: Duration = Duration::from_millis(20);
-
-/// A source that hands out its commits once and then stays open, as a
-/// repository being watched does: the engine keeps running (and answering
-/// `/runners` and `/healthz`) after the runs are over.
-struct StaysOpen(Option<Vec<ci_engine::Commit>>);
-
-#[async_trait::async_trait]
-impl ci_engine::CommitSource for StaysOpen {
-    async fn next_commits(
-        &mut self,
-    ) -> Result<Option<Vec<ci_engine::Commit>>, ci_engine::SourceError> {
-        match self.0.take() {
-            Some(commits) => Ok(Some(commits)),
-            None => std::future::pending().await,
-        }
-    }
-}
 
 /// A simulated runner whose every step succeeds after `min..=max` ms.
 fn green_runner(seed: u64, min_ms: u64, max_ms: u64) -> Arc<SimRunner> {
@@ -93,7 +78,8 @@ impl Running {
             .expect("a valid engine configuration");
         let handle = engine.handle();
         let (stop, stopped) = oneshot::channel::<()>();
-        let source = StaysOpen(Some(chain_commits(commits)));
+        let source =
+            ScriptedSource::new(vec![(Duration::ZERO, chain_commits(commits))]).staying_open();
         let task = tokio::spawn(engine.run(Box::new(source), async {
             let _ = stopped.await;
         }));

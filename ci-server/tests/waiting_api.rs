@@ -5,28 +5,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_engine::testing::sim::{SimRunner, SimRunnerConfig, StepBehaviour, chain_commits};
-use ci_engine::{
-    Commit, CommitSource, Engine, EngineConfig, MemoryStore, Pipeline, PoolMember, RunStore,
-    RunnerPool, SourceError,
+use ci_engine::testing::sim::{
+    ScriptedSource, SimRunner, SimRunnerConfig, StepBehaviour, chain_commits,
 };
+use ci_engine::{Engine, EngineConfig, MemoryStore, Pipeline, PoolMember, RunStore, RunnerPool};
 use ci_server::api::Api;
 use poem::test::TestClient;
 use serde_json::Value;
 use tokio::time::Instant;
-
-/// Hands out its commits once, then stays open like a watched repository.
-struct StaysOpen(Option<Vec<Commit>>);
-
-#[async_trait::async_trait]
-impl CommitSource for StaysOpen {
-    async fn next_commits(&mut self) -> Result<Option<Vec<Commit>>, SourceError> {
-        match self.0.take() {
-            Some(commits) => Ok(Some(commits)),
-            None => std::future::pending().await,
-        }
-    }
-}
 
 fn slow_green(seed: u64) -> Arc<SimRunner> {
     SimRunner::new(SimRunnerConfig {
@@ -61,7 +47,10 @@ async fn a_waiting_build_names_the_builds_that_hold_the_runners() {
     let handle = engine.handle();
     let commits = chain_commits(3);
     let ids: Vec<String> = commits.iter().map(|c| c.id.to_string()).collect();
-    let task = tokio::spawn(engine.run(Box::new(StaysOpen(Some(commits))), std::future::pending()));
+    let task = tokio::spawn(engine.run(
+        Box::new(ScriptedSource::new(vec![(Duration::ZERO, commits)]).staying_open()),
+        std::future::pending(),
+    ));
     let cli = TestClient::new(ci_server::api::app(Api::new(
         Arc::clone(&store) as Arc<dyn RunStore>,
         Some(handle),

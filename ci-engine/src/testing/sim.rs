@@ -367,6 +367,7 @@ impl Work {
 pub struct ScriptedSource {
     batches: std::collections::VecDeque<(Duration, Vec<Commit>)>,
     start: Option<Instant>,
+    stay_open: bool,
 }
 
 impl ScriptedSource {
@@ -375,7 +376,17 @@ impl ScriptedSource {
         Self {
             batches: batches.into(),
             start: None,
+            stay_open: false,
         }
+    }
+
+    /// The same source, but once its batches are handed out it stays open (as
+    /// a watched repository does) instead of finishing: the engine keeps
+    /// running after every run has ended.
+    #[must_use]
+    pub fn staying_open(mut self) -> Self {
+        self.stay_open = true;
+        self
     }
 
     /// `n` commits `c000000`, `c000001`, … forming one chain, handed out one per
@@ -412,6 +423,9 @@ impl CommitSource for ScriptedSource {
     async fn next_commits(&mut self) -> Result<Option<Vec<Commit>>, SourceError> {
         let start = *self.start.get_or_insert_with(Instant::now);
         let Some(&(at, _)) = self.batches.front() else {
+            if self.stay_open {
+                std::future::pending::<()>().await;
+            }
             return Ok(None);
         };
         // Sleep before taking the batch, so a dropped future loses nothing.

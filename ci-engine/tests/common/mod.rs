@@ -16,6 +16,29 @@ use ci_engine::{
 };
 use tokio::time::Instant;
 
+/// `default` proptest cases, or `PROPTEST_CASES` when it is set (for long
+/// runs); no failure files.
+pub fn cases(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
+/// A concurrency from a drawn code: 0 unlimited, 1 exclusive, n a limit of n.
+pub fn concurrency(code: u8) -> ci_engine::Concurrency {
+    match code {
+        0 => ci_engine::Concurrency::Unlimited,
+        1 => ci_engine::Concurrency::Exclusive,
+        n => ci_engine::Concurrency::Limit(u32::from(n)),
+    }
+}
+
 /// A value over time: each entry is the value after the last change at its time.
 type Timeline<T> = BTreeMap<Instant, T>;
 

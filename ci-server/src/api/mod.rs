@@ -430,13 +430,9 @@ impl Api {
         commit: Path<String>,
     ) -> GetRunResponse {
         match self.lookup(&commit.0).await {
-            Ok(run) => {
-                let mut detail = RunDetail::from(&run);
-                if !run.status.is_terminal() {
-                    waiting::fill(&mut detail, self.engine.as_ref()).await;
-                }
-                GetRunResponse::Ok(Json(Box::new(detail)))
-            }
+            Ok(run) => GetRunResponse::Ok(Json(Box::new(
+                waiting::detail(&run, self.engine.as_ref()).await,
+            ))),
             Err(e) => e.into(),
         }
     }

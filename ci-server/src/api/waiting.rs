@@ -150,10 +150,20 @@ impl From<&Holder> for HolderInfo {
     }
 }
 
-/// Fills `waiting` on the steps of `detail` from the engine, for a run under
-/// way. Leaves it empty when there is no engine, it does not answer in time,
-/// or the run is not under way.
-pub async fn fill(detail: &mut RunDetail, engine: Option<&EngineHandle>) {
+/// The [`RunDetail`] of `run` as `GET /run/{commit}` and the run page show it:
+/// with `waiting` on its steps while the run is under way.
+pub async fn detail(run: &ci_engine::Run, engine: Option<&EngineHandle>) -> RunDetail {
+    let mut detail = RunDetail::from(run);
+    if !run.status.is_terminal() {
+        fill(&mut detail, engine).await;
+    }
+    detail
+}
+
+/// Fills `waiting` on the steps of `detail` from the engine. Leaves it empty
+/// when there is no engine, it does not answer in time, or the run is not
+/// under way.
+async fn fill(detail: &mut RunDetail, engine: Option<&EngineHandle>) {
     let Some(engine) = engine else { return };
     let id = ci_engine::CommitId::new(detail.id.clone());
     let waits: Vec<StepWait> = match tokio::time::timeout(ASK_TIMEOUT, engine.waiting(&id)).await {

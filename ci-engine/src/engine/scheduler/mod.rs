@@ -536,13 +536,7 @@ impl Scheduler {
 
     /// The pool index of the runner a successful step's last attempt ran on.
     fn succeeded_on(&self, record: &StepRecord) -> Option<usize> {
-        let id = record
-            .attempts
-            .iter()
-            .rev()
-            .find(|a| a.outcome == AttemptOutcome::Success)?
-            .runner
-            .as_deref()?;
+        let id = success_runner(record)?;
         self.runners.iter().position(|r| r.id == id)
     }
 
@@ -554,14 +548,8 @@ impl Scheduler {
         if record.status != StepStatus::Success {
             return None;
         }
-        let id = record
-            .attempts
-            .iter()
-            .rev()
-            .find(|a| a.outcome == AttemptOutcome::Success)?
-            .runner
-            .as_deref()?;
-        (!self.runners.iter().any(|r| r.id == id)).then(|| {
+        let id = success_runner(record)?;
+        (self.succeeded_on(record).is_none()).then(|| {
             format!(
                 "must run where {:?} ran, on runner {id}, which is no longer in the pool",
                 record.name
@@ -904,6 +892,17 @@ fn jitter_key(commit: &CommitId, step: &str, attempt: u32) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// The id of the runner a step's last successful attempt ran on, if recorded.
+fn success_runner(record: &StepRecord) -> Option<&str> {
+    record
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| a.outcome == AttemptOutcome::Success)?
+        .runner
+        .as_deref()
 }
 
 fn skip_reason(need: &StepRecord) -> String {

@@ -254,10 +254,7 @@ pub async fn run(api: &super::Api, raw: &str) -> PageResponse {
     use super::LookupError;
     match api.lookup(raw).await {
         Ok(run) => {
-            let mut detail = crate::api::RunDetail::from(&run);
-            if !run.status.is_terminal() {
-                crate::api::waiting::fill(&mut detail, api.engine.as_ref()).await;
-            }
+            let detail = crate::api::waiting::detail(&run, api.engine.as_ref()).await;
             let view = RunView::new(&run, detail);
             let title = format!(
                 "{} {} · ci-server",
