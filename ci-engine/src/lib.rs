@@ -30,11 +30,15 @@ pub mod store;
 pub mod testing;
 pub mod waiting;
 
-pub use engine::{ConfigError, Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
+pub use engine::{
+    CancelOutcome, ConfigError, Engine, EngineConfig, EngineError, EngineEvent, EngineHandle,
+    RetryOutcome,
+};
 pub use memory_store::MemoryStore;
 pub use model::{
     Attempt, AttemptOutcome, Commit, CommitId, Concurrency, Pipeline, PipelineError,
-    PipelineFileError, Run, RunStatus, Scope, StepRecord, StepSpec, StepStatus,
+    PipelineFileError, Run, RunAction, RunActionKind, RunStatus, Scope, StepRecord, StepSpec,
+    StepStatus,
 };
 pub use pool::{ClassStatus, PoolError, PoolMember, RunnerPool, RunnerState, RunnerStatus};
 pub use runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};

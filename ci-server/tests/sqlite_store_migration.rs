@@ -1,6 +1,7 @@
 //! `SqliteStore::open` on a database written by an older ci-server: the file is
 //! brought up to the current schema without losing a run, old attempts read back
-//! with no runner, and new attempts keep the runner they name.
+//! with no runner and old runs as never retried, and new records keep their
+//! runners, retry positions, actions and attempt budgets.
 
 use std::path::Path;
 
@@ -162,11 +163,15 @@ fn create_v1_database(path: &Path, runs: &[&Run]) {
         .expect("user version");
 }
 
-/// `run` as a database from before runner ids reads it back: no attempt names
-/// its runner.
-fn without_runners(run: &Run) -> Run {
+/// `run` as a version 1 database reads it back: no attempt names its runner,
+/// and the run was never retried nor cancelled from outside (no retry
+/// position, no actions, every step's budget from attempt 1).
+fn as_version_1(run: &Run) -> Run {
     let mut run = run.clone();
+    run.retry_seq = None;
+    run.actions.clear();
     for step in &mut run.steps {
+        step.budget_from = 1;
         for a in &mut step.attempts {
             a.runner = None;
         }
@@ -184,8 +189,8 @@ fn user_version(path: &Path) -> i64 {
 #[tokio::test]
 async fn a_version_1_database_is_migrated_without_losing_a_run() {
     assert_eq!(
-        SCHEMA_VERSION, 2,
-        "this test covers the step from version 1 to 2"
+        SCHEMA_VERSION, 3,
+        "this test covers the steps from version 1 to 3"
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("runs.db");
@@ -201,7 +206,7 @@ async fn a_version_1_database_is_migrated_without_losing_a_run() {
     create_v1_database(&path, &[&rich, &queued]);
 
     let store = SqliteStore::open(&path).await.expect("open and migrate");
-    let old_rich = without_runners(&rich);
+    let old_rich = as_version_1(&rich);
     assert_eq!(
         store.get_run(rich.id().as_str()).await.expect("get"),
         old_rich,
@@ -209,7 +214,7 @@ async fn a_version_1_database_is_migrated_without_losing_a_run() {
     );
     let page = store.list_runs(&RunQuery::default()).await.expect("list");
     assert_eq!(page.total, 2);
-    assert_eq!(page.runs, [without_runners(&queued), old_rich.clone()]);
+    assert_eq!(page.runs, [as_version_1(&queued), old_rich.clone()]);
     assert_eq!(store.max_seq().await.expect("max_seq"), Some(4));
     assert_eq!(
         store
@@ -220,7 +225,7 @@ async fn a_version_1_database_is_migrated_without_losing_a_run() {
         Some("cafe")
     );
 
-    // The migrated file records runners from now on.
+    // The migrated file records runners, retries and actions from now on.
     store.update_run(&rich).await.expect("update with runners");
     assert_eq!(store.get_run(rich.id().as_str()).await.expect("get"), rich);
     drop(store);
@@ -230,14 +235,14 @@ async fn a_version_1_database_is_migrated_without_losing_a_run() {
     assert_eq!(
         reopened.get_run(rich.id().as_str()).await.expect("get"),
         rich,
-        "the runners survive a reopen"
+        "the runners, retry position, actions and budgets survive a reopen"
     );
     assert_eq!(
         reopened
             .get_run(queued.id().as_str())
             .await
             .expect("get queued"),
-        without_runners(&queued)
+        as_version_1(&queued)
     );
 }
 

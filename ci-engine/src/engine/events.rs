@@ -20,6 +20,17 @@ pub enum EngineEvent {
         /// Its order among runs.
         seq: u64,
     },
+    /// A finished run was retried (see
+    /// [`EngineHandle::retry`](crate::EngineHandle::retry)): it is queued
+    /// again and these steps run again.
+    RunRetried {
+        /// The commit.
+        commit: CommitId,
+        /// The run's new position in the queue.
+        seq: u64,
+        /// The steps that run again, in pipeline order.
+        steps: Vec<String>,
+    },
     /// An attempt at a step is being sent to the runner. Exactly one
     /// [`StepFinished`](Self::StepFinished) or [`StepWithdrawn`](Self::StepWithdrawn)
     /// with the same attempt number follows; attempt numbers of a step are never

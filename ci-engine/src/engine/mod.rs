@@ -52,10 +52,32 @@ pub enum CancelOutcome {
     AlreadyFinished,
 }
 
+/// What [`EngineHandle::retry`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryOutcome {
+    /// The run is queued again; these steps (in pipeline order) run again
+    /// as new attempts.
+    Retried {
+        /// The steps that run again.
+        steps: Vec<String>,
+    },
+    /// The run is queued or running; nothing changed.
+    NotFinished,
+    /// Every step of the run succeeded; nothing changed.
+    NothingToRetry,
+}
+
 pub(crate) enum Command {
     Cancel {
         commit: CommitId,
+        by: Option<String>,
         reply: oneshot::Sender<Result<CancelOutcome, EngineError>>,
+    },
+    Retry {
+        commit: CommitId,
+        by: Option<String>,
+        reply: oneshot::Sender<Result<RetryOutcome, EngineError>>,
     },
     Runners {
         reply: oneshot::Sender<Vec<RunnerStatus>>,
@@ -92,10 +114,64 @@ impl EngineHandle {
     /// [`EngineError::UnknownRun`] when the commit has no run,
     /// [`EngineError::NotRunning`] when the engine has stopped.
     pub async fn cancel(&self, commit: &CommitId) -> Result<CancelOutcome, EngineError> {
+        self.cancel_by(commit, None).await
+    }
+
+    /// [`cancel`](Self::cancel), recording `by` (who asked: a user, a
+    /// client's address) with the cancel on the run (see
+    /// [`Run::actions`](crate::Run::actions)). A cancel of a finished run is
+    /// not recorded.
+    ///
+    /// # Errors
+    /// As [`cancel`](Self::cancel).
+    pub async fn cancel_by(
+        &self,
+        commit: &CommitId,
+        by: Option<String>,
+    ) -> Result<CancelOutcome, EngineError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Cancel {
                 commit: commit.clone(),
+                by,
+                reply,
+            })
+            .map_err(|_| EngineError::NotRunning)?;
+        answer.await.map_err(|_| EngineError::NotRunning)?
+    }
+
+    /// Runs again the steps of `commit`'s finished run that did not succeed
+    /// (failed, errored, cancelled, and those skipped because of them), as new
+    /// attempts of the same run; every earlier attempt stays in its history.
+    /// The run is queued again behind every step already waiting (a retry is a
+    /// new request), each retried step gets a fresh attempt budget (see
+    /// [`StepRecord::budget_from`](crate::StepRecord::budget_from)), and the
+    /// run ends in one new terminal status. The change is stored before this
+    /// answers, so a restart carries it on.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownRun`] when the commit has no run (a full commit id
+    /// is needed), [`EngineError::NotRunning`] when the engine is not running
+    /// or shutting down, [`EngineError::Store`] when the store fails.
+    pub async fn retry(&self, commit: &CommitId) -> Result<RetryOutcome, EngineError> {
+        self.retry_by(commit, None).await
+    }
+
+    /// [`retry`](Self::retry), recording `by` (who asked) with the retry on
+    /// the run.
+    ///
+    /// # Errors
+    /// As [`retry`](Self::retry).
+    pub async fn retry_by(
+        &self,
+        commit: &CommitId,
+        by: Option<String>,
+    ) -> Result<RetryOutcome, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Retry {
+                commit: commit.clone(),
+                by,
                 reply,
             })
             .map_err(|_| EngineError::NotRunning)?;

@@ -9,5 +9,6 @@ pub use commit::{Commit, CommitId};
 pub use pipeline::{ClassSpec, Concurrency, Pipeline, PipelineError, Scope, StepSpec};
 pub use pipeline_file::PipelineFileError;
 pub use run::{
-    Attempt, AttemptOutcome, Run, RunStatus, StepRecord, StepStatus, UnixMillis, now_millis,
+    Attempt, AttemptOutcome, Run, RunAction, RunActionKind, RunStatus, StepRecord, StepStatus,
+    UnixMillis, now_millis,
 };

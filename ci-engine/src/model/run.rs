@@ -271,6 +271,16 @@ pub struct StepRecord {
     /// Why the step ended as it did when that is not in its last attempt
     /// (skipped, cancelled, runner unreachable too long).
     pub reason: Option<String>,
+    /// The number of the first attempt of the step's current round: 1, until
+    /// a retry of the run (see [`Run::retry`]) starts a new round. Attempts
+    /// numbered below it are history: they count neither against the attempt
+    /// limit nor as a start of the run.
+    #[serde(default = "first_attempt")]
+    pub budget_from: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 impl StepRecord {
@@ -281,17 +291,38 @@ impl StepRecord {
             status: StepStatus::Pending,
             attempts: Vec::new(),
             reason: None,
+            budget_from: 1,
         }
     }
 
-    /// Attempts that count against the attempt limit.
+    /// Attempts of the current round (numbered from
+    /// [`budget_from`](Self::budget_from)) that count against the attempt limit.
     pub fn counted_attempts(&self) -> u32 {
         let n = self
-            .attempts
-            .iter()
+            .current_attempts()
             .filter(|a| a.outcome.counts_against_limit())
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// The attempts of the current round, oldest first.
+    pub fn current_attempts(&self) -> impl Iterator<Item = &Attempt> {
+        self.attempts
+            .iter()
+            .filter(|a| a.number >= self.budget_from)
+    }
+
+    /// Whether the step did something in the current round: an attempt, or an
+    /// end other than a success carried over from before a retry.
+    fn touched(&self) -> bool {
+        self.current_attempts().next().is_some()
+            || self.status.is_terminal() && self.status != StepStatus::Success
+    }
+
+    /// Whether a retry of the run runs the step again: it ended, and not in
+    /// success.
+    pub fn is_retryable(&self) -> bool {
+        self.status.is_terminal() && self.status != StepStatus::Success
     }
 
     /// The last attempt's logs, if any attempt was made.
@@ -319,6 +350,53 @@ pub struct Run {
     pub started_at: Option<UnixMillis>,
     /// When it reached a terminal status.
     pub finished_at: Option<UnixMillis>,
+    /// The queue position the run's latest retry gave it: its steps are
+    /// dispatched after every step that was waiting before the retry. `None`
+    /// until the run is retried; [`seq`](Self::seq) is its position before.
+    #[serde(default)]
+    pub retry_seq: Option<u64>,
+    /// Every retry and cancel asked of the run, oldest first.
+    #[serde(default)]
+    pub actions: Vec<RunAction>,
+}
+
+/// What was asked of a run from outside the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunActionKind {
+    /// Run the steps that did not succeed again.
+    Retry,
+    /// Stop the run.
+    Cancel,
+}
+
+impl RunActionKind {
+    /// The lowercase name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Cancel => "cancel",
+        }
+    }
+}
+
+impl fmt::Display for RunActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A retry or cancel of a run, as recorded on the run: what, when, and who
+/// asked (as the embedder names them, e.g. a client's address).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAction {
+    /// What was asked.
+    pub kind: RunActionKind,
+    /// When the engine took it (wall clock).
+    pub at: UnixMillis,
+    /// Who asked, when known.
+    pub by: Option<String>,
 }
 
 impl Run {
@@ -337,7 +415,49 @@ impl Run {
             created_at: now_millis(),
             started_at: None,
             finished_at: None,
+            retry_seq: None,
+            actions: Vec::new(),
         }
+    }
+
+    /// The run's position in the dispatch queue: lower goes first. Its
+    /// [`seq`](Self::seq), or the position its latest retry gave it.
+    pub fn queue_position(&self) -> u64 {
+        self.retry_seq.unwrap_or(self.seq)
+    }
+
+    /// Starts a new round of the run: every step that ended other than in
+    /// success (failed, errored, cancelled, or skipped because of one of those)
+    /// is pending again with a fresh attempt budget, its earlier attempts kept
+    /// as history; the run is queued again at `position`, which must be later
+    /// than every run now queued. Returns the names of the steps that will run
+    /// again (empty, and nothing changed, when every step succeeded or the run
+    /// is not finished).
+    pub fn retry(&mut self, position: u64, action: RunAction) -> Vec<String> {
+        if !self.status.is_terminal() || !self.steps.iter().any(StepRecord::is_retryable) {
+            return Vec::new();
+        }
+        let mut again = Vec::new();
+        for step in &mut self.steps {
+            step.budget_from = step
+                .attempts
+                .iter()
+                .map(|a| a.number)
+                .max()
+                .unwrap_or(0)
+                .saturating_add(1);
+            if step.is_retryable() {
+                step.status = StepStatus::Pending;
+                step.reason = None;
+                again.push(step.name.clone());
+            }
+        }
+        self.retry_seq = Some(position);
+        self.actions.push(action);
+        self.started_at = None;
+        self.finished_at = None;
+        self.settle();
+        again
     }
 
     /// The run's id: its commit id.
@@ -351,8 +471,9 @@ impl Run {
     }
 
     /// Status the steps imply: `cancelled` if any step was cancelled; otherwise,
-    /// while any step is pending or running, `running` once something started and
-    /// `queued` before; otherwise `failure` if a step failed, else `error` if a
+    /// while any step is pending or running, `running` once something happened
+    /// in the current round (an attempt, or a step's end other than a success
+    /// carried over from before a retry) and `queued` before; otherwise `failure` if a step failed, else `error` if a
     /// step errored, else `success`. Skipped steps follow from another step's
     /// result and add nothing.
     pub fn derived_status(&self) -> RunStatus {
@@ -360,11 +481,7 @@ impl Run {
         if any(|s| s == StepStatus::Cancelled) {
             RunStatus::Cancelled
         } else if any(|s| !s.is_terminal()) {
-            if self
-                .steps
-                .iter()
-                .any(|s| !s.attempts.is_empty() || s.status.is_terminal())
-            {
+            if self.steps.iter().any(StepRecord::touched) {
                 RunStatus::Running
             } else {
                 RunStatus::Queued

@@ -20,7 +20,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::model::{
-    Attempt, AttemptOutcome, Commit, CommitId, Run, RunStatus, StepRecord, StepStatus,
+    Attempt, AttemptOutcome, Commit, CommitId, Run, RunAction, RunActionKind, RunStatus,
+    StepRecord, StepStatus,
 };
 use crate::store::{RunQuery, RunStore, StoreError};
 
@@ -85,6 +86,8 @@ pub fn queued_run(id: &str, seq: u64, branches: &[&str]) -> Run {
         created_at: 1_700_000_000_000 + i64::try_from(seq).unwrap_or(0),
         started_at: None,
         finished_at: None,
+        retry_seq: None,
+        actions: Vec::new(),
     }
 }
 
@@ -177,6 +180,7 @@ pub fn rich_run(id: &str, seq: u64) -> Run {
             "error[E0308]: mismatched types\n",
         ),
     ];
+    build.budget_from = 2;
 
     let mut test = StepRecord::pending("test");
     test.status = StepStatus::Skipped;
@@ -202,6 +206,21 @@ pub fn rich_run(id: &str, seq: u64) -> Run {
         created_at: 1_700_000_000_000,
         started_at: Some(1_700_000_000_100),
         finished_at: Some(1_700_000_009_999),
+        // Retried once, then cancelled: the queue position, both actions and
+        // the build's budget marker must come back as written.
+        retry_seq: Some(seq + 1_000),
+        actions: vec![
+            RunAction {
+                kind: RunActionKind::Retry,
+                at: 1_700_000_005_000,
+                by: Some("127.0.0.1:41234".into()),
+            },
+            RunAction {
+                kind: RunActionKind::Cancel,
+                at: 1_700_000_006_000,
+                by: None,
+            },
+        ],
     }
 }
 

@@ -54,8 +54,9 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T
 // ----- writing ------------------------------------------------------------------
 
 /// Runs `sql` (an insert or update of the `runs` row) with the run's columns
-/// bound as `?1`..`?12`: seq, id, status, branches, parents, summary, author,
-/// commit time, failed steps, created, started, finished. Returns rows changed.
+/// bound as `?1`..`?14`: seq, id, status, branches, parents, summary, author,
+/// commit time, failed steps, created, started, finished, retry seq, actions.
+/// Returns rows changed.
 fn execute_run_row(conn: &Connection, sql: &str, seq: i64, run: &Run) -> Result<usize> {
     Ok(conn.prepare_cached(sql)?.execute(params![
         seq,
@@ -70,6 +71,8 @@ fn execute_run_row(conn: &Connection, sql: &str, seq: i64, run: &Run) -> Result<
         run.created_at,
         run.started_at,
         run.finished_at,
+        opt_to_i64("retry_seq", run.retry_seq)?,
+        json(&run.actions)?,
     ])?)
 }
 
@@ -79,8 +82,9 @@ pub(super) fn insert_run(conn: &Connection, run: &Run) -> Result<bool> {
     let inserted = execute_run_row(
         conn,
         "INSERT INTO runs (seq, id, status, branches, parents, summary, author, commit_time,
-                           failed_steps, created_at, started_at, finished_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                           failed_steps, created_at, started_at, finished_at, retry_seq,
+                           actions)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
          ON CONFLICT (id) DO NOTHING",
         seq,
         run,
@@ -103,7 +107,7 @@ pub(super) fn update_run(conn: &Connection, run: &Run) -> Result<()> {
         conn,
         "UPDATE runs SET seq = ?1, status = ?3, branches = ?4, parents = ?5, summary = ?6,
             author = ?7, commit_time = ?8, failed_steps = ?9, created_at = ?10,
-            started_at = ?11, finished_at = ?12
+            started_at = ?11, finished_at = ?12, retry_seq = ?13, actions = ?14
          WHERE id = ?2",
         seq,
         run,
@@ -125,11 +129,13 @@ fn write_children(conn: &Connection, seq: i64, run: &Run) -> Result<()> {
     }
 
     let mut put_step = conn.prepare_cached(
-        "INSERT INTO steps (seq, position, name, status, reason) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO steps (seq, position, name, status, reason, budget_from)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (seq, position) DO UPDATE SET
-             name = excluded.name, status = excluded.status, reason = excluded.reason
+             name = excluded.name, status = excluded.status, reason = excluded.reason,
+             budget_from = excluded.budget_from
          WHERE name IS NOT excluded.name OR status IS NOT excluded.status
-            OR reason IS NOT excluded.reason",
+            OR reason IS NOT excluded.reason OR budget_from IS NOT excluded.budget_from",
     )?;
     let mut put_attempt = conn.prepare_cached(
         "INSERT INTO attempts (seq, step, position, number, outcome, reason, logs, started_at,
@@ -156,7 +162,8 @@ fn write_children(conn: &Connection, seq: i64, run: &Run) -> Result<()> {
             position,
             step.name,
             step.status.as_str(),
-            step.reason
+            step.reason,
+            step.budget_from
         ])?;
         for (j, a) in step.attempts.iter().enumerate() {
             put_attempt.execute(params![
@@ -200,7 +207,8 @@ pub(super) fn save_state(conn: &Connection, key: &str, value: &str) -> Result<()
 
 /// The `runs` columns [`read_run`] expects, from a table aliased `r`.
 const RUN_COLUMNS: &str = "r.seq, r.id, r.status, r.branches, r.parents, r.summary, r.author, \
-                           r.commit_time, r.failed_steps, r.created_at, r.started_at, r.finished_at";
+                           r.commit_time, r.failed_steps, r.created_at, r.started_at, r.finished_at, \
+                           r.retry_seq, r.actions";
 
 /// A `runs` row, before its steps are read.
 fn read_head(row: &Row<'_>) -> Result<Run> {
@@ -210,6 +218,7 @@ fn read_head(row: &Row<'_>) -> Result<Run> {
     let branches: String = row.get(3)?;
     let parents: String = row.get(4)?;
     let failed: String = row.get(8)?;
+    let actions: String = row.get(13)?;
     Ok(Run {
         commit: Commit {
             branches: from_json(&format!("branches of run {id}"), &branches)?,
@@ -227,6 +236,11 @@ fn read_head(row: &Row<'_>) -> Result<Run> {
         created_at: row.get(9)?,
         started_at: row.get(10)?,
         finished_at: row.get(11)?,
+        retry_seq: row
+            .get::<_, Option<i64>>(12)?
+            .map(|v| to_u64("retry_seq", v))
+            .transpose()?,
+        actions: from_json(&format!("actions of run {id}"), &actions)?,
     })
 }
 
@@ -243,7 +257,8 @@ enum Logs {
 fn read_steps(conn: &Connection, run: &mut Run, logs: Logs) -> Result<()> {
     let seq = to_i64("seq", run.seq)?;
     let mut steps = conn.prepare_cached(
-        "SELECT position, name, status, reason FROM steps WHERE seq = ?1 ORDER BY position",
+        "SELECT position, name, status, reason, budget_from FROM steps WHERE seq = ?1
+         ORDER BY position",
     )?;
     let mut rows = steps.query([seq])?;
     while let Some(row) = rows.next()? {
@@ -255,6 +270,7 @@ fn read_steps(conn: &Connection, run: &mut Run, logs: Logs) -> Result<()> {
             })?,
             attempts: Vec::new(),
             reason: row.get(3)?,
+            budget_from: row.get(4)?,
         });
     }
     let mut attempts = conn.prepare_cached(match logs {

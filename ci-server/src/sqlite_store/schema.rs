@@ -16,7 +16,7 @@ use tracing::info;
 use super::SqliteStoreError;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of a ci-server run database ("CIRS").
 pub const APPLICATION_ID: i32 = 0x4349_5253;
@@ -26,7 +26,7 @@ pub const APPLICATION_ID: i32 = 0x4349_5253;
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [V1, V2];
+const MIGRATIONS: [&str; 3] = [V1, V2, V3];
 
 /// Version 1.
 ///
@@ -101,6 +101,20 @@ CREATE TABLE engine_state (
 /// before version 2 (and reads back as "unknown"), so upgrading keeps every run.
 const V2: &str = "
 ALTER TABLE attempts ADD COLUMN runner TEXT;
+";
+
+/// Version 3: runs can be retried and cancelled from outside.
+///
+/// - `runs.retry_seq`: the queue position of the run's latest retry (`NULL`
+///   until it is retried).
+/// - `runs.actions`: every retry and cancel asked of the run (JSON: kind,
+///   when, by whom), `[]` for runs recorded before version 3.
+/// - `steps.budget_from`: the first attempt number of the step's current
+///   round; 1 for runs recorded before version 3, which were never retried.
+const V3: &str = "
+ALTER TABLE runs ADD COLUMN retry_seq INTEGER;
+ALTER TABLE runs ADD COLUMN actions TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE steps ADD COLUMN budget_from INTEGER NOT NULL DEFAULT 1;
 ";
 
 /// Opens `path` for the store: the writing connection (schema up to date, WAL

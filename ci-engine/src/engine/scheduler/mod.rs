@@ -16,11 +16,17 @@
 //! [`EngineConfig::abandon_limit`] after the engine gave up on it is dropped, and
 //! only once its runner has answered a probe.
 //!
+//! Runs are keyed by their queue position: the run's `seq`, or the position
+//! its latest retry gave it (see [`Run::queue_position`]), so the oldest key
+//! dispatches first and a retried run queues behind what was waiting.
+//!
 //! The code is split by concern: this module holds the state, the loop,
-//! admission and dispatch; `outcomes` what happens when a request ends, a timer
-//! fires or a command arrives; `health` each runner's outages, probes and
-//! status.
+//! admission and dispatch; `outcomes` what happens when a request ends or a
+//! timer fires; `commands` what callers ask (cancel, retry, status);
+//! `health` each runner's outages, probes and status; `waiting` why steps
+//! wait.
 
+mod commands;
 mod health;
 mod outcomes;
 mod waiting;
@@ -135,6 +141,7 @@ impl RunnerSlot {
 
 /// An open request to a runner.
 struct Flight {
+    /// The run's queue position (re-keyed when the run is retried).
     seq: u64,
     /// The run's commit (the run may end before the request does).
     commit: CommitId,
@@ -413,8 +420,8 @@ impl Scheduler {
                     step.status = StepStatus::Pending;
                 }
             }
-            self.next_seq = self.next_seq.max(run.seq + 1);
-            self.admit(run).await?;
+            self.next_seq = self.next_seq.max(run.queue_position() + 1);
+            self.admit(run, Vec::new()).await?;
         }
         Ok(())
     }
@@ -466,14 +473,17 @@ impl Scheduler {
                 commit: run.id().clone(),
                 seq: run.seq,
             });
-            self.admit(run).await?;
+            self.admit(run, Vec::new()).await?;
         }
         Ok(())
     }
 
     /// Builds the scheduling state of a run whose steps are pending or terminal,
-    /// skips what can no longer run, queues what is ready, and persists.
-    async fn admit(&mut self, mut run: Run) -> Result<(), EngineError> {
+    /// skips what can no longer run, queues what is ready (or holds it while a
+    /// runner still holds an earlier attempt of it), persists, and announces
+    /// `events`.
+    async fn admit(&mut self, mut run: Run, events: Vec<EngineEvent>) -> Result<(), EngineError> {
+        let seq = run.queue_position();
         let now = Instant::now();
         let n = self.pipeline.len();
         let mut steps: Vec<StepSlot> = Vec::with_capacity(n);
@@ -489,13 +499,14 @@ impl Scheduler {
             let ran_on = (status == StepStatus::Success)
                 .then(|| self.succeeded_on(&run.steps[i]))
                 .flatten();
+            let open_abandoned = self.open_abandoned(seq, i);
             let mut slot = StepSlot {
                 unmet: 0,
                 phase: Phase::Done,
                 ready_since: now,
                 next_attempt,
                 lost_at_outage: None,
-                open_abandoned: 0,
+                open_abandoned,
                 ran_on,
                 pin: None,
             };
@@ -522,16 +533,41 @@ impl Scheduler {
             }
             steps.push(slot);
         }
-        let seq = run.seq;
         let ready: Vec<usize> = (0..n)
             .filter(|&i| steps[i].phase == Phase::Blocked && steps[i].unmet == 0)
             .collect();
         self.by_commit.insert(run.id().clone(), seq);
         self.runs.insert(seq, RunSlot { run, steps });
         for i in ready {
-            self.make_ready(seq, i, now);
+            self.ready_or_held(seq, i, now);
         }
-        self.commit_change(seq).await
+        self.commit_change_then(seq, events).await
+    }
+
+    /// Requests of step `step` of the run keyed `seq` that the engine gave up
+    /// on and a runner still holds.
+    fn open_abandoned(&self, seq: u64, step: usize) -> u32 {
+        let n = self
+            .task_index
+            .values()
+            .filter(|t| {
+                matches!(t, Task::Step(f) if f.seq == seq && f.step == step && f.abandoned.is_some())
+            })
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Makes a step that may run ready, or holds it while a runner still
+    /// holds an earlier attempt of it (it becomes ready when that ends).
+    fn ready_or_held(&mut self, seq: u64, step: usize, now: Instant) {
+        let Some(slot) = self.runs.get_mut(&seq) else {
+            return;
+        };
+        if slot.steps[step].open_abandoned > 0 {
+            slot.steps[step].phase = Phase::Held;
+        } else {
+            self.make_ready(seq, step, now);
+        }
     }
 
     /// The pool index of the runner a successful step's last attempt ran on.

@@ -1,6 +1,6 @@
-//! What happens when a request ends, a timer fires or a command arrives: the
-//! attempt is recorded, the step ends or is scheduled again, and what depends
-//! on it moves on.
+//! What happens when a request ends or a timer fires: the attempt is
+//! recorded, the step ends or is scheduled again, and what depends on it moves
+//! on; steps that waited too long for a runner end.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,16 +8,15 @@ use std::time::Duration;
 
 use tokio::task::{Id as TaskId, JoinError};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{
     Finished, Flight, Phase, Scheduler, Task, TaskOutput, Verdict, answered, jitter_key, millis,
     skip_reason,
 };
-use crate::engine::{CancelOutcome, Command, EngineError, EngineEvent};
-use crate::model::{AttemptOutcome, CommitId, StepStatus, now_millis};
+use crate::engine::{EngineError, EngineEvent};
+use crate::model::{AttemptOutcome, StepStatus, now_millis};
 use crate::runner::{Probe, RunnerError, StepVerdict};
-use crate::store::StoreError;
 
 impl Scheduler {
     // ----- results ----------------------------------------------------------
@@ -235,11 +234,7 @@ impl Scheduler {
             Verdict::AtOnce => {
                 let slot = self.runs.get_mut(&seq).expect("live run");
                 slot.run.steps[step].status = StepStatus::Pending;
-                if slot.steps[step].open_abandoned > 0 {
-                    slot.steps[step].phase = Phase::Held;
-                } else {
-                    self.make_ready(seq, step, now);
-                }
+                self.ready_or_held(seq, step, now);
                 retry_in = Some(Duration::ZERO);
             }
             Verdict::Backoff => {
@@ -289,7 +284,7 @@ impl Scheduler {
                 }
             }
             for d in ready {
-                self.make_ready(seq, d, now);
+                self.ready_or_held(seq, d, now);
             }
             return;
         }
@@ -367,14 +362,12 @@ impl Scheduler {
                 break;
             }
             self.backoff.pop_first();
-            if let Some(slot) = self.runs.get_mut(&seq)
-                && slot.steps[step].phase == Phase::Backoff(at)
+            if self
+                .runs
+                .get(&seq)
+                .is_some_and(|slot| slot.steps[step].phase == Phase::Backoff(at))
             {
-                if slot.steps[step].open_abandoned > 0 {
-                    slot.steps[step].phase = Phase::Held;
-                    continue;
-                }
-                self.make_ready(seq, step, now);
+                self.ready_or_held(seq, step, now);
             }
         }
         if self.next_expiry.is_some_and(|at| at <= now) {
@@ -425,104 +418,7 @@ impl Scheduler {
         self.commit_change_then(seq, vec![event]).await
     }
 
-    // ----- commands ---------------------------------------------------------
-
-    pub(super) async fn on_command(&mut self, command: Command) -> Result<(), EngineError> {
-        match command {
-            Command::Cancel { commit, reply } => {
-                let answer = self.cancel(&commit).await;
-                let answer = match answer {
-                    Err(EngineError::Store(e)) => {
-                        // The store failing is fatal for the engine; tell the caller too.
-                        let message = e.to_string();
-                        let _ = reply.send(Err(EngineError::Store(StoreError::Backend(
-                            message.clone().into(),
-                        ))));
-                        return Err(EngineError::Store(e));
-                    }
-                    other => other,
-                };
-                let _ = reply.send(answer);
-                Ok(())
-            }
-            Command::Runners { reply } => {
-                let _ = reply.send(self.runner_statuses());
-                Ok(())
-            }
-            Command::Waiting { commit, reply } => {
-                let _ = reply.send(self.waiting(&commit));
-                Ok(())
-            }
-            Command::Classes { reply } => {
-                let _ = reply.send(self.class_statuses());
-                Ok(())
-            }
-        }
-    }
-
-    async fn cancel(&mut self, commit: &CommitId) -> Result<CancelOutcome, EngineError> {
-        let Some(&seq) = self.by_commit.get(commit) else {
-            return match self.store.has_run(commit).await? {
-                true => Ok(CancelOutcome::AlreadyFinished),
-                false => Err(EngineError::UnknownRun(commit.clone())),
-            };
-        };
-        let now = Instant::now();
-        let flights: Vec<TaskId> = self
-            .task_index
-            .iter()
-            .filter_map(|(&id, t)| match t {
-                Task::Step(f) if f.seq == seq && f.abandoned.is_none() => Some(id),
-                _ => None,
-            })
-            .collect();
-        for id in flights {
-            // The request stays open and keeps its permit until the runner answers.
-            self.abandon(id, now);
-        }
-        let n = self.runs.get(&seq).map_or(0, |s| s.steps.len());
-        for i in 0..n {
-            let phase = self.runs[&seq].steps[i].phase;
-            match phase {
-                Phase::Ready => self.unqueue(seq, i),
-                Phase::Backoff(at) => {
-                    self.backoff.remove(&(at, seq, i));
-                }
-                Phase::Blocked | Phase::InFlight | Phase::Held | Phase::Done => {}
-            }
-        }
-        let mut events = Vec::new();
-        let slot = self.runs.get_mut(&seq).expect("indexed runs are live");
-        for (i, step) in slot.steps.iter_mut().enumerate() {
-            if step.phase == Phase::Done {
-                continue;
-            }
-            step.phase = Phase::Done;
-            let record = &mut slot.run.steps[i];
-            if let Some(a) = record
-                .attempts
-                .last_mut()
-                .filter(|a| a.outcome == AttemptOutcome::Running)
-            {
-                a.outcome = AttemptOutcome::Cancelled;
-                a.reason = Some("the run was cancelled".into());
-                a.finished_at = Some(now_millis());
-                events.push(EngineEvent::StepFinished {
-                    commit: commit.clone(),
-                    step: record.name.clone(),
-                    attempt: a.number,
-                    outcome: AttemptOutcome::Cancelled,
-                    status: StepStatus::Cancelled,
-                    retry_in_ms: None,
-                });
-            }
-            record.status = StepStatus::Cancelled;
-            record.reason = Some("the run was cancelled".into());
-        }
-        info!(%commit, "run cancelled");
-        self.commit_change_then(seq, events).await?;
-        Ok(CancelOutcome::Cancelled)
-    }
+    // ----- expiry -----------------------------------------------------------
 
     /// Ends `error` every ready step that has waited longer than the
     /// unreachable limit for a runner that is down: a pinned step for its

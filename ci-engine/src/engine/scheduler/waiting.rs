@@ -49,7 +49,9 @@ impl Scheduler {
                     .values()
                     .find_map(|t| match t {
                         Task::Step(f)
-                            if f.seq == slot.run.seq && f.step == i && f.abandoned.is_some() =>
+                            if f.commit == *slot.run.id()
+                                && f.step == i
+                                && f.abandoned.is_some() =>
                         {
                             Some(Waiting::EarlierAttempt {
                                 runner: self.runners[f.runner].id.clone(),
