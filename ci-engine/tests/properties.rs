@@ -139,6 +139,7 @@ fn scenario(
         batches,
         outages: faults.outages.clone(),
         cancels: Vec::new(),
+        retries: Vec::new(),
     }
 }
 
@@ -151,6 +152,21 @@ fn with_cancels(mut s: Scenario, picks: Vec<(u64, usize)>) -> Scenario {
         .flat_map(|(_, b)| b.iter().map(|c| c.id.clone()))
         .collect();
     s.cancels = picks
+        .into_iter()
+        .map(|(at, i)| (Duration::from_millis(at), ids[i % ids.len()].clone()))
+        .collect();
+    s
+}
+
+/// `s` with retries of its commits: each pick is (offset in ms, index of the
+/// commit, modulo their number).
+fn with_retries(mut s: Scenario, picks: Vec<(u64, usize)>) -> Scenario {
+    let ids: Vec<CommitId> = s
+        .batches
+        .iter()
+        .flat_map(|(_, b)| b.iter().map(|c| c.id.clone()))
+        .collect();
+    s.retries = picks
         .into_iter()
         .map(|(at, i)| (Duration::from_millis(at), ids[i % ids.len()].clone()))
         .collect();
@@ -301,6 +317,26 @@ proptest! {
         picks in proptest::collection::vec((0u64..5_000, 0usize..48), 1..4),
     ) {
         let o = simulate(&with_cancels(s, picks));
+        prop_assert_eq!(o.check_always(), Ok(()));
+    }
+
+    /// Retries and cancels at random moments, under every kind of fault:
+    /// every invariant holds over all rounds (limits, needs, one run per
+    /// commit ending terminal, never a step in flight twice, statuses, attempt
+    /// budgets per round), a step that succeeded never runs again, and each
+    /// retry that took effect is recorded.
+    #[test]
+    fn retries_keep_every_invariant(
+        s in faulty(),
+        retries in proptest::collection::vec((0u64..8_000, 0usize..48), 1..5),
+        cancels in proptest::collection::vec((0u64..8_000, 0usize..48, 0u64..300), 0..3),
+    ) {
+        // Each cancelled run is also retried soon after its cancel, while
+        // requests the cancel gave up on may still be open.
+        let mut all_retries = retries;
+        all_retries.extend(cancels.iter().map(|&(at, i, after)| (at + after, i)));
+        let cancels = cancels.into_iter().map(|(at, i, _)| (at, i)).collect();
+        let o = simulate(&with_retries(with_cancels(s, cancels), all_retries));
         prop_assert_eq!(o.check_always(), Ok(()));
     }
 

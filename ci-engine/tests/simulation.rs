@@ -37,6 +37,7 @@ fn ten_thousand_commits_against_the_original_runner() {
         batches,
         outages: Vec::new(),
         cancels: Vec::new(),
+        retries: Vec::new(),
     };
     let o = simulate(&scenario);
 

@@ -313,10 +313,12 @@ impl StepRecord {
     }
 
     /// Whether the step did something in the current round: an attempt, or an
-    /// end other than a success carried over from before a retry.
+    /// end other than a success carried over from before a retry (a retry
+    /// moves every step's budget past its attempts, so a carried-over success
+    /// is one with no attempt of the current round after the first round).
     fn touched(&self) -> bool {
-        self.current_attempts().next().is_some()
-            || self.status.is_terminal() && self.status != StepStatus::Success
+        let carried_success = self.status == StepStatus::Success && self.budget_from > 1;
+        self.current_attempts().next().is_some() || self.status.is_terminal() && !carried_success
     }
 
     /// Whether a retry of the run runs the step again: it ended, and not in
@@ -569,6 +571,78 @@ mod tests {
         r.steps[2].status = StepStatus::Cancelled;
         r.settle();
         assert_eq!(r.status, RunStatus::Cancelled);
+    }
+
+    #[test]
+    fn a_retry_starts_a_new_round_of_the_steps_that_did_not_succeed() {
+        let mut r = run();
+        r.steps[0].status = StepStatus::Success;
+        r.steps[0]
+            .attempts
+            .push(Attempt::new(1, AttemptOutcome::Success, 0));
+        r.steps[1].status = StepStatus::Failure;
+        r.steps[1]
+            .attempts
+            .push(Attempt::new(1, AttemptOutcome::Lost, 0));
+        r.steps[1]
+            .attempts
+            .push(Attempt::new(2, AttemptOutcome::Failure, 0));
+        r.steps[2].status = StepStatus::Skipped;
+        r.settle();
+        assert_eq!(r.status, RunStatus::Failure);
+        let action = RunAction {
+            kind: RunActionKind::Retry,
+            at: 5,
+            by: None,
+        };
+
+        assert_eq!(r.retry(7, action.clone()), ["build", "test"]);
+        assert_eq!(
+            r.status,
+            RunStatus::Queued,
+            "nothing of the new round started"
+        );
+        assert_eq!((r.started_at, r.finished_at), (None, None));
+        assert_eq!(r.queue_position(), 7);
+        assert_eq!(r.seq, 0);
+        assert_eq!(
+            r.steps.iter().map(|s| s.budget_from).collect::<Vec<_>>(),
+            [2, 3, 1]
+        );
+        assert_eq!(r.steps[1].counted_attempts(), 0, "a fresh budget");
+        assert_eq!(r.steps[1].attempts.len(), 2, "the history is kept");
+        assert_eq!(r.steps[0].status, StepStatus::Success);
+
+        r.steps[1]
+            .attempts
+            .push(Attempt::new(3, AttemptOutcome::Running, 0));
+        r.steps[1].status = StepStatus::Running;
+        r.settle();
+        assert_eq!(r.status, RunStatus::Running);
+
+        let unfinished = r.clone();
+        assert!(
+            r.retry(9, action).is_empty(),
+            "an unfinished run is not retried"
+        );
+        assert_eq!(r, unfinished);
+    }
+
+    #[test]
+    fn a_run_that_succeeded_has_nothing_to_retry() {
+        let mut r = run();
+        for s in &mut r.steps {
+            s.status = StepStatus::Success;
+        }
+        r.settle();
+        let before = r.clone();
+        let action = RunAction {
+            kind: RunActionKind::Retry,
+            at: 5,
+            by: None,
+        };
+        assert!(r.retry(7, action).is_empty());
+        assert_eq!(r, before);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod scripted;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use ci_engine::testing::sim::{ScriptedSource, SimRunner, SimRunnerConfig, TraceEvent, TraceKind};
 use ci_engine::{
     AttemptOutcome, Commit, CommitId, Engine, EngineConfig, EngineEvent, MemoryStore, Pipeline,
-    Run, RunStatus, StepStatus,
+    Run, RunActionKind, RunStatus, StepStatus,
 };
 use tokio::time::Instant;
 
@@ -54,6 +56,9 @@ pub struct Scenario {
     pub outages: Vec<(Duration, Duration)>,
     /// Commits to cancel, at offsets.
     pub cancels: Vec<(Duration, CommitId)>,
+    /// Commits to retry, at offsets (the source stays open until the last,
+    /// so the engine is there to take them).
+    pub retries: Vec<(Duration, CommitId)>,
 }
 
 /// What a scenario left behind.
@@ -66,6 +71,8 @@ pub struct Outcome {
     pub handed: Vec<CommitId>,
     pub crashes: u64,
     pub cancelled: HashSet<CommitId>,
+    /// Commits whose retry started a new round.
+    pub retried: HashSet<CommitId>,
     /// Every event the engine sent, with the (virtual) time it was sent; empty
     /// for runs with restarts.
     pub events: Vec<(Instant, EngineEvent)>,
@@ -139,7 +146,21 @@ pub async fn simulate_async(scenario: &Scenario) -> Outcome {
             (commit.clone(), handle.cancel(&commit).await)
         }));
     }
-    let source = ScriptedSource::new(scenario.batches.clone());
+    let mut retry_tasks = Vec::new();
+    for (at, commit) in scenario.retries.clone() {
+        let handle = handle.clone();
+        retry_tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(t0 + at).await;
+            (commit.clone(), handle.retry(&commit).await)
+        }));
+    }
+    let mut batches = scenario.batches.clone();
+    if let Some(last) = scenario.retries.iter().map(|(at, _)| *at).max() {
+        // An empty batch keeps the source open until the last retry is asked.
+        let at = batches.last().map_or(last, |(b, _)| last.max(*b));
+        batches.push((at + Duration::from_millis(1), Vec::new()));
+    }
+    let source = ScriptedSource::new(batches);
     // A week of virtual time: a hang fails the test instead of blocking it.
     let result = tokio::time::timeout(
         Duration::from_secs(7 * 24 * 3600),
@@ -156,6 +177,12 @@ pub async fn simulate_async(scenario: &Scenario) -> Outcome {
             cancelled.insert(commit);
         }
     }
+    let mut retried = HashSet::new();
+    for task in retry_tasks {
+        if let Ok((commit, Ok(ci_engine::RetryOutcome::Retried { .. }))) = task.await {
+            retried.insert(commit);
+        }
+    }
     // Every sender gone, the recorder drains the channel and ends.
     drop(handle);
     let events = recorder.await.unwrap();
@@ -168,6 +195,7 @@ pub async fn simulate_async(scenario: &Scenario) -> Outcome {
         handed,
         crashes: runner.crashes(),
         cancelled,
+        retried,
         events,
         stops_at: Vec::new(),
     }
@@ -359,12 +387,26 @@ impl Outcome {
                     r.derived_status()
                 ));
             }
-            let cancelled = self.cancelled.contains(r.id());
+            // A run is cancelled when the last thing asked of it was a cancel
+            // (a retry after it starts a new round); every cancel that took
+            // effect is recorded.
+            let cancelled = r
+                .actions
+                .last()
+                .is_some_and(|a| a.kind == RunActionKind::Cancel);
             if cancelled != (r.status == RunStatus::Cancelled) {
                 return Err(format!(
                     "{}: cancelled={cancelled} but status {}",
                     r.id(),
                     r.status
+                ));
+            }
+            let recorded = r.actions.iter().any(|a| a.kind == RunActionKind::Cancel);
+            if recorded != self.cancelled.contains(r.id()) {
+                return Err(format!(
+                    "{}: a cancel recorded={recorded}, answered cancelled={}",
+                    r.id(),
+                    self.cancelled.contains(r.id())
                 ));
             }
             for (i, s) in r.steps.iter().enumerate() {
@@ -380,7 +422,7 @@ impl Outcome {
                                 .is_some_and(|r| r.contains("unreachable"))
                     }
                     StepStatus::Skipped => {
-                        s.attempts.is_empty()
+                        s.current_attempts().next().is_none()
                             && self.pipeline.needs_of(i).iter().any(|&n| {
                                 let st = r.steps[n].status;
                                 st.is_terminal() && st != StepStatus::Success
@@ -843,7 +885,67 @@ impl Outcome {
         self.check_class_limits()?;
         self.check_needs_before_start()?;
         self.check_one_terminal_run_each()?;
-        self.check_status_consistency()
+        self.check_status_consistency()?;
+        self.check_retries()
+    }
+
+    /// Retries: a run has a recorded retry exactly when a retry of it
+    /// answered `Retried`; a step's attempt numbers only grow, and its budget
+    /// starts past every attempt of earlier rounds; a step that succeeded is
+    /// never tried again.
+    pub fn check_retries(&self) -> Result<(), String> {
+        for r in &self.runs {
+            let recorded = r.actions.iter().any(|a| a.kind == RunActionKind::Retry);
+            if recorded != self.retried.contains(r.id()) {
+                return Err(format!(
+                    "{}: a retry recorded={recorded}, answered retried={}",
+                    r.id(),
+                    self.retried.contains(r.id())
+                ));
+            }
+            if !recorded && r.retry_seq.is_some() {
+                return Err(format!("{}: a retry position without a retry", r.id()));
+            }
+            for s in &r.steps {
+                let numbers: Vec<u32> = s.attempts.iter().map(|a| a.number).collect();
+                if numbers.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(format!(
+                        "{} of {}: attempt numbers {numbers:?}",
+                        s.name,
+                        r.id()
+                    ));
+                }
+                if s.attempts
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .any(|a| a.outcome == AttemptOutcome::Success)
+                {
+                    return Err(format!(
+                        "{} of {}: attempts after a success: {:?}",
+                        s.name,
+                        r.id(),
+                        s.attempts.iter().map(|a| a.outcome).collect::<Vec<_>>()
+                    ));
+                }
+                let earlier = s.attempts.iter().filter(|a| a.number < s.budget_from);
+                let last_round = s.attempts.iter().map(|a| a.number).max().unwrap_or(0);
+                if s.budget_from > last_round + 1
+                    || (!recorded && s.budget_from != 1)
+                    || earlier
+                        .clone()
+                        .any(|a| a.outcome == AttemptOutcome::Running)
+                {
+                    return Err(format!(
+                        "{} of {}: budget from {} with attempts {numbers:?}",
+                        s.name,
+                        r.id(),
+                        s.budget_from
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -914,6 +1016,7 @@ pub fn simulate_with_restarts(scenario: &Scenario, stops: &[Duration], grace: Du
             handed,
             crashes: runner.crashes(),
             cancelled: HashSet::new(),
+            retried: HashSet::new(),
             events: Vec::new(),
             stops_at,
         }
