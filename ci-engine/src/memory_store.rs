@@ -3,7 +3,7 @@
 //! It is what the engine's tests run against and what the SQLite store is
 //! checked against. It forgets everything when dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -17,7 +17,32 @@ struct Inner {
     runs: BTreeMap<u64, Run>,
     /// `seq` by commit id; ordered so a prefix is a range.
     ids: BTreeMap<CommitId, u64>,
+    /// The unfinished runs, `seq` by queue position.
+    unfinished: BTreeMap<u64, u64>,
+    /// `(retry_seq, seq)` of every run that has a retry position.
+    retried: BTreeSet<(u64, u64)>,
     state: HashMap<String, String>,
+}
+
+impl Inner {
+    /// Stores `run` under its `seq` and keeps the indexes in line; `old`
+    /// is the run it replaces, if any.
+    fn put(&mut self, run: &Run, old: Option<&Run>) {
+        if let Some(old) = old {
+            self.unfinished.remove(&old.queue_position());
+            if let Some(r) = old.retry_seq {
+                self.retried.remove(&(r, old.seq));
+            }
+        }
+        if !run.status.is_terminal() {
+            self.unfinished.insert(run.queue_position(), run.seq);
+        }
+        if let Some(r) = run.retry_seq {
+            self.retried.insert((r, run.seq));
+        }
+        self.ids.insert(run.id().clone(), run.seq);
+        self.runs.insert(run.seq, run.clone());
+    }
 }
 
 /// A [`RunStore`] in memory: fast, complete, not durable.
@@ -72,8 +97,7 @@ impl RunStore for MemoryStore {
         if inner.runs.contains_key(&run.seq) {
             return Err(duplicate_seq(run.seq));
         }
-        inner.ids.insert(run.id().clone(), run.seq);
-        inner.runs.insert(run.seq, run.clone());
+        inner.put(run, None);
         Ok(true)
     }
 
@@ -83,14 +107,11 @@ impl RunStore for MemoryStore {
             .ids
             .get(run.id())
             .ok_or_else(|| StoreError::NotFound(run.id().to_string()))?;
-        if old_seq != run.seq {
-            if inner.runs.contains_key(&run.seq) {
-                return Err(duplicate_seq(run.seq));
-            }
-            inner.runs.remove(&old_seq);
-            inner.ids.insert(run.id().clone(), run.seq);
+        if old_seq != run.seq && inner.runs.contains_key(&run.seq) {
+            return Err(duplicate_seq(run.seq));
         }
-        inner.runs.insert(run.seq, run.clone());
+        let old = inner.runs.remove(&old_seq);
+        inner.put(run, old.as_ref());
         Ok(())
     }
 
@@ -163,12 +184,25 @@ impl RunStore for MemoryStore {
             .collect())
     }
 
+    async fn unfinished_after(&self, from: u64, limit: usize) -> Result<Vec<Run>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .unfinished
+            .range(from..)
+            .take(limit)
+            .filter_map(|(_, seq)| inner.runs.get(seq).cloned())
+            .collect())
+    }
+
     async fn has_run(&self, id: &CommitId) -> Result<bool, StoreError> {
         Ok(self.lock().ids.contains_key(id))
     }
 
     async fn max_seq(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self.lock().runs.keys().next_back().copied())
+        let inner = self.lock();
+        let seq = inner.runs.keys().next_back().copied();
+        let retry = inner.retried.last().map(|&(r, _)| r);
+        Ok(seq.max(retry))
     }
 
     async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -94,10 +94,33 @@ pub trait RunStore: Send + Sync {
     /// Runs whose status is `queued` or `running`, oldest (lowest `seq`) first.
     async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError>;
 
+    /// Up to `limit` runs whose status is `queued` or `running` and whose
+    /// [queue position](Run::queue_position) is `from` or later, in queue
+    /// order (lowest position first). The engine pages through the unfinished
+    /// runs with it, so it never holds them all.
+    ///
+    /// The default reads every unfinished run and keeps the page: correct,
+    /// but a store that can page by position should.
+    async fn unfinished_after(&self, from: u64, limit: usize) -> Result<Vec<Run>, StoreError> {
+        let mut runs: Vec<Run> = self
+            .unfinished_runs()
+            .await?
+            .into_iter()
+            .filter(|r| r.queue_position() >= from)
+            .collect();
+        runs.sort_by_key(Run::queue_position);
+        runs.truncate(limit);
+        Ok(runs)
+    }
+
     /// Whether `id` has a run.
     async fn has_run(&self, id: &CommitId) -> Result<bool, StoreError>;
 
-    /// The highest `seq` of any run, `None` when the store is empty.
+    /// The highest queue position any run has taken, `None` when the store is
+    /// empty: the highest `seq`, or a run's `retry_seq` where that is higher
+    /// (a retry takes the next sequence number as the run's new position). The
+    /// engine numbers new runs after it. It must be a cheap read (health
+    /// checks use it).
     async fn max_seq(&self) -> Result<Option<u64>, StoreError>;
 
     /// A small named value a component keeps across restarts (a source's cursor).

@@ -151,6 +151,12 @@ impl RunStore for TimedStore {
         self.metrics.time("has_run", self.inner.has_run(id)).await
     }
 
+    async fn unfinished_after(&self, from: u64, limit: usize) -> Result<Vec<Run>, StoreError> {
+        self.metrics
+            .time("unfinished_after", self.inner.unfinished_after(from, limit))
+            .await
+    }
+
     async fn max_seq(&self) -> Result<Option<u64>, StoreError> {
         self.metrics.time("max_seq", self.inner.max_seq()).await
     }

@@ -60,7 +60,11 @@ async fn everything_is_there_after_reopening() {
     assert_eq!(page.total, 3);
     assert_eq!(page.runs, [queued.clone(), rich.clone(), done.clone()]);
     assert_eq!(store.unfinished_runs().await.expect("unfinished"), [queued]);
-    assert_eq!(store.max_seq().await.expect("max_seq"), Some(4));
+    assert_eq!(
+        store.max_seq().await.expect("max_seq"),
+        rich.retry_seq,
+        "the highest queue position is the retried run's"
+    );
     assert_eq!(
         store
             .load_state("git.cursor")
@@ -183,6 +187,14 @@ async fn list_queries_walk_indexes_newest_first() {
         "status and branch should not scan a table: {page:?} {count:?}"
     );
     assert_uses(&page, "INDEX", "list by status and branch");
+}
+
+#[tokio::test]
+async fn paging_unfinished_runs_is_a_range_on_their_index() {
+    let (_dir, store) = populated().await;
+    let plan = store.unfinished_query_plan().await.expect("plan");
+    assert_no_sort(&plan, "unfinished runs by queue position");
+    assert_uses(&plan, "INDEX runs_unfinished", "unfinished runs");
 }
 
 #[tokio::test]

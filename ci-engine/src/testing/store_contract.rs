@@ -50,6 +50,7 @@ where
     list_filters_by_status_and_branch(make().await).await;
     list_follows_updates(make().await).await;
     unfinished_runs_oldest_first(make().await).await;
+    unfinished_after_pages_in_queue_order(make().await).await;
     has_run_and_max_seq(make().await).await;
     state_is_saved_and_replaced(make().await).await;
     unicode_and_large_logs_round_trip(make().await).await;
@@ -290,8 +291,12 @@ pub async fn insert_once(store: SharedStore) {
     );
     let (total, runs) = list(&*store, RunQuery::default()).await;
     assert_eq!(total, 1, "insert_once: a second insert added a run");
+    assert_eq!(
+        store.max_seq().await.expect("max_seq"),
+        first.retry_seq,
+        "the run's retry position is the highest"
+    );
     assert_eq!(runs, [first]);
-    assert_eq!(store.max_seq().await.expect("max_seq"), Some(3));
     let (total, _) = list(&*store, query(None, Some("other"))).await;
     assert_eq!(
         total, 0,
@@ -675,6 +680,68 @@ pub async fn has_run_and_max_seq(store: SharedStore) {
         !store.has_run(&prefix).await.expect("has_run"),
         "has_run matched a prefix"
     );
+    // A retry's queue position counts: new runs are numbered after it.
+    let mut retried = queued_run(&hex_id(2), 2, &[]);
+    retried.retry_seq = Some(20);
+    store.update_run(&retried).await.expect("update");
+    assert_eq!(store.max_seq().await.expect("max_seq"), Some(20));
+}
+
+/// `unfinished_after` pages through the queued and running runs in queue
+/// order (a retried run at its retry position), from a position on.
+pub async fn unfinished_after_pages_in_queue_order(store: SharedStore) {
+    assert!(
+        store
+            .unfinished_after(0, 10)
+            .await
+            .expect("unfinished_after")
+            .is_empty()
+    );
+    let table = [
+        (1, RunStatus::Running, None),
+        (2, RunStatus::Success, None),
+        (3, RunStatus::Queued, Some(9)),
+        (4, RunStatus::Queued, None),
+        (5, RunStatus::Failure, Some(7)),
+        (6, RunStatus::Queued, None),
+        (8, RunStatus::Running, None),
+    ];
+    for (seq, status, retry_seq) in table {
+        let mut run = run_with_status(&hex_id(60 + seq), seq, &[], status);
+        run.retry_seq = retry_seq;
+        insert(&*store, &run).await;
+    }
+    let page = |from, limit| {
+        let store = Arc::clone(&store);
+        async move {
+            seqs(
+                &store
+                    .unfinished_after(from, limit)
+                    .await
+                    .expect("unfinished_after"),
+            )
+        }
+    };
+    assert_eq!(page(0, 10).await, [1, 4, 6, 8, 3], "by queue position");
+    assert_eq!(page(0, 2).await, [1, 4]);
+    assert_eq!(page(5, 2).await, [6, 8], "from position 5 on");
+    assert_eq!(
+        page(9, 10).await,
+        [3],
+        "a retried run at its retry position"
+    );
+    assert!(page(10, 10).await.is_empty());
+    assert!(page(0, 0).await.is_empty());
+
+    // A run that finishes leaves the pages; one retried joins them.
+    let mut done = store.get_run(&hex_id(64)).await.expect("get");
+    done.status = RunStatus::Success;
+    store.update_run(&done).await.expect("update");
+    let mut again = store.get_run(&hex_id(62)).await.expect("get");
+    again.status = RunStatus::Queued;
+    again.retry_seq = Some(12);
+    store.update_run(&again).await.expect("update");
+    assert_eq!(page(0, 10).await, [1, 6, 8, 3, 2]);
 }
 
 /// `save_state` stores a value per key, replacing the old one; unknown keys are `None`.

@@ -140,6 +140,21 @@ impl SqliteStore {
             .map_err(|f| self.backend_error(f))
     }
 
+    /// SQLite's `EXPLAIN QUERY PLAN` lines for the statement behind
+    /// [`unfinished_after`](RunStore::unfinished_after): a range on the
+    /// partial index `runs_unfinished`, with no sort.
+    pub async fn unfinished_query_plan(&self) -> Result<Vec<String>, SqliteStoreError> {
+        self.run(Side::Read, move |conn| {
+            rows::explain(
+                conn,
+                &rows::unfinished_after_sql(),
+                &[Value::Integer(0), Value::Integer(10)],
+            )
+        })
+        .await
+        .map_err(|f| self.backend_error(f))
+    }
+
     /// Runs `f` on a blocking thread with the reading or the writing connection,
     /// inside one transaction, committed if `f` succeeds.
     async fn run<T, F>(&self, side: Side, f: F) -> Result<T, Fault>
@@ -239,6 +254,12 @@ impl RunStore for SqliteStore {
 
     async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
         self.run(Side::Read, rows::unfinished_runs)
+            .await
+            .map_err(|f| self.store_error(f))
+    }
+
+    async fn unfinished_after(&self, from: u64, limit: usize) -> Result<Vec<Run>, StoreError> {
+        self.run(Side::Read, move |c| rows::unfinished_after(c, from, limit))
             .await
             .map_err(|f| self.store_error(f))
     }

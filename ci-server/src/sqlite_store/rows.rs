@@ -484,6 +484,32 @@ pub(super) fn unfinished_runs(conn: &Connection) -> Result<Vec<Run>> {
     )
 }
 
+/// Up to `limit` queued and running runs whose queue position is `from` or
+/// later, lowest position first: a range on the partial index
+/// `runs_unfinished` (named, because the planner would rather take
+/// `runs_by_status` and sort).
+pub(super) fn unfinished_after(conn: &Connection, from: u64, limit: usize) -> Result<Vec<Run>> {
+    read_runs(
+        conn,
+        &unfinished_after_sql(),
+        &[
+            Value::Integer(to_i64("position", from)?),
+            Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
+        ],
+        Logs::Read,
+    )
+}
+
+/// The statement behind [`unfinished_after`]: `?1` the first position, `?2`
+/// the limit.
+pub(super) fn unfinished_after_sql() -> String {
+    format!(
+        "SELECT {RUN_COLUMNS} FROM runs r INDEXED BY runs_unfinished
+         WHERE r.status IN ('queued', 'running') AND coalesce(r.retry_seq, r.seq) >= ?1
+         ORDER BY coalesce(r.retry_seq, r.seq) ASC LIMIT ?2"
+    )
+}
+
 /// Whether commit `id` (a full id) has a run.
 pub(super) fn has_run(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn
@@ -493,12 +519,13 @@ pub(super) fn has_run(conn: &Connection, id: &str) -> Result<bool> {
         .is_some())
 }
 
-/// The highest `seq`, if any run exists.
+/// The highest queue position, if any run exists: the highest `seq` or
+/// `retry_seq` (each the last entry of an index).
 pub(super) fn max_seq(conn: &Connection) -> Result<Option<u64>> {
-    let max: Option<i64> = conn
-        .prepare_cached("SELECT max(seq) FROM runs")?
-        .query_row([], |r| r.get(0))?;
-    max.map(|m| to_u64("seq", m)).transpose()
+    let (seq, retry): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT (SELECT max(seq) FROM runs), (SELECT max(retry_seq) FROM runs)")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    seq.max(retry).map(|m| to_u64("seq", m)).transpose()
 }
 
 /// A named value saved by [`save_state`].

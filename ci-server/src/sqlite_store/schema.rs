@@ -111,10 +111,17 @@ ALTER TABLE attempts ADD COLUMN runner TEXT;
 ///   when, by whom), `[]` for runs recorded before version 3.
 /// - `steps.budget_from`: the first attempt number of the step's current
 ///   round; 1 for runs recorded before version 3, which were never retried.
+/// - `runs_unfinished`: the queued and running runs by queue position (a
+///   retried run's `retry_seq`, else its `seq`), so the engine pages through
+///   them without reading the others.
+/// - `runs_by_retry_seq`: `max(retry_seq)` in one lookup.
 const V3: &str = "
 ALTER TABLE runs ADD COLUMN retry_seq INTEGER;
 ALTER TABLE runs ADD COLUMN actions TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE steps ADD COLUMN budget_from INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX runs_unfinished ON runs (coalesce(retry_seq, seq))
+    WHERE status IN ('queued', 'running');
+CREATE INDEX runs_by_retry_seq ON runs (retry_seq);
 ";
 
 /// Opens `path` for the store: the writing connection (schema up to date, WAL
