@@ -432,7 +432,9 @@ async fn a_step_that_outlives_its_timeout_is_lost_and_retried() {
 async fn a_failing_store_stops_the_engine_with_its_error() {
     let mut store = MockRunStore::new();
     store.expect_max_seq().returning(|| Ok(None));
-    store.expect_unfinished_runs().returning(|| Ok(Vec::new()));
+    store
+        .expect_unfinished_after()
+        .returning(|_, _| Ok(Vec::new()));
     store
         .expect_insert_run()
         .returning(|_| Err(StoreError::Backend("disk full".into())));

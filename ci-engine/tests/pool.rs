@@ -553,7 +553,12 @@ fn scenario() -> impl Strategy<Value = PoolScenario> {
             prop::bool::weighted(0.2),
         ),
         proptest::collection::vec((0usize..4, 0u64..6_000, 100u64..4_000), 0..3),
-        (1usize..=6, prop::bool::ANY, prop::bool::weighted(0.3)),
+        (
+            1usize..=6,
+            prop::bool::ANY,
+            prop::bool::weighted(0.3),
+            prop_oneof![1usize..=3, Just(512)],
+        ),
     )
         .prop_map(
             |(
@@ -563,7 +568,7 @@ fn scenario() -> impl Strategy<Value = PoolScenario> {
                 seed,
                 (max_ms, fail, crash, timeout),
                 outages,
-                (cap, capped, short),
+                (cap, capped, short, window),
             )| {
                 let behaviour = StepBehaviour {
                     min_ms: 0,
@@ -590,6 +595,9 @@ fn scenario() -> impl Strategy<Value = PoolScenario> {
                         .collect(),
                     engine: EngineConfig {
                         max_attempts: 4,
+                        // Often a window of one to three runs, the rest in
+                        // the store.
+                        active_runs: window,
                         retry_backoff: Duration::from_millis(50),
                         retry_backoff_max: Duration::from_millis(400),
                         max_in_flight: if capped { cap } else { 1_000 },

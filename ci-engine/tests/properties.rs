@@ -180,10 +180,14 @@ fn engine_config() -> impl Strategy<Value = EngineConfig> {
         1usize..=8,
         prop::bool::ANY,
         prop::bool::weighted(0.3),
+        prop_oneof![1usize..=3, Just(512)],
     )
         .prop_map(
-            |(max_attempts, backoff, cap, capped, short_unreachable)| EngineConfig {
+            |(max_attempts, backoff, cap, capped, short_unreachable, window)| EngineConfig {
                 max_attempts,
+                // A window of one to three runs: most scenarios keep runs
+                // waiting in the store, and every property covers that.
+                active_runs: window,
                 retry_backoff: Duration::from_millis(backoff),
                 retry_backoff_max: Duration::from_millis(backoff * 8),
                 max_in_flight: if capped { cap } else { 1_000 },

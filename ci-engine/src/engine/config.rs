@@ -58,6 +58,12 @@ pub struct EngineConfig {
     /// Capacity of the event channel; a subscriber that falls further behind
     /// misses events (and is told so by `broadcast`). At least 1. Default 1024.
     pub event_capacity: usize,
+    /// Unfinished runs the engine holds in memory at once. The others wait in
+    /// the store and are taken up in queue order as runs finish; beyond this
+    /// number, a run is taken up early only when a permit would otherwise
+    /// stay idle (at most one per free permit), so a burst of any size costs
+    /// memory for this many runs, not for the burst. At least 1. Default 512.
+    pub active_runs: usize,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +82,7 @@ impl Default for EngineConfig {
             shutdown_grace: Duration::from_secs(30),
             source_retry: Duration::from_secs(5),
             event_capacity: 1024,
+            active_runs: 512,
         }
     }
 }
@@ -94,7 +101,8 @@ impl EngineConfig {
     /// Checks every setting; the first one that is wrong is named in the error.
     ///
     /// # Errors
-    /// A zero `max_attempts`, `max_in_flight` or `event_capacity`; a zero
+    /// A zero `max_attempts`, `max_in_flight`, `event_capacity` or
+    /// `active_runs`; a zero
     /// `step_timeout`, `abandon_limit`, `unreachable_limit`, `probe_interval` or
     /// `source_retry`; a cap below its base (`retry_backoff_max`,
     /// `probe_interval_max`); a jitter above 100 %.
@@ -113,6 +121,9 @@ impl EngineConfig {
         }
         if self.event_capacity == 0 {
             return fail("event_capacity", "must be at least 1");
+        }
+        if self.active_runs == 0 {
+            return fail("active_runs", "must be at least 1");
         }
         for (field, value) in [
             ("step_timeout", self.step_timeout),

@@ -43,10 +43,7 @@ impl Scheduler {
         by: Option<String>,
     ) -> Result<CancelOutcome, EngineError> {
         let Some(&seq) = self.by_commit.get(commit) else {
-            return match self.store.has_run(commit).await? {
-                true => Ok(CancelOutcome::AlreadyFinished),
-                false => Err(EngineError::UnknownRun(commit.clone())),
-            };
+            return self.cancel_stored(commit, by).await;
         };
         let now = Instant::now();
         let flights: Vec<TaskId> = self
@@ -110,6 +107,57 @@ impl Scheduler {
         Ok(CancelOutcome::Cancelled)
     }
 
+    /// Cancels a run that is not in memory: finished (nothing to do), or
+    /// unfinished and waiting in the store for its turn (its steps end
+    /// `cancelled` there; none is in flight, as the run was never taken up
+    /// by this engine, and an attempt a previous engine left `running` is
+    /// recorded `cancelled`).
+    async fn cancel_stored(
+        &mut self,
+        commit: &CommitId,
+        by: Option<String>,
+    ) -> Result<CancelOutcome, EngineError> {
+        let mut run = match self.store.get_run(commit.as_str()).await {
+            Ok(run) if run.id() == commit => run,
+            Ok(_) | Err(StoreError::NotFound(_) | StoreError::Ambiguous { .. }) => {
+                return Err(EngineError::UnknownRun(commit.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if run.status.is_terminal() {
+            return Ok(CancelOutcome::AlreadyFinished);
+        }
+        for record in &mut run.steps {
+            if record.status.is_terminal() {
+                continue;
+            }
+            if let Some(a) = record
+                .attempts
+                .last_mut()
+                .filter(|a| a.outcome == AttemptOutcome::Running)
+            {
+                a.outcome = AttemptOutcome::Cancelled;
+                a.reason = Some("the run was cancelled".into());
+                a.finished_at = Some(now_millis());
+            }
+            record.status = StepStatus::Cancelled;
+            record.reason = Some("the run was cancelled".into());
+        }
+        run.actions.push(RunAction {
+            kind: RunActionKind::Cancel,
+            at: now_millis(),
+            by: by.clone(),
+        });
+        run.settle();
+        self.store.update_run(&run).await?;
+        info!(%commit, by = by.as_deref().unwrap_or("-"), "run cancelled while it waited in the store");
+        self.emit(EngineEvent::RunFinished {
+            commit: commit.clone(),
+            status: run.status,
+        });
+        Ok(CancelOutcome::Cancelled)
+    }
+
     /// Starts a new round of a finished run (see
     /// [`EngineHandle::retry`](crate::EngineHandle::retry)). The run takes the
     /// next sequence number as its queue position, so its steps queue behind
@@ -165,7 +213,16 @@ impl Scheduler {
             seq: position,
             steps: steps.clone(),
         };
-        self.admit(run, vec![retried]).await?;
+        if self.has_room() {
+            self.frontier = position + 1;
+            self.admit(run, vec![retried]).await?;
+        } else {
+            // Runs wait in the store ahead of it: it waits there too, in its
+            // place, and is taken up in its turn.
+            self.store.update_run(&run).await?;
+            self.backlog = true;
+            self.emit(retried);
+        }
         Ok(RetryOutcome::Retried { steps })
     }
 }

@@ -208,6 +208,15 @@ pub(crate) struct Scheduler {
     /// When to look again for steps that waited past the unreachable limit;
     /// `None` while every runner is up.
     next_expiry: Option<Instant>,
+    /// Every unfinished run with a queue position below this is in `runs`;
+    /// those at or past it may wait in the store only.
+    frontier: u64,
+    /// Whether the store may hold unfinished runs at or past `frontier` that
+    /// are not in `runs` (see [`EngineConfig::active_runs`]).
+    backlog: bool,
+    /// Classes of the steps that need nothing: the ones a run taken up from
+    /// the store can make busy at once.
+    root_classes: Vec<usize>,
     stopping: bool,
 }
 
@@ -231,6 +240,12 @@ impl Scheduler {
                 pinned: vec![BTreeSet::new(); n_runners],
             })
             .collect();
+        let mut root_classes: Vec<usize> = (0..pipeline.len())
+            .filter(|&i| pipeline.needs_of(i).is_empty())
+            .map(|i| pipeline.class_of(i))
+            .collect();
+        root_classes.sort_unstable();
+        root_classes.dedup();
         let started = now_millis();
         let runners = pool
             .members()
@@ -269,6 +284,9 @@ impl Scheduler {
             next_seq: 0,
             outages: 0,
             next_expiry: None,
+            frontier: 0,
+            backlog: false,
+            root_classes,
             stopping: false,
         }
     }
@@ -287,7 +305,7 @@ impl Scheduler {
         tokio::pin!(shutdown);
         self.dispatch().await?;
         loop {
-            if !source_open && self.runs.is_empty() {
+            if !source_open && self.runs.is_empty() && !self.backlog {
                 info!("source exhausted and every run finished");
                 break;
             }
@@ -396,34 +414,79 @@ impl Scheduler {
 
     // ----- start-up ---------------------------------------------------------
 
-    /// Takes up the runs the store holds as unfinished.
+    /// Numbers new runs after every stored one, and leaves the unfinished
+    /// runs of the store to be taken up, in queue order, by [`refill`](Self::refill).
     async fn recover(&mut self) -> Result<(), EngineError> {
         self.next_seq = self.store.max_seq().await?.map_or(0, |m| m + 1);
-        let unfinished = self.store.unfinished_runs().await?;
-        if !unfinished.is_empty() {
-            info!(runs = unfinished.len(), "resuming unfinished runs");
-        }
-        for mut run in unfinished {
-            self.normalize_steps(&mut run);
-            for step in &mut run.steps {
-                let mut interrupted = false;
-                for attempt in &mut step.attempts {
-                    if attempt.outcome == AttemptOutcome::Running {
-                        attempt.outcome = AttemptOutcome::Interrupted;
-                        attempt.reason =
-                            Some("the engine stopped while the step was in flight".into());
-                        attempt.finished_at = Some(now_millis());
-                        interrupted = true;
-                    }
-                }
-                if step.status == StepStatus::Running || interrupted && !step.status.is_terminal() {
-                    step.status = StepStatus::Pending;
+        self.frontier = 0;
+        self.backlog = true;
+        Ok(())
+    }
+
+    /// Takes up a run read from the store: lines its steps up with the
+    /// pipeline, records attempts a previous engine left in flight as
+    /// interrupted, and admits it.
+    async fn take_up(&mut self, mut run: Run) -> Result<(), EngineError> {
+        self.normalize_steps(&mut run);
+        let mut interrupted_any = false;
+        for step in &mut run.steps {
+            let mut interrupted = false;
+            for attempt in &mut step.attempts {
+                if attempt.outcome == AttemptOutcome::Running {
+                    attempt.outcome = AttemptOutcome::Interrupted;
+                    attempt.reason = Some("the engine stopped while the step was in flight".into());
+                    attempt.finished_at = Some(now_millis());
+                    interrupted = true;
                 }
             }
-            self.next_seq = self.next_seq.max(run.queue_position() + 1);
-            self.admit(run, Vec::new()).await?;
+            if step.status == StepStatus::Running || interrupted && !step.status.is_terminal() {
+                step.status = StepStatus::Pending;
+            }
+            interrupted_any |= interrupted;
+        }
+        if interrupted_any {
+            info!(commit = %run.id().short(10), "resuming a run the engine stopped in");
+        }
+        self.admit(run, Vec::new()).await
+    }
+
+    /// Takes up to `n` unfinished runs from the store, in queue order, from
+    /// the frontier on. Returns how many; fewer than `n` means the store
+    /// holds no more (the engine is its only writer), and the backlog is gone.
+    async fn take_from_store(&mut self, n: usize) -> Result<usize, EngineError> {
+        let page = self.store.unfinished_after(self.frontier, n).await?;
+        let taken = page.len();
+        if taken < n {
+            self.backlog = false;
+        }
+        for run in page {
+            self.frontier = self.frontier.max(run.queue_position() + 1);
+            if self.by_commit.contains_key(run.id()) {
+                continue;
+            }
+            self.take_up(run).await?;
+        }
+        Ok(taken)
+    }
+
+    /// Fills the window of active runs from the store's backlog.
+    async fn refill(&mut self) -> Result<(), EngineError> {
+        while self.backlog && self.runs.len() < self.config.active_runs {
+            let room = (self.config.active_runs - self.runs.len()).min(REFILL_PAGE);
+            if self.take_from_store(room).await? == 0 {
+                break;
+            }
         }
         Ok(())
+    }
+
+    /// Whether some runner could start a step of a class that steps needing
+    /// nothing belong to, and no such step is ready: a run taken up from the
+    /// backlog would make it busy.
+    fn root_permit_idle(&self) -> bool {
+        self.root_classes
+            .iter()
+            .any(|&c| self.classes[c].ready.is_empty() && self.least_loaded(c).is_some())
     }
 
     /// Lines a stored run's steps up with the pipeline: index `i` of
@@ -473,9 +536,21 @@ impl Scheduler {
                 commit: run.id().clone(),
                 seq: run.seq,
             });
-            self.admit(run, Vec::new()).await?;
+            if self.has_room() {
+                self.frontier = run.seq + 1;
+                self.admit(run, Vec::new()).await?;
+            } else {
+                // It waits in the store; `refill` takes it up in its turn.
+                self.backlog = true;
+            }
         }
         Ok(())
+    }
+
+    /// Whether a new run may go straight into memory: nothing waits in the
+    /// store ahead of it and the window has room.
+    fn has_room(&self) -> bool {
+        !self.backlog && self.runs.len() < self.config.active_runs
     }
 
     /// Builds the scheduling state of a run whose steps are pending or terminal,
@@ -639,11 +714,18 @@ impl Scheduler {
         for r in 0..self.runners.len() {
             self.probe_if_due(r).await?;
         }
-        while let Some((seq, step, r)) = self.next_dispatch() {
-            self.unqueue(seq, step);
-            self.start(seq, step, r, false).await?;
+        self.refill().await?;
+        loop {
+            while let Some((seq, step, r)) = self.next_dispatch() {
+                self.unqueue(seq, step);
+                self.start(seq, step, r, false).await?;
+            }
+            // Work conservation beyond the window: a permit that would idle
+            // while runs wait in the store takes up the next of them.
+            if !(self.backlog && self.root_permit_idle()) || self.take_from_store(1).await? == 0 {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// Whether runner `r` has a permit for class `c` (its own count for a
@@ -953,6 +1035,9 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// Most runs read from the store at once when the window refills.
+const REFILL_PAGE: usize = 256;
 
 /// How long the feeder waits after a source returned an empty batch.
 const EMPTY_BATCH_PAUSE: Duration = Duration::from_millis(50);
