@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use benches::instant_runner;
 use ci_engine::testing::sim::{ScriptedSource, chain_commits};
-use ci_engine::{
-    Engine, EngineConfig, MemoryStore, Pipeline, PoolMember, RunStore, RunnerPool,
-};
+use ci_engine::{Engine, EngineConfig, MemoryStore, Pipeline, PoolMember, RunStore, RunnerPool};
 use ci_server::sqlite_store::SqliteStore;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 

@@ -102,16 +102,26 @@ impl RunStore for MemoryStore {
     }
 
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
+        self.update_runs(std::slice::from_ref(run)).await
+    }
+
+    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let old_seq = *inner
-            .ids
-            .get(run.id())
-            .ok_or_else(|| StoreError::NotFound(run.id().to_string()))?;
-        if old_seq != run.seq && inner.runs.contains_key(&run.seq) {
-            return Err(duplicate_seq(run.seq));
+        // Every check first, so a refused batch changes nothing.
+        for run in runs {
+            let old_seq = *inner
+                .ids
+                .get(run.id())
+                .ok_or_else(|| StoreError::NotFound(run.id().to_string()))?;
+            if old_seq != run.seq && inner.runs.contains_key(&run.seq) {
+                return Err(duplicate_seq(run.seq));
+            }
         }
-        let old = inner.runs.remove(&old_seq);
-        inner.put(run, old.as_ref());
+        for run in runs {
+            let old_seq = inner.ids[run.id()];
+            let old = inner.runs.remove(&old_seq);
+            inner.put(run, old.as_ref());
+        }
         Ok(())
     }
 
@@ -219,6 +229,22 @@ impl RunStore for MemoryStore {
 mod tests {
     use super::*;
     use crate::model::{Commit, Pipeline};
+
+    #[tokio::test]
+    async fn a_batch_with_an_unknown_run_changes_nothing() {
+        let store = MemoryStore::new();
+        let p = Pipeline::standard();
+        let known = Run::new(Commit::bare("aa"), 1, &p);
+        assert!(store.insert_run(&known).await.unwrap());
+        let mut changed = known.clone();
+        changed.commit.summary = "changed".into();
+        let unknown = Run::new(Commit::bare("bb"), 2, &p);
+        assert!(matches!(
+            store.update_runs(&[changed, unknown]).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.get_run("aa").await.unwrap(), known);
+    }
 
     #[tokio::test]
     async fn a_duplicate_seq_is_refused_and_changes_nothing() {

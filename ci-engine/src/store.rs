@@ -85,6 +85,17 @@ pub trait RunStore: Send + Sync {
     /// Replaces the stored state of an existing run; `NotFound` if it has none.
     async fn update_run(&self, run: &Run) -> Result<(), StoreError>;
 
+    /// Replaces the stored state of several existing runs, as
+    /// [`update_run`](Self::update_run) does for one. The engine writes all the
+    /// changes of one turn with it. A store that has transactions writes them
+    /// in one, all or nothing; the default writes them one by one, in order.
+    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
+        for run in runs {
+            self.update_run(run).await?;
+        }
+        Ok(())
+    }
+
     /// The run of the commit whose full id is, or starts with, `id_or_prefix`.
     async fn get_run(&self, id_or_prefix: &str) -> Result<Run, StoreError>;
 

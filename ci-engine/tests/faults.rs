@@ -14,7 +14,7 @@ use ci_engine::engine::CancelOutcome;
 use ci_engine::testing::sim::ScriptedSource;
 use ci_engine::{
     AttemptOutcome, Commit, CommitId, Engine, EngineConfig, EngineEvent, MemoryStore, Pipeline,
-    Probe, RunStatus, RunStore, RunnerError, StepRunner,
+    Probe, Run, RunPage, RunQuery, RunStatus, RunStore, RunnerError, StepRunner, StoreError,
 };
 use common::scripted::{Action, Scripted, ok};
 use tokio::time::Instant;
@@ -50,6 +50,102 @@ fn events_of(engine: &Engine) -> tokio::task::JoinHandle<Vec<(Instant, EngineEve
         }
         seen
     })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_is_recorded_before_its_request_reaches_the_runner() {
+    let store = Arc::new(MemoryStore::new());
+    let unrecorded: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let (seen, watched) = (Arc::clone(&unrecorded), Arc::clone(&store));
+    // Each request looks in the store, the moment it arrives, for its attempt.
+    let runner = Scripted::new(
+        Box::new(move |r, _| {
+            let recorded = watched.all_runs().iter().any(|run| {
+                run.id() == &r.commit
+                    && run.step(&r.step).is_some_and(|s| {
+                        s.attempts
+                            .iter()
+                            .any(|a| a.number == r.attempt && a.outcome == AttemptOutcome::Running)
+                    })
+            });
+            if !recorded {
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{}/{}#{}", r.commit, r.step, r.attempt));
+            }
+            Action::Answer(Duration::from_millis(1), ok())
+        }),
+        Box::new(|| Probe::Up),
+    );
+    let ids: Vec<String> = (0..20).map(|i| format!("{i:04x}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // Writes take a millisecond, so a request sent before its write is done
+    // would arrive while the store still lacks its attempt.
+    let slow: Arc<dyn RunStore> = Arc::new(SlowWrites(store.clone()));
+    Engine::new(
+        Pipeline::standard(),
+        runner.clone(),
+        slow,
+        EngineConfig::default(),
+    )
+    .unwrap()
+    .run(commits(&ids), std::future::pending())
+    .await
+    .unwrap();
+    assert_eq!(starts_of(&runner), 60, "every step of every commit ran");
+    assert_eq!(*unrecorded.lock().unwrap(), Vec::<String>::new());
+}
+
+/// A store whose writes take a millisecond (of tokio time) before they land.
+struct SlowWrites(Arc<MemoryStore>);
+
+#[async_trait::async_trait]
+impl RunStore for SlowWrites {
+    async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0.insert_run(run).await
+    }
+    async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0.update_run(run).await
+    }
+    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0.update_runs(runs).await
+    }
+    async fn get_run(&self, id_or_prefix: &str) -> Result<Run, StoreError> {
+        self.0.get_run(id_or_prefix).await
+    }
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        self.0.list_runs(query).await
+    }
+    async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
+        self.0.unfinished_runs().await
+    }
+    async fn unfinished_after(&self, from: u64, limit: usize) -> Result<Vec<Run>, StoreError> {
+        self.0.unfinished_after(from, limit).await
+    }
+    async fn has_run(&self, id: &CommitId) -> Result<bool, StoreError> {
+        self.0.has_run(id).await
+    }
+    async fn max_seq(&self) -> Result<Option<u64>, StoreError> {
+        self.0.max_seq().await
+    }
+    async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.0.load_state(key).await
+    }
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.0.save_state(key, value).await
+    }
+}
+
+/// How many requests reached `runner`.
+fn starts_of(runner: &Scripted) -> usize {
+    runner
+        .log()
+        .iter()
+        .filter(|(_, _, k)| *k == "start")
+        .count()
 }
 
 #[tokio::test(start_paused = true)]

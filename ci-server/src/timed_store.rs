@@ -129,6 +129,12 @@ impl RunStore for TimedStore {
             .await
     }
 
+    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
+        self.metrics
+            .time("update_runs", self.inner.update_runs(runs))
+            .await
+    }
+
     async fn get_run(&self, id_or_prefix: &str) -> Result<Run, StoreError> {
         self.metrics
             .time("get_run", self.inner.get_run(id_or_prefix))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ci_engine::testing::store_contract::{self, queued_run, rich_run, run_with_status};
-use ci_engine::{RunQuery, RunStatus, RunStore};
+use ci_engine::{RunQuery, RunStatus, RunStore, StoreError};
 use ci_server::sqlite_store::SqliteStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,6 +187,27 @@ async fn list_queries_walk_indexes_newest_first() {
         "status and branch should not scan a table: {page:?} {count:?}"
     );
     assert_uses(&page, "INDEX", "list by status and branch");
+}
+
+#[tokio::test]
+async fn a_batch_with_an_unknown_run_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("runs.db"))
+        .await
+        .expect("open");
+    let known = queued_run(&"ab".repeat(20), 1, &["main"]);
+    assert!(store.insert_run(&known).await.expect("insert"));
+    let changed = rich_run(known.id().as_str(), 1);
+    let unknown = queued_run(&"cd".repeat(20), 2, &[]);
+    assert!(matches!(
+        store.update_runs(&[changed, unknown]).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.get_run(known.id().as_str()).await.expect("get"),
+        known,
+        "the batch is one transaction"
+    );
 }
 
 #[tokio::test]

@@ -51,6 +51,7 @@ where
     list_follows_updates(make().await).await;
     unfinished_runs_oldest_first(make().await).await;
     unfinished_after_pages_in_queue_order(make().await).await;
+    update_runs_writes_the_batch(make().await).await;
     has_run_and_max_seq(make().await).await;
     state_is_saved_and_replaced(make().await).await;
     unicode_and_large_logs_round_trip(make().await).await;
@@ -685,6 +686,29 @@ pub async fn has_run_and_max_seq(store: SharedStore) {
     retried.retry_seq = Some(20);
     store.update_run(&retried).await.expect("update");
     assert_eq!(store.max_seq().await.expect("max_seq"), Some(20));
+}
+
+/// `update_runs` writes every run of the batch; an unknown run in it is
+/// `NotFound`.
+pub async fn update_runs_writes_the_batch(store: SharedStore) {
+    let (a, b) = (hex_id(70), hex_id(71));
+    insert(&*store, &queued_run(&a, 1, &["main"])).await;
+    insert(&*store, &queued_run(&b, 2, &["main"])).await;
+    let first = rich_run(&a, 1);
+    let mut second = run_with_status(&b, 2, &["main"], RunStatus::Success);
+    second.commit.branches = vec!["main".into()];
+    store
+        .update_runs(&[first.clone(), second.clone()])
+        .await
+        .expect("update_runs");
+    assert_eq!(get(&*store, &a).await, first);
+    assert_eq!(get(&*store, &b).await, second);
+    store.update_runs(&[]).await.expect("an empty batch");
+    let unknown = queued_run(&hex_id(72), 3, &[]);
+    assert!(matches!(
+        store.update_runs(&[unknown]).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 /// `unfinished_after` pages through the queued and running runs in queue

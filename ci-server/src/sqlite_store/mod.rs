@@ -236,6 +236,15 @@ impl RunStore for SqliteStore {
             .map_err(|f| self.store_error(f))
     }
 
+    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
+        let runs = runs.to_vec();
+        self.run(Side::Write, move |c| {
+            runs.iter().try_for_each(|run| rows::update_run(c, run))
+        })
+        .await
+        .map_err(|f| self.store_error(f))
+    }
+
     async fn get_run(&self, id_or_prefix: &str) -> Result<Run, StoreError> {
         let id = id_or_prefix.to_owned();
         self.run(Side::Read, move |c| rows::get_run(c, &id))

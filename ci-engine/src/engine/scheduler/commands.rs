@@ -16,10 +16,12 @@ impl Scheduler {
         match command {
             Command::Cancel { commit, by, reply } => {
                 let answer = self.cancel(&commit, by).await;
+                let answer = self.stored(answer).await;
                 answer_then_stop_on_store_error(reply, answer)
             }
             Command::Retry { commit, by, reply } => {
                 let answer = self.retry(&commit, by).await;
+                let answer = self.stored(answer).await;
                 answer_then_stop_on_store_error(reply, answer)
             }
             Command::Runners { reply } => {
@@ -35,6 +37,13 @@ impl Scheduler {
                 Ok(())
             }
         }
+    }
+
+    /// `answer`, once the change it reports is in the store (a flush).
+    async fn stored<T>(&mut self, answer: Result<T, EngineError>) -> Result<T, EngineError> {
+        let value = answer?;
+        self.flush().await?;
+        Ok(value)
     }
 
     async fn cancel(

@@ -36,7 +36,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::{AbortHandle, Id as TaskId, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -208,6 +208,16 @@ pub(crate) struct Scheduler {
     /// When to look again for steps that waited past the unreachable limit;
     /// `None` while every runner is up.
     next_expiry: Option<Instant>,
+    /// Runs changed since the last flush (keys of `runs`).
+    dirty: BTreeSet<u64>,
+    /// Runs that finished since the last flush (no longer in `runs`).
+    finished_unwritten: Vec<Run>,
+    /// Events waiting for the flush of what they announce.
+    pending_events: Vec<EngineEvent>,
+    /// How many flushes have written to the store.
+    flushes: u64,
+    /// `flushes`, for requests waiting for their attempt to be recorded.
+    flushed: watch::Sender<u64>,
     /// Every unfinished run with a queue position below this is in `runs`;
     /// those at or past it may wait in the store only.
     frontier: u64,
@@ -284,6 +294,11 @@ impl Scheduler {
             next_seq: 0,
             outages: 0,
             next_expiry: None,
+            dirty: BTreeSet::new(),
+            finished_unwritten: Vec::new(),
+            pending_events: Vec::new(),
+            flushes: 0,
+            flushed: watch::Sender::new(0),
             frontier: 0,
             backlog: false,
             root_classes,
@@ -304,6 +319,7 @@ impl Scheduler {
         let mut source_open = true;
         tokio::pin!(shutdown);
         self.dispatch().await?;
+        self.flush().await?;
         loop {
             if !source_open && self.runs.is_empty() && !self.backlog {
                 info!("source exhausted and every run finished");
@@ -320,6 +336,10 @@ impl Scheduler {
                 Some(command) = commands.recv() => self.on_command(command).await?,
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.on_joined(joined).await?;
+                    // Every other answer already in: one flush for all.
+                    while let Some(joined) = self.tasks.try_join_next_with_id() {
+                        self.on_joined(joined).await?;
+                    }
                 }
                 batch = batches.recv(), if source_open => match batch {
                     Some(commits) => self.on_commits(commits).await?,
@@ -330,6 +350,7 @@ impl Scheduler {
                 }
             }
             self.dispatch().await?;
+            self.flush().await?;
         }
         drop(batches);
         if self.stopping {
@@ -354,13 +375,16 @@ impl Scheduler {
                 Some(joined) = self.tasks.join_next_with_id() => self.on_joined(joined).await?,
                 () = tokio::time::sleep_until(deadline) => {
                     self.interrupt_all().await?;
+                    self.flush().await?;
                     break;
                 }
                 () = tokio::time::sleep_until(wake.unwrap_or(deadline)), if wake.is_some() => {
                     self.on_timer().await?;
                 }
             }
+            self.flush().await?;
         }
+        self.flush().await?;
         self.tasks.abort_all();
         Ok(())
     }
@@ -830,8 +854,9 @@ impl Scheduler {
             commit,
             attempt: number,
         };
-        // Write ahead: if the process dies now, the next start sees the attempt
-        // as in flight and records it as interrupted.
+        // Write ahead: the request waits for the flush that records the
+        // attempt, so if the process dies after it went out, the next start
+        // sees the attempt as in flight and records it as interrupted.
         let started = EngineEvent::StepStarted {
             commit: request.commit.clone(),
             step: record.name.clone(),
@@ -848,7 +873,18 @@ impl Scheduler {
         runner.in_flight += 1;
         let call = Arc::clone(&runner.runner);
         let request_commit = request.commit.clone();
+        // The request goes out once the flush that records its attempt is done.
+        let mut flushed = self.flushed.subscribe();
+        let recorded = self.flushes + 1;
         let abort = self.tasks.spawn(async move {
+            if flushed.wait_for(|&n| n >= recorded).await.is_err() {
+                return TaskOutput::Step(Finished {
+                    result: Err(RunnerError::Unreachable(
+                        "the engine stopped before the attempt was recorded".into(),
+                    )),
+                    elapsed: Duration::ZERO,
+                });
+            }
             let started = Instant::now();
             let result = call.run(&request).await;
             TaskOutput::Step(Finished {
@@ -936,7 +972,8 @@ impl Scheduler {
     }
 
     /// [`commit_change`](Self::commit_change), announcing `events` once the
-    /// change is stored and before the run's end, if it ended.
+    /// change is stored and before the run's end, if it ended. The write
+    /// itself waits for the next [`flush`](Self::flush).
     async fn commit_change_then(
         &mut self,
         seq: u64,
@@ -946,28 +983,55 @@ impl Scheduler {
             return Ok(());
         };
         slot.run.settle();
-        self.store.update_run(&slot.run).await?;
-        for event in events {
-            self.emit(event);
-        }
-        let Some(slot) = self.runs.get(&seq) else {
-            return Ok(());
-        };
-        if slot.run.status.is_terminal() {
+        let finished = slot.run.status.is_terminal();
+        self.pending_events.extend(events);
+        if finished {
             let slot = self.runs.remove(&seq).expect("present above");
             self.by_commit.remove(slot.run.id());
+            self.dirty.remove(&seq);
             info!(commit = %slot.run.id().short(10), status = %slot.run.status, failed = ?slot.run.failed_steps, "run finished");
             self.emit(EngineEvent::RunFinished {
-                commit: slot.run.commit.id,
+                commit: slot.run.commit.id.clone(),
                 status: slot.run.status,
             });
+            self.finished_unwritten.push(slot.run);
+        } else {
+            self.dirty.insert(seq);
         }
         Ok(())
     }
 
-    fn emit(&self, event: EngineEvent) {
-        // No subscribers is fine: events are notifications, the store is the record.
-        let _ = self.events.send(event);
+    /// Writes every change made since the last flush to the store, in one
+    /// batch (one transaction on a store that has them), then sends the
+    /// events that announce them, then lets the requests dispatched since go
+    /// out. Called once per turn of the loop, and before a command is
+    /// answered: so the promises hold (an attempt is recorded before its
+    /// request is sent; an event is sent after the write it announces) while
+    /// the changes of a turn share one write.
+    async fn flush(&mut self) -> Result<(), EngineError> {
+        if !self.dirty.is_empty() || !self.finished_unwritten.is_empty() {
+            let mut runs = std::mem::take(&mut self.finished_unwritten);
+            runs.extend(
+                std::mem::take(&mut self.dirty)
+                    .into_iter()
+                    .filter_map(|seq| self.runs.get(&seq).map(|slot| slot.run.clone())),
+            );
+            self.store.update_runs(&runs).await?;
+            self.flushes += 1;
+            self.flushed.send_replace(self.flushes);
+        }
+        for event in self.pending_events.drain(..) {
+            // No subscribers is fine: events are notifications, the store is
+            // the record.
+            let _ = self.events.send(event);
+        }
+        Ok(())
+    }
+
+    /// Queues `event`; [`flush`](Self::flush) sends it once what it
+    /// announces is stored.
+    fn emit(&mut self, event: EngineEvent) {
+        self.pending_events.push(event);
     }
 }
 
