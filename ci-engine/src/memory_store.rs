@@ -27,7 +27,7 @@ struct Inner {
 impl Inner {
     /// Stores `run` under its `seq` and keeps the indexes in line; `old`
     /// is the run it replaces, if any.
-    fn put(&mut self, run: &Run, old: Option<&Run>) {
+    fn put(&mut self, run: Run, old: Option<&Run>) {
         if let Some(old) = old {
             self.unfinished.remove(&old.queue_position());
             if let Some(r) = old.retry_seq {
@@ -41,7 +41,7 @@ impl Inner {
             self.retried.insert((r, run.seq));
         }
         self.ids.insert(run.id().clone(), run.seq);
-        self.runs.insert(run.seq, run.clone());
+        self.runs.insert(run.seq, run);
     }
 }
 
@@ -97,18 +97,18 @@ impl RunStore for MemoryStore {
         if inner.runs.contains_key(&run.seq) {
             return Err(duplicate_seq(run.seq));
         }
-        inner.put(run, None);
+        inner.put(run.clone(), None);
         Ok(true)
     }
 
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
-        self.update_runs(std::slice::from_ref(run)).await
+        self.update_runs(vec![run.clone()]).await
     }
 
-    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
+    async fn update_runs(&self, runs: Vec<Run>) -> Result<(), StoreError> {
         let mut inner = self.lock();
         // Every check first, so a refused batch changes nothing.
-        for run in runs {
+        for run in &runs {
             let old_seq = *inner
                 .ids
                 .get(run.id())
@@ -240,7 +240,7 @@ mod tests {
         changed.commit.summary = "changed".into();
         let unknown = Run::new(Commit::bare("bb"), 2, &p);
         assert!(matches!(
-            store.update_runs(&[changed, unknown]).await,
+            store.update_runs(vec![changed, unknown]).await,
             Err(StoreError::NotFound(_))
         ));
         assert_eq!(store.get_run("aa").await.unwrap(), known);

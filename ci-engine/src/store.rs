@@ -89,8 +89,8 @@ pub trait RunStore: Send + Sync {
     /// [`update_run`](Self::update_run) does for one. The engine writes all the
     /// changes of one turn with it. A store that has transactions writes them
     /// in one, all or nothing; the default writes them one by one, in order.
-    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
-        for run in runs {
+    async fn update_runs(&self, runs: Vec<Run>) -> Result<(), StoreError> {
+        for run in &runs {
             self.update_run(run).await?;
         }
         Ok(())

@@ -109,7 +109,7 @@ impl RunStore for SlowWrites {
         tokio::time::sleep(Duration::from_millis(1)).await;
         self.0.update_run(run).await
     }
-    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
+    async fn update_runs(&self, runs: Vec<Run>) -> Result<(), StoreError> {
         tokio::time::sleep(Duration::from_millis(1)).await;
         self.0.update_runs(runs).await
     }

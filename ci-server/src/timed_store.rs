@@ -129,7 +129,7 @@ impl RunStore for TimedStore {
             .await
     }
 
-    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
+    async fn update_runs(&self, runs: Vec<Run>) -> Result<(), StoreError> {
         self.metrics
             .time("update_runs", self.inner.update_runs(runs))
             .await

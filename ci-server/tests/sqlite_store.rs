@@ -200,7 +200,7 @@ async fn a_batch_with_an_unknown_run_changes_nothing() {
     let changed = rich_run(known.id().as_str(), 1);
     let unknown = queued_run(&"cd".repeat(20), 2, &[]);
     assert!(matches!(
-        store.update_runs(&[changed, unknown]).await,
+        store.update_runs(vec![changed, unknown]).await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(

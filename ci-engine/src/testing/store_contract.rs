@@ -698,15 +698,15 @@ pub async fn update_runs_writes_the_batch(store: SharedStore) {
     let mut second = run_with_status(&b, 2, &["main"], RunStatus::Success);
     second.commit.branches = vec!["main".into()];
     store
-        .update_runs(&[first.clone(), second.clone()])
+        .update_runs(vec![first.clone(), second.clone()])
         .await
         .expect("update_runs");
     assert_eq!(get(&*store, &a).await, first);
     assert_eq!(get(&*store, &b).await, second);
-    store.update_runs(&[]).await.expect("an empty batch");
+    store.update_runs(Vec::new()).await.expect("an empty batch");
     let unknown = queued_run(&hex_id(72), 3, &[]);
     assert!(matches!(
-        store.update_runs(&[unknown]).await,
+        store.update_runs(vec![unknown]).await,
         Err(StoreError::NotFound(_))
     ));
 }

@@ -236,8 +236,7 @@ impl RunStore for SqliteStore {
             .map_err(|f| self.store_error(f))
     }
 
-    async fn update_runs(&self, runs: &[Run]) -> Result<(), StoreError> {
-        let runs = runs.to_vec();
+    async fn update_runs(&self, runs: Vec<Run>) -> Result<(), StoreError> {
         self.run(Side::Write, move |c| {
             runs.iter().try_for_each(|run| rows::update_run(c, run))
         })

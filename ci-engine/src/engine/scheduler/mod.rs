@@ -1016,7 +1016,7 @@ impl Scheduler {
                     .into_iter()
                     .filter_map(|seq| self.runs.get(&seq).map(|slot| slot.run.clone())),
             );
-            self.store.update_runs(&runs).await?;
+            self.store.update_runs(runs).await?;
             self.flushes += 1;
             self.flushed.send_replace(self.flushes);
         }
