@@ -259,7 +259,9 @@ enum Refused {
     Unauthorized(String, &'static str),
     Forbidden(String),
     NotFound(String),
-    Conflict(String),
+    /// A 409, with the result word for the log (`ambiguous`,
+    /// `not_finished`, ...).
+    Conflict(&'static str, String),
     Internal(String),
     Unavailable(String),
 }
@@ -272,7 +274,7 @@ impl Refused {
             Self::Unauthorized(..) => "unauthorized",
             Self::Forbidden(_) => "disabled",
             Self::NotFound(_) => "not_found",
-            Self::Conflict(_) => "conflict",
+            Self::Conflict(result, _) => result,
             Self::Internal(_) => "store_failed",
             Self::Unavailable(_) => "no_engine",
         }
@@ -284,7 +286,7 @@ impl From<LookupError> for Refused {
         match e {
             LookupError::BadRequest(m) => Self::BadRequest(m),
             LookupError::NotFound(m) => Self::NotFound(m),
-            LookupError::Ambiguous(m) => Self::Conflict(m),
+            LookupError::Ambiguous(m) => Self::Conflict("ambiguous", m),
             LookupError::Internal(m) => Self::Internal(m),
         }
     }
@@ -303,7 +305,7 @@ macro_rules! refusals_into {
                     }
                     Refused::Forbidden(m) => Self::Forbidden(body(m)),
                     Refused::NotFound(m) => Self::NotFound(body(m)),
-                    Refused::Conflict(m) => Self::Conflict(body(m)),
+                    Refused::Conflict(_, m) => Self::Conflict(body(m)),
                     Refused::Internal(m) => Self::Internal(body(m)),
                     Refused::Unavailable(m) => Self::Unavailable(body(m)),
                 }
@@ -429,16 +431,21 @@ impl ActionsApi {
                     run,
                 })
             }
-            Ok(RetryOutcome::NotFinished) => Err(Refused::Conflict(format!(
-                "run {commit} is not finished (it is queued or running): only a run that \
+            Ok(RetryOutcome::NotFinished) => Err(Refused::Conflict(
+                "not_finished",
+                format!(
+                    "run {commit} is not finished (it is queued or running): only a run that \
                  ended failure, error or cancelled can be retried; cancel it first, or wait"
-            ))),
-            Ok(RetryOutcome::NothingToRetry) => Err(Refused::Conflict(format!(
-                "every step of run {commit} succeeded: there is nothing to retry"
-            ))),
-            Ok(other) => Err(Refused::Conflict(format!(
-                "run {commit} was not retried ({other:?})"
-            ))),
+                ),
+            )),
+            Ok(RetryOutcome::NothingToRetry) => Err(Refused::Conflict(
+                "nothing_to_retry",
+                format!("every step of run {commit} succeeded: there is nothing to retry"),
+            )),
+            Ok(other) => Err(Refused::Conflict(
+                "not_retried",
+                format!("run {commit} was not retried ({other:?})"),
+            )),
             Err(e) => Err(engine_refusal(&commit, e)),
         }
     }
@@ -461,9 +468,12 @@ impl ActionsApi {
                     run,
                 })
             }
-            Ok(CancelOutcome::AlreadyFinished) => Err(Refused::Conflict(format!(
-                "run {commit} has already finished: only a queued or running run can be cancelled"
-            ))),
+            Ok(CancelOutcome::AlreadyFinished) => Err(Refused::Conflict(
+                "already_finished",
+                format!(
+                    "run {commit} has already finished: only a queued or running run can be cancelled"
+                ),
+            )),
             Err(e) => Err(engine_refusal(&commit, e)),
         }
     }
