@@ -205,7 +205,9 @@ pub struct Cli {
     /// this machine (ps, /proc), so the server warns at start: prefer
     /// --api-token-file or CI_API_TOKEN. Overrides CI_API_TOKEN; not with
     /// --api-token-file.
-    #[arg(long, value_name = "TOKEN")]
+    // A token may start with `-` (base64url): taken as the value, not as an
+    // unknown option that clap would print back.
+    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
     pub api_token: Option<Secret>,
 
     /// The value of the environment variable CI_API_TOKEN, used when neither
@@ -811,9 +813,13 @@ mod tests {
         let c = with_env(&["/repo"], Some("from-env")).expect("valid");
         assert_eq!(source(&c), Some(TokenSource::Env));
         assert!(c.api_token.as_ref().is_some_and(|t| t.matches("from-env")));
-        let c = with_env(&["/repo", "--api-token", "from-flag"], Some("from-env")).expect("valid");
+        let c = with_env(&["/repo", "--api-token", "-from-flag"], Some("from-env")).expect("valid");
         assert_eq!(source(&c), Some(TokenSource::Flag));
-        assert!(c.api_token.as_ref().is_some_and(|t| t.matches("from-flag")));
+        assert!(
+            c.api_token
+                .as_ref()
+                .is_some_and(|t| t.matches("-from-flag"))
+        );
 
         let dir = tempfile::tempdir().expect("temporary directory");
         let file = dir.path().join("token");
