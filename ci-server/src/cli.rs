@@ -13,12 +13,14 @@
 
 mod runners;
 
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ci_engine::{Pipeline, PipelineFileError};
 use clap::Parser;
 
+use crate::api::token::{ApiToken, TOKEN_ENV, TokenError, TokenSource};
 use crate::git::InitialPolicy;
 use crate::http_runner::{HttpRunnerConfig, RunnerAddr, RunnerAddrError};
 use crate::server::{ServerConfig, StoreChoice};
@@ -51,13 +53,23 @@ sim-1 ... sim-N.
 
 Durations are written like 500ms, 2s, 1.5s, 3m or 1h (a bare number is seconds).
 
+Retry and cancel (POST /run/{commit}/retry, POST /run/{commit}/cancel) need
+an API token, sent as `Authorization: Bearer TOKEN`; everything else is
+readable without one. The token comes from --api-token-file, else
+--api-token, else CI_API_TOKEN (the two options together are an error).
+Without any, retry and cancel answer 403.
+  CI_API_TOKEN=$(cat /etc/ci-server/token) ci-server /path/to/repo
+  ci-server /path/to/repo --api-token-file /etc/ci-server/token
+
 Environment:
-  RUST_LOG   log filter for the log on stderr (default: info)
+  CI_API_TOKEN  the API token, when neither --api-token-file nor --api-token
+                is given (unset or empty: no token)
+  RUST_LOG      log filter for the log on stderr (default: info)
 
 Exit codes: 0 after Ctrl-C or SIGTERM, 1 when the server fails while running,
 2 when it cannot start (bad arguments, missing path, not a git repository,
-unparsable runner address, unusable pipeline file, port in use, unusable
-database).";
+unparsable runner address, unusable pipeline file, unreadable or empty API
+token file, port in use, unusable database).";
 
 /// The most bundled simulators `--sims` starts.
 pub const MAX_SIMS: u32 = 64;
@@ -180,6 +192,60 @@ pub struct Cli {
     /// seed.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub sim_args: Option<String>,
+
+    /// A file that holds the API token, which retry and cancel ask for as
+    /// `Authorization: Bearer TOKEN` (one trailing newline is ignored; the
+    /// token is printable ASCII without spaces). An unreadable or empty file
+    /// stops the server at start. Overrides CI_API_TOKEN; not with
+    /// --api-token. Make the file readable by the server's user only.
+    #[arg(long, value_name = "PATH", conflicts_with = "api_token")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// The API token itself. A command line is visible to other users of
+    /// this machine (ps, /proc), so the server warns at start: prefer
+    /// --api-token-file or CI_API_TOKEN. Overrides CI_API_TOKEN; not with
+    /// --api-token-file.
+    // A token may start with `-` (base64url): taken as the value, not as an
+    // unknown option that clap would print back.
+    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
+    pub api_token: Option<Secret>,
+
+    /// The value of the environment variable CI_API_TOKEN, used when neither
+    /// option gives a token. Not an option: `main` reads it from the
+    /// environment (tests set it directly).
+    #[arg(skip)]
+    pub api_token_env: Option<Secret>,
+}
+
+/// A secret from the command line or the environment (the API token): `Debug`
+/// does not show it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(OsString);
+
+impl Secret {
+    /// The secret `value`.
+    pub fn new(value: impl Into<OsString>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &OsStr {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
 }
 
 /// An argument that clap accepted but that cannot be used.
@@ -233,6 +299,10 @@ pub enum CliError {
     /// The step timeout is too short for the HTTP client's connect timeout.
     #[error("--step-timeout must be longer than {0:?}")]
     StepTimeoutTooShort(Duration),
+    /// The API token cannot be used (an unreadable or empty file, an empty
+    /// token, a character a header cannot carry).
+    #[error(transparent)]
+    ApiToken(#[from] TokenError),
     /// The engine refuses a setting an option gave it.
     #[error("invalid {option}: {problem}")]
     Engine {
@@ -283,7 +353,9 @@ impl Cli {
         if self.step_timeout <= MIN_STEP_TIMEOUT {
             return Err(CliError::StepTimeoutTooShort(MIN_STEP_TIMEOUT));
         }
+        let api_token = self.api_token()?;
         let mut config = ServerConfig::new(self.repo_path, runner);
+        config.api_token = api_token;
         config.pipeline = pipeline;
         config.store = store;
         config.source.initial = self.initial;
@@ -310,6 +382,35 @@ impl Cli {
         // sent; the HTTP client only derives its connect timeout from it.
         config.http_runner = HttpRunnerConfig::for_engine(&config.engine);
         Ok(config)
+    }
+
+    /// The API token: from `--api-token-file`, else `--api-token`, else
+    /// `CI_API_TOKEN` (unset or empty: none). clap refuses the two options
+    /// together.
+    fn api_token(&self) -> Result<Option<ApiToken>, CliError> {
+        let token = if let Some(path) = &self.api_token_file {
+            Some(ApiToken::from_file(path)?)
+        } else if let Some(flag) = &self.api_token {
+            // clap only gives UTF-8 strings.
+            let secret = flag.expose().to_str().unwrap_or_default();
+            Some(ApiToken::new(secret, TokenSource::Flag)?)
+        } else {
+            ApiToken::from_env(self.api_token_env.as_ref().map(Secret::expose))?
+        };
+        let env_set = self
+            .api_token_env
+            .as_ref()
+            .is_some_and(|v| !v.expose().is_empty());
+        if let Some(token) = &token
+            && env_set
+            && token.source() != &TokenSource::Env
+        {
+            tracing::info!(
+                "{TOKEN_ENV} is set but not used: {} gives the API token",
+                token.source()
+            );
+        }
+        Ok(token)
     }
 
     /// Whether the server will start bundled simulators (no runner is named),
@@ -695,6 +796,71 @@ mod tests {
             assert!(line.starts_with(&format!("invalid {option}: ")), "{line}");
             assert!(line.contains("longer than zero"), "{line}");
         }
+    }
+
+    #[test]
+    fn the_api_token_comes_from_one_option_else_the_environment() {
+        let source = |c: &ServerConfig| c.api_token.as_ref().map(|t| t.source().clone());
+        let with_env = |args: &[&str], env: Option<&str>| {
+            let mut cli = cli(args);
+            cli.api_token_env = env.map(Secret::new);
+            cli.into_config(PathBuf::from("/bin/self"))
+        };
+        let c = with_env(&["/repo"], None).expect("valid");
+        assert_eq!(source(&c), None, "no token: retry and cancel are off");
+        let c = with_env(&["/repo"], Some("")).expect("valid");
+        assert_eq!(source(&c), None, "an empty variable is no token");
+        let c = with_env(&["/repo"], Some("from-env")).expect("valid");
+        assert_eq!(source(&c), Some(TokenSource::Env));
+        assert!(c.api_token.as_ref().is_some_and(|t| t.matches("from-env")));
+        let c = with_env(&["/repo", "--api-token", "-from-flag"], Some("from-env")).expect("valid");
+        assert_eq!(source(&c), Some(TokenSource::Flag));
+        assert!(
+            c.api_token
+                .as_ref()
+                .is_some_and(|t| t.matches("-from-flag"))
+        );
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\n").expect("written");
+        let file_arg = file.to_str().expect("UTF-8");
+        let c =
+            with_env(&["/repo", "--api-token-file", file_arg], Some("from-env")).expect("valid");
+        assert_eq!(source(&c), Some(TokenSource::File(file.clone())));
+        assert!(c.api_token.as_ref().is_some_and(|t| t.matches("from-file")));
+
+        let both = [
+            "ci-server",
+            "/repo",
+            "--api-token",
+            "x",
+            "--api-token-file",
+            file_arg,
+        ];
+        let err = Cli::try_parse_from(both).expect_err("both options");
+        let line = clap_error_line(&err.to_string());
+        assert!(line.contains("cannot be used with"), "{line}");
+
+        let err = with_env(&["/repo"], Some("two words")).unwrap_err();
+        assert!(matches!(err, CliError::ApiToken(_)), "{err}");
+        assert!(!err.to_string().contains("two words"), "{err}");
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug() {
+        let mut parsed = cli(&["/repo", "--api-token", "flag-secret"]);
+        parsed.api_token_env = Some(Secret::new("env-secret"));
+        let shown = format!("{parsed:?}");
+        assert!(
+            !shown.contains("flag-secret") && !shown.contains("env-secret"),
+            "{shown}"
+        );
+        let config = parsed
+            .into_config(PathBuf::from("/bin/self"))
+            .expect("valid");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("flag-secret"), "{shown}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use ci_server::cli::{Cli, SIM_SUBCOMMAND, parse_listen};
+use ci_server::api::token::TOKEN_ENV;
+use ci_server::cli::{Cli, SIM_SUBCOMMAND, Secret, parse_listen};
 use ci_server::server::{LISTENING_PREFIX, Server, public_url};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -34,7 +35,7 @@ fn main() {
     if argv.get(1).is_some_and(|a| a == SIM_SUBCOMMAND) {
         run_simulator(&argv);
     }
-    let cli = match Cli::try_parse_from(&argv) {
+    let mut cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(error) if error.use_stderr() => {
             eprintln!("ci-server: {} (see --help)", one_line(&error));
@@ -43,6 +44,7 @@ fn main() {
         // --help and --version print to stdout and exit 0.
         Err(help_or_version) => help_or_version.exit(),
     };
+    cli.api_token_env = std::env::var_os(TOKEN_ENV).map(Secret::new);
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

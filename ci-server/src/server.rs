@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::api::runners::RunnerInfo;
+use crate::api::token::{ApiToken, TOKEN_ENV, TokenSource};
 use crate::git::{GitSource, GitSourceConfig, GitSourceError};
 use crate::http_runner::{HttpRunnerConfig, HttpRunnerError};
 use crate::supervisor::{RunnerSupervisor, SupervisorError};
@@ -80,6 +81,10 @@ pub struct ServerConfig {
     /// with [`HttpRunnerConfig::for_engine`] after changing the engine's step
     /// timeout (the command line does).
     pub http_runner: HttpRunnerConfig,
+    /// The token clients send to retry and cancel runs
+    /// (`Authorization: Bearer TOKEN`). `None` (the default): retry and
+    /// cancel answer 403.
+    pub api_token: Option<ApiToken>,
 }
 
 impl ServerConfig {
@@ -96,6 +101,7 @@ impl ServerConfig {
             http_runner: HttpRunnerConfig::for_engine(&engine),
             engine,
             source: GitSourceConfig::default(),
+            api_token: None,
         }
     }
 }
@@ -169,6 +175,8 @@ pub struct Server {
     unreachable_limit: Duration,
     /// For `/metrics`: the times of the store's operations.
     store_metrics: StoreMetrics,
+    /// For retry and cancel.
+    api_token: Option<ApiToken>,
 }
 
 impl std::fmt::Debug for Server {
@@ -226,6 +234,7 @@ impl Server {
             Arc::clone(&store),
             config.engine,
         )?;
+        log_api_token(config.api_token.as_ref());
         Ok(Self {
             store,
             source,
@@ -237,6 +246,7 @@ impl Server {
             db,
             unreachable_limit,
             store_metrics,
+            api_token: config.api_token,
         })
     }
 
@@ -296,6 +306,7 @@ impl Server {
             .with_unreachable_limit(self.unreachable_limit)
             .with_branch_tips(branch_tips(&self.repo_path))
             .with_store_metrics(&self.store_metrics)
+            .with_api_token(self.api_token)
             .ending_streams_on(stop_rx.clone());
         let app = crate::api::app(api);
 
@@ -360,6 +371,24 @@ impl Server {
             .await;
         info!("stopped");
         outcome
+    }
+}
+
+/// Says at start whether retry and cancel are enabled and where the token
+/// comes from (never the token), and warns when it is on the command line.
+fn log_api_token(token: Option<&ApiToken>) {
+    match token {
+        None => info!(
+            "retry and cancel are disabled (they answer 403): no API token; set {TOKEN_ENV} or use --api-token-file PATH"
+        ),
+        Some(token) => {
+            if token.source() == &TokenSource::Flag {
+                warn!(
+                    "--api-token puts the API token on the command line, where other users of this machine can read it (ps, /proc); prefer --api-token-file PATH or {TOKEN_ENV}"
+                );
+            }
+            info!(source = %token.source(), "retry and cancel are enabled for clients with the API token");
+        }
     }
 }
 

@@ -32,7 +32,8 @@ const ciPage = {
     return node;
   },
   badge(word) { return ciPage.el("span", { class: "badge " + word }, word); },
-  // Calls refresh() on every event, at most once per 300 ms, never two at once.
+  // Calls refresh() on every event, at most once per 300 ms, never two at once;
+  // returns a function that asks for one more refresh the same way.
   live(refresh) {
     const label = document.getElementById("live");
     const gap = 300;
@@ -48,16 +49,17 @@ const ciPage = {
     const soon = () => {
       if (timer === null) timer = setTimeout(run, Math.max(0, last + gap - Date.now()));
     };
-    if (!window.EventSource) return;
+    if (!window.EventSource) return soon;
     const events = new EventSource("/events");
     events.onopen = () => { label.textContent = "live"; soon(); };
     events.onmessage = soon;
-    for (const t of ["connected", "reset", "run_queued", "step_started", "step_finished",
-      "step_withdrawn", "run_finished", "runner_down", "runner_up"]) {
+    for (const t of ["connected", "reset", "run_queued", "run_retried", "step_started",
+      "step_finished", "step_withdrawn", "run_finished", "runner_down", "runner_up"]) {
       events.addEventListener(t, soon);
     }
     events.onerror = () => {
       label.textContent = events.readyState === EventSource.CLOSED ? "static" : "reconnecting…";
     };
+    return soon;
   },
 };

@@ -5,6 +5,10 @@
 //! open the run page at `/commit/{id}`, whose steps carry statuses and whose
 //! attempts open to show their logs. Both pages must fit a phone's width.
 //!
+//! A second test retries a failed run from its page: the Retry button asks
+//! for the API token once (a wrong one is refused and forgotten), and the new
+//! attempt appears live.
+//!
 //! Screenshots of both pages are written under the target directory
 //! (`…/tmp/screenshots/`); with `UPDATE_SCREENSHOTS=1` they are also copied
 //! to `docs/screenshots/`. Chromium and chromedriver come from `PATH`
@@ -18,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use browser_support::{Browser, poll, shorten, tools_or_skip};
-use e2e_support::{GitRepo, Server, is_terminal};
+use e2e_support::{GitRepo, Server, TOKEN_ENV, is_terminal, wait_for_terminal};
 use fantoccini::Locator;
 use serde_json::{Value, json};
 
@@ -109,6 +113,34 @@ return {
 };
 "#;
 
+/// One browser at a time: the tests of this file take turns.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The run page's retry and cancel controls, the build step's attempts, the
+/// recorded actions and the token the tab keeps; `null` without `main#run`.
+const CONTROLS_JS: &str = r#"
+const q = s => document.querySelector(s);
+const main = q('main#run');
+if (!main) return null;
+const build = main.querySelector('section.step[data-step="build"]');
+const message = q('#action-message');
+return {
+  status: main.dataset.status,
+  controls: !q('#run-controls').hidden,
+  retry: !q('#retry-button').hidden,
+  cancel: !q('#cancel-button').hidden,
+  form: !q('#token-form').hidden,
+  message: message.hidden ? null : message.textContent,
+  kind: message.dataset.kind || null,
+  attempts: build ? [...build.querySelectorAll('details.attempt')].map(d => ({
+    n: Number(d.dataset.attempt), outcome: d.dataset.outcome, earlier: d.hasAttribute('data-earlier'),
+  })) : [],
+  actions: [...document.querySelectorAll('#run-actions li.action')].map(li => li.dataset.kind),
+  stored: sessionStorage.getItem('ci-server-api-token'),
+  html: main.outerHTML,
+};
+"#;
+
 /// Whether the page scrolls sideways: `[scrollWidth, innerWidth]`.
 const WIDTH_JS: &str = "return [document.documentElement.scrollWidth, window.innerWidth];";
 
@@ -117,6 +149,7 @@ async fn pages_update_live_and_open_a_run_in_a_real_browser() {
     let Some(tools) = tools_or_skip() else {
         return;
     };
+    let _one_browser = ONE_BROWSER.lock().await;
     let started = Instant::now();
 
     let repo = GitRepo::new();
@@ -412,4 +445,164 @@ async fn assert_fits_phone(b: &Browser, page: &str) {
         b.page_html().await
     );
     b.resize(DESKTOP.0, DESKTOP.1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_is_retried_from_its_page_with_the_token_asked_once() {
+    let Some(tools) = tools_or_skip() else {
+        return;
+    };
+    let _one_browser = ONE_BROWSER.lock().await;
+    let started = Instant::now();
+    const TOKEN: &str = "browser-test-token-42";
+
+    // Every build fails; lint passes; test is skipped.
+    let repo = GitRepo::new();
+    let id = repo.commit("fails at build");
+    let server = Server::start_with_env(
+        repo.path(),
+        &[
+            "--db",
+            ":memory:",
+            "--sim-args",
+            "--no-crash --fail-rate 1 --lint-ms 0 --build-ms 200 --test-ms 0",
+        ],
+        &[(TOKEN_ENV, TOKEN)],
+    );
+    wait_for_terminal(
+        &server,
+        &std::collections::BTreeSet::from([id.clone()]),
+        WAIT,
+    )
+    .await;
+    let browser = Browser::start(&tools, DESKTOP.0, DESKTOP.1).await;
+    let b = &browser;
+    b.client
+        .goto(&server.url(&format!("/commit/{id}")))
+        .await
+        .expect("the run page loads");
+    let controls = || async { b.try_js(CONTROLS_JS, vec![]).await };
+    let page = poll("the Retry button of a failed run", WAIT, || async {
+        let page = controls().await?;
+        if page["retry"] == true && page["controls"] == true {
+            Ok(page)
+        } else {
+            Err(format!("{page}"))
+        }
+    })
+    .await;
+    assert_eq!(page["status"], "failure");
+    assert_eq!(page["cancel"], false, "Cancel is offered on a finished run");
+    assert_eq!(
+        page["attempts"],
+        json!([{ "n": 1, "outcome": "failure", "earlier": false }])
+    );
+
+    let click = |css: &'static str| async move {
+        let element = match b.client.find(Locator::Css(css)).await {
+            Ok(element) => element,
+            Err(e) => panic!("no {css} ({e}): {}", b.page_html().await),
+        };
+        element
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("{css} cannot be clicked: {e}"));
+    };
+    let give_token = |token: &'static str| async move {
+        poll("the token form", WAIT, || async {
+            let page = controls().await?;
+            if page["form"] == true {
+                Ok(())
+            } else {
+                Err(format!("{page}"))
+            }
+        })
+        .await;
+        b.client
+            .find(Locator::Css("#token-input"))
+            .await
+            .expect("the token input")
+            .send_keys(token)
+            .await
+            .expect("the token can be typed");
+        click("#token-submit").await;
+    };
+
+    // A wrong token: refused with the server's words, and forgotten.
+    click("#retry-button").await;
+    give_token("not-the-token").await;
+    let page = poll("the refusal of a wrong token", WAIT, || async {
+        let page = controls().await?;
+        if page["kind"] == "error" {
+            Ok(page)
+        } else {
+            Err(format!("{page}"))
+        }
+    })
+    .await;
+    let said = page["message"].as_str().unwrap_or_default();
+    assert!(said.contains("wrong"), "the message: {said:?}");
+    assert_eq!(page["stored"], Value::Null, "a refused token is kept");
+    assert_eq!(page["attempts"].as_array().map(Vec::len), Some(1), "{page}");
+
+    // The right token: the run is retried and the new attempt appears.
+    click("#retry-button").await;
+    give_token(TOKEN).await;
+    let page = poll(
+        "the retried build's new attempt on the page",
+        WAIT,
+        || async {
+            let page = controls().await?;
+            let attempts = page["attempts"].as_array().cloned().unwrap_or_default();
+            let done = attempts.len() == 2
+                && attempts[0]["earlier"] == true
+                && attempts[1]["earlier"] == false
+                && page["actions"] == json!(["retry"]);
+            if done {
+                Ok(page)
+            } else {
+                Err(shorten(&page.to_string(), 8000))
+            }
+        },
+    )
+    .await;
+    assert_eq!(page["stored"], TOKEN, "the tab does not keep the token");
+    let said = page["message"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("Retried: build, test"),
+        "the message: {said:?}"
+    );
+
+    // It fails again; a second retry does not ask for the token again.
+    let page = poll("the retried run to end", WAIT, || async {
+        let page = controls().await?;
+        if page["status"] == "failure" && page["retry"] == true {
+            Ok(page)
+        } else {
+            Err(shorten(&page.to_string(), 8000))
+        }
+    })
+    .await;
+    assert_eq!(page["attempts"][1]["outcome"], "failure", "{page}");
+    click("#retry-button").await;
+    let page = poll("a third attempt without a token form", WAIT, || async {
+        let page = controls().await?;
+        if page["form"] == true {
+            return Ok(page);
+        }
+        if page["attempts"].as_array().map(Vec::len) == Some(3) {
+            Ok(page)
+        } else {
+            Err(shorten(&page.to_string(), 8000))
+        }
+    })
+    .await;
+    assert_eq!(page["form"], false, "the token was asked for twice: {page}");
+    assert_eq!(page["actions"], json!(["retry", "retry"]), "{page}");
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots/retried.png");
+    b.screenshot(&shot).await;
+    eprintln!("screenshot of the retried run: {}", shot.display());
+    browser.close().await;
+    eprintln!("retry browser test took {:?}", started.elapsed());
 }

@@ -56,6 +56,10 @@ fn help_explains_every_option() {
         "--sims",
         "sim-1",
         "--pipeline",
+        "--api-token-file",
+        "--api-token",
+        "CI_API_TOKEN",
+        "other users",
         "on each runner",
         "bundled step-runner simulator",
         "RUST_LOG",
@@ -208,6 +212,53 @@ fn a_bad_pipeline_file_is_a_startup_error_naming_the_file() {
         "the message starts with the file: {line}"
     );
     // Nothing was written: the server stopped before opening its store.
+    assert!(!repo.path().join(".git/ci-server").exists());
+}
+
+#[test]
+fn an_unusable_api_token_is_a_startup_error_that_never_shows_it() {
+    let repo = GitRepo::new();
+    let path = repo.path().to_str().expect("UTF-8 path");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("no-token");
+    let missing = missing.to_str().expect("UTF-8 path");
+    let line = expect_startup_error(&[path, "--api-token-file", missing], "cannot read");
+    assert!(line.contains(missing), "names the file: {line}");
+    for (name, content) in [("empty", ""), ("newline", "\n")] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).expect("written");
+        let file = file.to_str().expect("UTF-8 path");
+        let line = expect_startup_error(&[path, "--api-token-file", file], "is empty");
+        assert!(line.contains(file), "names the file: {line}");
+    }
+    let two_lines = dir.path().join("two-lines");
+    std::fs::write(&two_lines, "secret-one\nsecret-two\n").expect("written");
+    let line = expect_startup_error(
+        &[
+            path,
+            "--api-token-file",
+            two_lines.to_str().expect("UTF-8 path"),
+        ],
+        "second line",
+    );
+    assert!(!line.contains("secret-"), "the token shows: {line}");
+    expect_startup_error(&[path, "--api-token", ""], "is empty");
+    let line = expect_startup_error(
+        &[
+            path,
+            "--api-token",
+            "flag-secret",
+            "--api-token-file",
+            missing,
+        ],
+        "cannot be used with",
+    );
+    assert!(
+        line.contains("--api-token-file") && !line.contains("flag-secret"),
+        "{line}"
+    );
+    // A server must not start when the token file is unreadable: nothing
+    // was written.
     assert!(!repo.path().join(".git/ci-server").exists());
 }
 

@@ -4,9 +4,12 @@
 //! Three sources feed them:
 //!
 //! - the engine's events, followed by a task from the moment [`Metrics`] is
-//!   built (so nothing is missed between scrapes): finished runs, attempts and
-//!   their durations (from `step_started` to `step_finished` of the same
-//!   attempt, timed by that task);
+//!   built (so nothing is missed between scrapes): finished runs, retried
+//!   runs, attempts and their durations (from `step_started` to
+//!   `step_finished` of the same attempt, timed by that task). A retried run
+//!   counts once more in the finished runs each time it finishes again, with
+//!   its new status: the counters count events, never how many runs have a
+//!   status now (`GET /runs?status=` says that);
 //! - the engine's view of its runners and concurrency classes, read at each
 //!   scrape;
 //! - the store's operations, timed by a
@@ -72,6 +75,7 @@ fn step_histogram() -> Histogram {
 #[derive(Clone, Debug)]
 struct EventMetrics {
     runs_finished: Family<StatusLabel, Counter>,
+    runs_retried: Counter,
     attempts: Family<StepLabels, Counter>,
     step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
 }
@@ -131,6 +135,9 @@ impl EventMetrics {
                         .observe(began.elapsed().as_secs_f64());
                 }
             }
+            EngineEvent::RunRetried { .. } => {
+                self.runs_retried.inc();
+            }
             EngineEvent::RunFinished { status, .. } => {
                 self.runs_finished
                     .get_or_create(&StatusLabel {
@@ -177,6 +184,7 @@ impl Metrics {
     pub fn new(engine: Option<&EngineHandle>) -> Self {
         let events = EventMetrics {
             runs_finished: Family::default(),
+            runs_retried: Counter::default(),
             attempts: Family::default(),
             step_duration: Family::new_with_constructor(step_histogram),
         };
@@ -229,6 +237,13 @@ impl Metrics {
             scrape.class_in_flight.clone(),
         );
         if let Some(engine) = engine {
+            // A plain counter always has a sample (0 at first): only with an
+            // engine, which can retry.
+            registry.register(
+                "ci_runs_retried",
+                "Retries of finished runs (each retried run finishes again and counts again in ci_runs_finished)",
+                events.runs_retried.clone(),
+            );
             tokio::spawn(events.follow(engine.subscribe()));
         }
         Self {
@@ -340,6 +355,46 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_retried_run_counts_once_per_finish_and_once_as_retried() {
+        let events = EventMetrics {
+            runs_finished: Family::default(),
+            runs_retried: Counter::default(),
+            attempts: Family::default(),
+            step_duration: Family::new_with_constructor(step_histogram),
+        };
+        let mut started = HashMap::new();
+        let commit = ci_engine::CommitId::new("abc".to_owned());
+        let finished = |status| EngineEvent::RunFinished {
+            commit: commit.clone(),
+            status,
+        };
+        let finished_with = |status: ci_engine::RunStatus| {
+            events
+                .runs_finished
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
+                .get()
+        };
+        events.record(finished(ci_engine::RunStatus::Failure), &mut started);
+        events.record(
+            EngineEvent::RunRetried {
+                commit: commit.clone(),
+                seq: 7,
+                steps: vec!["build".to_owned(), "test".to_owned()],
+            },
+            &mut started,
+        );
+        assert_eq!(events.runs_retried.get(), 1);
+        assert_eq!(finished_with(ci_engine::RunStatus::Failure), 1);
+        assert_eq!(finished_with(ci_engine::RunStatus::Success), 0);
+        events.record(finished(ci_engine::RunStatus::Success), &mut started);
+        assert_eq!(finished_with(ci_engine::RunStatus::Failure), 1);
+        assert_eq!(finished_with(ci_engine::RunStatus::Success), 1);
+        assert_eq!(events.runs_retried.get(), 1);
     }
 
     #[test]

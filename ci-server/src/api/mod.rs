@@ -2,7 +2,8 @@
 //! server's health, as JSON described by an OpenAPI document, with Swagger UI at
 //! `/docs`.
 //!
-//! The API only reads the [`RunStore`]; the engine writes it. Every answer that is
+//! The API reads the [`RunStore`]; the engine writes it (retry and cancel, in
+//! [`actions`], ask the engine). Every answer that is
 //! not a success is a JSON [`ErrorBody`] with the right status code (400 for a
 //! malformed request, 404 for an unknown run, 409 for an ambiguous commit prefix,
 //! 500 when the store fails, 503 for `/events` and `/runners` without a running
@@ -10,6 +11,8 @@
 //! has the same [`health::Health`] body as its 200.
 //!
 //! - [`model`]: the JSON shapes of runs, steps and attempts.
+//! - [`actions`]: `POST /run/{commit}/retry` and `POST /run/{commit}/cancel`,
+//!   the only operations that change a run, behind the [`token`].
 //! - [`runners`]: `GET /runners`, the engine's runners joined with their addresses.
 //! - [`health`]: `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, in the OpenMetrics text format.
@@ -20,6 +23,7 @@
 //! [`app`] assembles the whole HTTP application (API, `/openapi.json`, `/docs`);
 //! `docs/api.md` describes every endpoint with examples.
 
+pub mod actions;
 pub mod badge;
 pub mod events;
 pub mod health;
@@ -27,6 +31,7 @@ pub mod metrics;
 pub mod model;
 pub mod pages;
 pub mod runners;
+pub mod token;
 pub mod waiting;
 
 use std::sync::Arc;
@@ -73,6 +78,7 @@ pub struct Api {
     check_timeout: Duration,
     tips: Option<badge::TipResolver>,
     metrics: metrics::Metrics,
+    token: Option<token::ApiToken>,
 }
 
 impl Api {
@@ -103,7 +109,16 @@ impl Api {
             unreachable_limit: EngineConfig::default().unreachable_limit,
             check_timeout: health::HEALTH_TIMEOUT,
             tips: None,
+            token: None,
         }
+    }
+
+    /// Lets clients that send `token` retry and cancel runs
+    /// ([`actions`]); without a token (the default) both answer 403.
+    #[must_use]
+    pub fn with_api_token(mut self, token: Option<token::ApiToken>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Lets `GET /badge.svg` find a branch's current tip, so the badge shows
@@ -195,15 +210,17 @@ pub enum EventsResponse {
     /// Server-sent events, each with an id `EPOCH-N` (the server's epoch, new
     /// at every start, and the event's number, from 1): first `connected`
     /// (`epoch`, and `last_id`, where the stream continues from), then one per
-    /// engine event (`run_queued`, `step_started`, `step_finished`,
-    /// `step_withdrawn`, `run_finished`, `runner_down`, `runner_up`). With a
+    /// engine event (`run_queued`, `run_retried`, `step_started`,
+    /// `step_finished`, `step_withdrawn`, `run_finished`, `runner_down`,
+    /// `runner_up`). With a
     /// `Last-Event-ID` header, the events after that id come first; when they
     /// are no longer known (another epoch, a malformed or unknown id, too
     /// old), or when the client fell behind, a `reset` event (`reason`,
     /// `message`) says to re-read everything. The data is JSON with a `type`
     /// field naming the event. `step_started` names the `runner` the attempt
     /// is sent to; `runner_down` has the `runner` and the `reason`;
-    /// `runner_up` has the `runner`.
+    /// `runner_up` has the `runner`. `run_retried` has the `commit`, its new
+    /// queue position `seq` and the `steps` that run again.
     #[oai(status = 200)]
     Ok(EventStream<BoxStream<'static, Any<events::StreamEvent>>>),
     /// No engine runs behind this API.
@@ -363,18 +380,23 @@ impl From<LookupError> for StepLogResponse {
 
 impl Api {
     async fn lookup(&self, raw: &str) -> Result<ci_engine::Run, LookupError> {
-        let commit = parse_commit(raw).map_err(LookupError::BadRequest)?;
-        self.store.get_run(&commit).await.map_err(|e| match e {
-            StoreError::NotFound(_) => LookupError::NotFound(format!("no run for commit {commit}")),
-            StoreError::Ambiguous { matches, .. } => LookupError::Ambiguous(format!(
-                "commit prefix {commit} is ambiguous: it matches {matches} runs; give more digits"
-            )),
-            other => {
-                tracing::error!(error = %other, commit, "store failed to look up a run");
-                LookupError::Internal(format!("the store failed: {other}"))
-            }
-        })
+        lookup_run(self.store.as_ref(), raw).await
     }
+}
+
+/// The run of `raw`, a full commit hash or a prefix that matches one run.
+async fn lookup_run(store: &dyn RunStore, raw: &str) -> Result<ci_engine::Run, LookupError> {
+    let commit = parse_commit(raw).map_err(LookupError::BadRequest)?;
+    store.get_run(&commit).await.map_err(|e| match e {
+        StoreError::NotFound(_) => LookupError::NotFound(format!("no run for commit {commit}")),
+        StoreError::Ambiguous { matches, .. } => LookupError::Ambiguous(format!(
+            "commit prefix {commit} is ambiguous: it matches {matches} runs; give more digits"
+        )),
+        other => {
+            tracing::error!(error = %other, commit, "store failed to look up a run");
+            LookupError::Internal(format!("the store failed: {other}"))
+        }
+    })
 }
 
 /// The API's operations. Paths use poem's `:name` syntax.
@@ -649,11 +671,19 @@ fn all_attempt_logs(record: &ci_engine::StepRecord) -> String {
     out
 }
 
-/// The OpenAPI service of `api`, titled and versioned for this crate.
-pub fn openapi_service(api: Api) -> OpenApiService<Api, ()> {
-    OpenApiService::new(api, "ci-server", env!("CARGO_PKG_VERSION")).description(
+/// The OpenAPI service of `api` and its retry and cancel
+/// ([`actions::ActionsApi`], over the same store, engine and token), titled
+/// and versioned for this crate.
+pub fn openapi_service(api: Api) -> OpenApiService<(Api, actions::ActionsApi), ()> {
+    let actions = actions::ActionsApi::new(
+        Arc::clone(&api.store),
+        api.engine.clone(),
+        api.token.clone(),
+    );
+    OpenApiService::new((api, actions), "ci-server", env!("CARGO_PKG_VERSION")).description(
         "Runs of every commit of a git repository through lint, build and test. \
-         Errors are JSON objects with a `message`.",
+         Errors are JSON objects with a `message`. Everything is readable without \
+         a token; only retry and cancel need the server's API token as a bearer token.",
     )
 }
 

@@ -263,6 +263,12 @@ pub struct StepInfo {
     /// Why the step has not started yet (or waits to be retried), while its
     /// run is under way; absent otherwise.
     pub waiting: Option<super::waiting::WaitingInfo>,
+    /// The number of the first attempt of the step's current round: 1 until
+    /// the run is retried; a retry makes it one more than the step's last
+    /// attempt. Attempts numbered below it were made before the latest retry
+    /// (history: they count neither against the attempt limit nor in the
+    /// run's new result).
+    pub budget_from: u32,
 }
 
 impl StepInfo {
@@ -275,6 +281,7 @@ impl StepInfo {
             attempts: step.attempts.iter().map(AttemptInfo::from).collect(),
             log_url: format!("/run/{commit}/steps/{}/log", step.name),
             waiting: None,
+            budget_from: step.budget_from,
         }
     }
 }
@@ -305,6 +312,9 @@ pub struct RunDetail {
     pub commit: CommitInfo,
     /// One entry per pipeline step, in pipeline order.
     pub steps: Vec<StepInfo>,
+    /// Every retry and cancel asked of the run, oldest first (empty when
+    /// none was).
+    pub actions: Vec<super::actions::RunActionInfo>,
 }
 
 impl From<&Run> for RunDetail {
@@ -331,6 +341,11 @@ impl From<&Run> for RunDetail {
                 .steps
                 .iter()
                 .map(|s| StepInfo::from_record(&id, s))
+                .collect(),
+            actions: run
+                .actions
+                .iter()
+                .map(super::actions::RunActionInfo::from)
                 .collect(),
             id,
         }

@@ -183,11 +183,22 @@ impl Drop for Proc {
     }
 }
 
-/// Spawns `BIN args…` with piped output; every line it writes is kept in
-/// `stderr`, and lines are also sent on the returned channels.
-fn spawn(name: &str, args: &[String]) -> (Proc, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+/// The variable that gives `ci-server` its API token: removed from the
+/// environment of every process the tests start, unless a test sets it.
+pub const TOKEN_ENV: &str = "CI_API_TOKEN";
+
+/// Spawns `BIN args…` with piped output, `RUST_LOG=info`, the variables of
+/// `env` and no inherited [`TOKEN_ENV`]; every line it writes on stderr is
+/// kept in `stderr`, and lines are also sent on the returned channels.
+fn spawn(
+    name: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> (Proc, mpsc::Receiver<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(args)
+        .env_remove(TOKEN_ENV)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -261,6 +272,11 @@ impl Server {
     /// Starts `ci-server <repo> args…` on a free loopback port, with a short
     /// shutdown grace, and waits for its startup line.
     pub fn start(repo: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(repo, args, &[])
+    }
+
+    /// [`start`](Self::start) with the environment variables `env` set.
+    pub fn start_with_env(repo: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut argv = vec![
             repo.display().to_string(),
             "--listen".to_owned(),
@@ -269,7 +285,7 @@ impl Server {
             "1s".to_owned(),
         ];
         argv.extend(args.iter().map(|s| (*s).to_owned()));
-        let (proc, stdout, _stderr) = spawn("ci-server", &argv);
+        let (proc, stdout, _stderr) = spawn("ci-server", &argv, env);
         let (addr, line) = wait_line(&proc, &stdout, Duration::from_secs(30), |line| {
             ci_server::server::parse_listening_line(line).map(|a| (a, line.to_owned()))
         });
@@ -295,7 +311,7 @@ pub fn start_simulator(args: &[&str]) -> (Proc, SocketAddr) {
         "127.0.0.1:0".to_owned(),
     ];
     argv.extend(args.iter().map(|s| (*s).to_owned()));
-    let (proc, _stdout, stderr) = spawn("step-runner-sim", &argv);
+    let (proc, _stdout, stderr) = spawn("step-runner-sim", &argv, &[]);
     let addr = wait_line(
         &proc,
         &stderr,
@@ -309,6 +325,7 @@ pub fn start_simulator(args: &[&str]) -> (Proc, SocketAddr) {
 pub fn run_to_end(args: &[&str], within: Duration) -> (Option<i32>, String, String) {
     let mut child = Command::new(BIN)
         .args(args)
+        .env_remove(TOKEN_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -80,6 +80,25 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_names_the_run_its_new_place_and_the_steps_that_run_again() {
+        let retried = event_json(&EngineEvent::RunRetried {
+            commit: "abc".into(),
+            seq: 12,
+            steps: vec!["build".into(), "test".into()],
+        });
+        assert_eq!(
+            retried,
+            serde_json::json!({
+                "type": "run_retried",
+                "commit": "abc",
+                "seq": 12,
+                "steps": ["build", "test"],
+            })
+        );
+        assert!(sse_of(retried).to_string().contains("event: run_retried"));
+    }
+
+    #[test]
     fn runner_events_name_their_runner() {
         let started = event_json(&EngineEvent::StepStarted {
             commit: "abc".into(),

@@ -86,6 +86,7 @@ mod tests {
                     step("build", Some("waits for a runner <of 2>")),
                     step("test", None),
                 ],
+                actions: Vec::new(),
             },
         };
         let html = page.render().expect("renders");
@@ -94,5 +95,76 @@ mod tests {
             "{html}"
         );
         assert_eq!(html.matches(r#"<p class="waiting" hidden></p>"#).count(), 1);
+    }
+
+    #[test]
+    fn actions_earlier_attempts_and_hidden_controls_are_printed() {
+        use crate::api::pages::view::{ActionView, AttemptView};
+        let attempt = |number: u32, earlier: bool| AttemptView {
+            number,
+            outcome: "failure".to_owned(),
+            runner: None,
+            reason: None,
+            started: String::new(),
+            duration: None,
+            log: String::new(),
+            earlier,
+        };
+        let page = RunPage {
+            title: "t".to_owned(),
+            run: RunView {
+                id: "abcd".to_owned(),
+                status: "failure".to_owned(),
+                failed_steps: vec!["build".to_owned()],
+                summary: String::new(),
+                author: String::new(),
+                branches: String::new(),
+                parents: Vec::new(),
+                created: String::new(),
+                started: None,
+                finished: None,
+                duration: None,
+                steps: vec![StepView {
+                    name: "build".to_owned(),
+                    status: "failure".to_owned(),
+                    reason: None,
+                    waiting_sentence: None,
+                    duration: "0 ms".to_owned(),
+                    attempts: vec![attempt(1, true), attempt(2, false)],
+                }],
+                actions: vec![ActionView {
+                    kind: "retry".to_owned(),
+                    when: "2026-01-02 03:04 UTC".to_owned(),
+                    by: Some("127.0.0.1:5<6>".to_owned()),
+                }],
+            },
+        };
+        let html = page.render().expect("renders");
+        assert!(
+            html.contains(
+                r#"<li class="action" data-kind="retry">retry at 2026-01-02 03:04 UTC by 127.0.0.1:5&#60;6&#62;</li>"#
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"data-attempt="1" data-outcome="failure" data-earlier>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"data-attempt="2" data-outcome="failure">"#),
+            "{html}"
+        );
+        assert_eq!(
+            html.matches(r#"<span class="round">before the last retry</span>"#)
+                .count(),
+            1,
+            "{html}"
+        );
+        // Without JavaScript the controls stay hidden: nothing to click that
+        // would need a token the page cannot send.
+        assert!(
+            html.contains(r#"<div id="run-controls" class="controls" hidden>"#),
+            "{html}"
+        );
     }
 }

@@ -85,6 +85,19 @@ pub struct RunView {
     pub duration: Option<String>,
     /// The pipeline's steps, in order.
     pub steps: Vec<StepView>,
+    /// Every retry and cancel asked of the run, oldest first.
+    pub actions: Vec<ActionView>,
+}
+
+/// A retry or cancel of the run, on the run page.
+#[derive(Debug, Clone)]
+pub struct ActionView {
+    /// `retry` or `cancel`.
+    pub kind: String,
+    /// When the server took it.
+    pub when: String,
+    /// Who asked (the client's address), when known.
+    pub by: Option<String>,
 }
 
 /// One step on the run page.
@@ -121,6 +134,9 @@ pub struct AttemptView {
     pub duration: Option<String>,
     /// Its logs, without terminal escape sequences.
     pub log: String,
+    /// Made before the run's latest retry (numbered below the step's
+    /// `budget_from`).
+    pub earlier: bool,
 }
 
 impl RunView {
@@ -148,7 +164,7 @@ impl RunView {
                             let logs = record
                                 .and_then(|r| r.attempts.iter().find(|x| x.number == a.number))
                                 .map_or("", |x| x.logs.as_str());
-                            AttemptView::new(a, logs)
+                            AttemptView::new(a, logs, a.number < step.budget_from)
                         })
                         .collect(),
                 }
@@ -167,12 +183,21 @@ impl RunView {
             finished: detail.finished_at.map(format::time),
             duration: millis(detail.duration_ms),
             steps,
+            actions: detail
+                .actions
+                .iter()
+                .map(|a| ActionView {
+                    kind: a.kind.clone(),
+                    when: format::time(a.at),
+                    by: a.by.clone(),
+                })
+                .collect(),
         }
     }
 }
 
 impl AttemptView {
-    fn new(a: &AttemptInfo, logs: &str) -> Self {
+    fn new(a: &AttemptInfo, logs: &str, earlier: bool) -> Self {
         Self {
             number: a.number,
             outcome: word(&a.outcome),
@@ -181,6 +206,7 @@ impl AttemptView {
             started: format::time(a.started_at),
             duration: a.duration_ms.map(format::duration),
             log: ansi::strip_ansi(logs),
+            earlier,
         }
     }
 }
