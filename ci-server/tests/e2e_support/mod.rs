@@ -183,12 +183,18 @@ impl Drop for Proc {
     }
 }
 
-/// Spawns `BIN args…` with piped output; every line it writes is kept in
-/// `stderr`, and lines are also sent on the returned channels.
-fn spawn(name: &str, args: &[String]) -> (Proc, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+/// Spawns `BIN args…` with `env` added to its environment and piped output;
+/// every line it writes is kept in `stderr`, and lines are also sent on the
+/// returned channels.
+fn spawn(
+    name: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> (Proc, mpsc::Receiver<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -261,6 +267,11 @@ impl Server {
     /// Starts `ci-server <repo> args…` on a free loopback port, with a short
     /// shutdown grace, and waits for its startup line.
     pub fn start(repo: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(repo, args, &[])
+    }
+
+    /// [`start`](Self::start) with `env` added to the server's environment.
+    pub fn start_with_env(repo: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut argv = vec![
             repo.display().to_string(),
             "--listen".to_owned(),
@@ -269,7 +280,7 @@ impl Server {
             "1s".to_owned(),
         ];
         argv.extend(args.iter().map(|s| (*s).to_owned()));
-        let (proc, stdout, _stderr) = spawn("ci-server", &argv);
+        let (proc, stdout, _stderr) = spawn("ci-server", &argv, env);
         let (addr, line) = wait_line(&proc, &stdout, Duration::from_secs(30), |line| {
             ci_server::server::parse_listening_line(line).map(|a| (a, line.to_owned()))
         });
@@ -295,7 +306,7 @@ pub fn start_simulator(args: &[&str]) -> (Proc, SocketAddr) {
         "127.0.0.1:0".to_owned(),
     ];
     argv.extend(args.iter().map(|s| (*s).to_owned()));
-    let (proc, _stdout, stderr) = spawn("step-runner-sim", &argv);
+    let (proc, _stdout, stderr) = spawn("step-runner-sim", &argv, &[]);
     let addr = wait_line(
         &proc,
         &stderr,
