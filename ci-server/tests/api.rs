@@ -775,6 +775,21 @@ async fn the_document_has_plain_references_and_nullable_fields() {
     );
 }
 
+/// Links say how an answer leads to the next request.
+#[tokio::test]
+async fn the_document_links_runs_to_their_details_and_logs() {
+    let cli = client().await;
+    let doc = expect_json(cli.get("/openapi.json").send().await, StatusCode::OK).await;
+    let paths = &doc["paths"];
+    let link = &paths["/runs"]["get"]["responses"]["200"]["links"]["GetRun"];
+    assert_eq!(link["operationId"], "get_run", "{link}");
+    assert_eq!(link["parameters"]["commit"], "$response.body#/data/0/id");
+    let link = &paths["/run/{commit}"]["get"]["responses"]["200"]["links"]["GetStepLog"];
+    assert_eq!(link["operationId"], "get_step_log", "{link}");
+    assert_eq!(link["parameters"]["commit"], "$response.body#/id");
+    assert_eq!(link["parameters"]["step"], "$response.body#/steps/0/name");
+}
+
 /// `/events` is described as what an SSE client reads: one event with its
 /// name, id and JSON data, whose schema names every event.
 #[tokio::test]

@@ -20,6 +20,9 @@
 //!   ([`EventData`]), as OpenAPI 3.2 describes event streams. OpenAPI 3.0
 //!   tools that do not know these two keywords ignore them; schema-driven
 //!   testers such as schemathesis check the data with them.
+//! - **Links.** How an answer leads to the next request ([`LINKS`]): from a
+//!   page of runs to a run, from a run to its steps' logs. Swagger UI shows
+//!   them; schemathesis follows them to test with runs that exist.
 
 use std::collections::BTreeSet;
 
@@ -28,6 +31,49 @@ use poem_openapi::registry::Registry;
 use serde_json::{Map, Value, json};
 
 use super::events::schema::{EventData, ServerSentEvent};
+
+/// A link of the document: the answer `status` of operation `from` gives
+/// the `parameters` (name, runtime expression) of operation `to`.
+#[derive(Clone, Copy, Debug)]
+pub struct Link {
+    /// The operation whose answer it is (`operationId`).
+    pub from: &'static str,
+    /// The status of that answer.
+    pub status: &'static str,
+    /// The link's name.
+    pub name: &'static str,
+    /// The operation it leads to (`operationId`).
+    pub to: &'static str,
+    /// That operation's parameters, each from the answer (an OpenAPI
+    /// runtime expression).
+    pub parameters: &'static [(&'static str, &'static str)],
+    /// What it is, in words.
+    pub description: &'static str,
+}
+
+/// The links between the operations of the API.
+pub const LINKS: [Link; 2] = [
+    Link {
+        from: "list_runs",
+        status: "200",
+        name: "GetRun",
+        to: "get_run",
+        parameters: &[("commit", "$response.body#/data/0/id")],
+        description: "The first run of the page in full; every `data[i].id` is a `commit`.",
+    },
+    Link {
+        from: "get_run",
+        status: "200",
+        name: "GetStepLog",
+        to: "get_step_log",
+        parameters: &[
+            ("commit", "$response.body#/id"),
+            ("step", "$response.body#/steps/0/name"),
+        ],
+        description: "The logs of the run's first step; every `steps[i].name` is a `step` \
+                      (`steps[i].log_url` is the same request).",
+    },
+];
 
 /// The media type of an event stream.
 const EVENT_STREAM: &str = "text/event-stream";
@@ -61,6 +107,7 @@ impl Document {
         let mut doc: Value = serde_json::from_str(spec)?;
         describe_event_streams(&mut doc)?;
         plain_references(&mut doc);
+        add_links(&mut doc, &LINKS);
         let routes = Routes::from_document(&doc);
         let json = serde_json::to_string_pretty(&doc)?;
         Ok(Self { json, routes })
@@ -156,6 +203,56 @@ fn schemas_mut(doc: &mut Value) -> Option<&mut Map<String, Value>> {
         .entry("schemas")
         .or_insert_with(|| json!({}))
         .as_object_mut()
+}
+
+/// Adds `links` to the answers they start from, each when both of its
+/// operations are in `doc`.
+fn add_links(doc: &mut Value, links: &[Link]) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let ids: BTreeSet<String> = paths
+        .values()
+        .filter_map(Value::as_object)
+        .flat_map(|item| item.values())
+        .filter_map(|op| op.get("operationId").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect();
+    let operations = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        let Some(id) = operation.get("operationId").and_then(Value::as_str) else {
+            continue;
+        };
+        let id = id.to_owned();
+        for link in links.iter().filter(|l| l.from == id && ids.contains(l.to)) {
+            let Some(response) = operation
+                .get_mut("responses")
+                .and_then(|r| r.get_mut(link.status))
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            let parameters: Map<String, Value> = link
+                .parameters
+                .iter()
+                .map(|(name, expression)| ((*name).to_owned(), json!(expression)))
+                .collect();
+            let entry = response.entry("links").or_insert_with(|| json!({}));
+            if let Some(entry) = entry.as_object_mut() {
+                entry.insert(
+                    link.name.to_owned(),
+                    json!({
+                        "operationId": link.to,
+                        "parameters": parameters,
+                        "description": link.description,
+                    }),
+                );
+            }
+        }
+    }
 }
 
 /// The name of `T`'s schema. (The trait is not imported: its `is_empty`
