@@ -270,7 +270,7 @@ pub struct StepInfo {
     /// Where to read the step's logs (`GET` it for plain text).
     pub log_url: String,
     /// Why the step has not started yet (or waits to be retried), while its
-    /// run is under way; absent otherwise.
+    /// run is under way; `null` otherwise.
     #[oai(nullable)]
     pub waiting: Option<super::waiting::WaitingInfo>,
 }
