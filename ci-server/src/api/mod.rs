@@ -5,15 +5,20 @@
 //! The API only reads the [`RunStore`]; the engine writes it. Every answer that is
 //! not a success is a JSON [`ErrorBody`] with the right status code (400 for a
 //! malformed request, 404 for an unknown run, 409 for an ambiguous commit prefix,
-//! 500 when the store fails, 503 for `/events` and `/runners` without a running
+//! 405 with an `Allow` header for a method a path is not served with, 500 when
+//! the store fails, 503 for `/events` and `/runners` without a running
 //! engine), never `200 null`. The one exception is `GET /healthz`, whose 503
 //! has the same [`health::Health`] body as its 200.
 //!
 //! - [`model`]: the JSON shapes of runs, steps and attempts.
+//! - [`document`]: the OpenAPI document as served (what poem-openapi cannot
+//!   say by itself added), and the routes the `Allow` header of a 405 is
+//!   made from.
 //! - [`runners`]: `GET /runners`, the engine's runners joined with their addresses.
 //! - [`health`]: `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, in the OpenMetrics text format.
-//! - [`events`]: `GET /events`, the engine's events as server-sent events.
+//! - [`events`]: `GET /events`, the engine's events as server-sent events,
+//!   and their description for the document ([`events::schema`]).
 //! - [`pages`]: the pages for people, `/` (the runs) and `/commit/{commit}`
 //!   (one run), server-rendered HTML kept live by `/events`.
 //!
