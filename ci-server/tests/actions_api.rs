@@ -110,10 +110,15 @@ fn attempts(step: &Value) -> Vec<(u64, String)> {
 async fn wait_run(server: &Server, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WITHIN;
     loop {
-        let run = run_of(server, id).await;
-        if done(&run) {
+        // Until the server has found the commit, the run is unknown (404).
+        let (status, run) = get_json(&server.url(&format!("/run/{id}"))).await;
+        if status == 200 && done(&run) {
             return run;
         }
+        assert!(
+            status == 200 || status == 404,
+            "GET /run/{id}: {status} {run}"
+        );
         assert!(
             Instant::now() < deadline,
             "{what}: not within {WITHIN:?}; the run: {run}\nserver log:\n{}",

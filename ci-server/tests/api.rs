@@ -333,7 +333,7 @@ async fn unknown_malformed_and_ambiguous_commits_are_errors_not_null() {
     .await;
 
     let too_long = "a".repeat(41);
-    for bad in ["abc", "zzzz", "abcd-", "12345g", too_long.as_str()] {
+    for bad in ["0", "abc", "zzzz", "abcd-", "12345g", too_long.as_str()] {
         let m = expect_error(
             cli.get(format!("/run/{bad}")).send().await,
             StatusCode::BAD_REQUEST,
@@ -449,6 +449,64 @@ async fn unknown_paths_and_methods_answer_json_errors() {
     .await;
 }
 
+/// A 405 says which methods the path is served with, in `Allow` (RFC 9110)
+/// and in its message: the API's paths (from the document), the pages and
+/// the document itself.
+#[tokio::test]
+async fn a_wrong_method_is_405_with_allow() {
+    let cli = client().await;
+    let paths = [
+        "/runs".to_owned(),
+        format!("/run/{SUCCESS}"),
+        format!("/run/{SUCCESS}/steps/lint/log"),
+        "/events".to_owned(),
+        "/runners".to_owned(),
+        "/healthz".to_owned(),
+        "/metrics".to_owned(),
+        "/badge.svg".to_owned(),
+        "/".to_owned(),
+        format!("/commit/{SUCCESS}"),
+        "/openapi.json".to_owned(),
+        "/docs".to_owned(),
+    ];
+    let methods = [
+        poem::http::Method::POST,
+        poem::http::Method::PUT,
+        poem::http::Method::PATCH,
+        poem::http::Method::DELETE,
+        poem::http::Method::OPTIONS,
+        poem::http::Method::TRACE,
+    ];
+    for path in &paths {
+        for method in &methods {
+            let resp = cli.request(method.clone(), path).send().await;
+            let allow = resp
+                .0
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let message = expect_error(resp, StatusCode::METHOD_NOT_ALLOWED).await;
+            assert_eq!(
+                allow.as_deref(),
+                Some("GET, HEAD"),
+                "{method} {path}: {message}"
+            );
+            assert!(
+                message.contains(method.as_str()) && message.contains("GET, HEAD"),
+                "{method} {path}: {message}"
+            );
+        }
+        // HEAD is served wherever GET is.
+        let resp = cli.head(path).send().await;
+        assert_ne!(
+            resp.0.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "HEAD {path}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_openapi_document_describes_every_endpoint_and_error() {
     let cli = client().await;
@@ -553,6 +611,236 @@ async fn the_openapi_document_describes_every_endpoint_and_error() {
     );
 }
 
+/// The schema of parameter `name` of `GET path` in the document.
+fn param_schema<'a>(doc: &'a Value, path: &str, name: &str) -> &'a Value {
+    doc["paths"][path]["get"]["parameters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{path} has no parameters"))
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| &p["schema"])
+        .unwrap_or_else(|| panic!("{path} has no parameter {name}"))
+}
+
+/// Every limit the server checks is in the document, with the same values,
+/// so that a request the document calls valid is never a 400.
+#[tokio::test]
+async fn the_document_states_every_parameter_limit() {
+    use ci_server::api::{MAX_COMMIT_LEN, MAX_LIMIT, MAX_OFFSET, MIN_PREFIX};
+    let cli = client().await;
+    let doc = expect_json(cli.get("/openapi.json").send().await, StatusCode::OK).await;
+    for path in ["/run/{commit}", "/run/{commit}/steps/{step}/log"] {
+        let commit = param_schema(&doc, path, "commit");
+        assert_eq!(commit["pattern"], "^[0-9a-fA-F]{4,40}$", "{path}");
+        assert_eq!(commit["minLength"].as_u64(), Some(MIN_PREFIX as u64));
+        assert_eq!(commit["maxLength"].as_u64(), Some(MAX_COMMIT_LEN as u64));
+    }
+    let step = param_schema(&doc, "/run/{commit}/steps/{step}/log", "step");
+    assert_eq!(step["pattern"], "^[A-Za-z0-9._-]+$");
+    let attempt = param_schema(&doc, "/run/{commit}/steps/{step}/log", "attempt");
+    assert_eq!(attempt["minimum"].as_f64(), Some(1.0));
+    assert_eq!(attempt["maximum"].as_f64(), Some(f64::from(u32::MAX)));
+    let limit = param_schema(&doc, "/runs", "limit");
+    assert_eq!(limit["minimum"].as_f64(), Some(1.0));
+    assert_eq!(limit["maximum"].as_f64(), Some(f64::from(MAX_LIMIT)));
+    let offset = param_schema(&doc, "/runs", "offset");
+    assert_eq!(offset["minimum"].as_f64(), Some(0.0));
+    assert_eq!(offset["maximum"].as_f64(), Some(f64::from(MAX_OFFSET)));
+    assert_eq!(
+        param_schema(&doc, "/runs", "status")["$ref"],
+        "#/components/schemas/RunStatus"
+    );
+
+    // The edges are accepted, one past them is a 400.
+    let edge = "f".repeat(MAX_COMMIT_LEN);
+    let short = "f".repeat(MIN_PREFIX);
+    for ok in [edge.as_str(), short.as_str()] {
+        expect_error(
+            cli.get(format!("/run/{ok}")).send().await,
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+    }
+    let long = "a".repeat(MAX_COMMIT_LEN + 1);
+    let shorter = "a".repeat(MIN_PREFIX - 1);
+    for bad in [long.as_str(), shorter.as_str()] {
+        let m = expect_error(
+            cli.get(format!("/run/{bad}")).send().await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(m.contains("commit") && m.contains("hexadecimal"), "{m}");
+    }
+    let m = expect_error(
+        cli.get(format!("/run/{SUCCESS}/steps/a%2Fb/log"))
+            .send()
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(m.contains("step"), "{m}");
+    expect_json(
+        cli.get("/runs").query("offset", &MAX_OFFSET).send().await,
+        StatusCode::OK,
+    )
+    .await;
+    let m = expect_error(
+        cli.get("/runs")
+            .query("offset", &(u64::from(MAX_OFFSET) + 1))
+            .send()
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(m.contains("offset"), "{m}");
+}
+
+/// Every answer an operation can give is in the document, every error with
+/// the `Error` body.
+#[tokio::test]
+async fn the_document_lists_every_answer() {
+    let cli = client().await;
+    let doc = expect_json(cli.get("/openapi.json").send().await, StatusCode::OK).await;
+    let expected: [(&str, &[&str]); 8] = [
+        ("/runs", &["200", "400", "500"]),
+        ("/run/{commit}", &["200", "400", "404", "409", "500"]),
+        (
+            "/run/{commit}/steps/{step}/log",
+            &["200", "400", "404", "409", "500"],
+        ),
+        ("/events", &["200", "503"]),
+        ("/runners", &["200", "503"]),
+        ("/healthz", &["200", "503"]),
+        ("/metrics", &["200", "500"]),
+        ("/badge.svg", &["200"]),
+    ];
+    for (path, codes) in expected {
+        let responses = doc["paths"][path]["get"]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{path} has no responses"));
+        let listed: Vec<&str> = responses.keys().map(String::as_str).collect();
+        assert_eq!(listed, codes, "{path}");
+        for (code, response) in responses {
+            // The health check's 503 has the same body as its 200.
+            if code.starts_with('2') || path == "/healthz" {
+                continue;
+            }
+            assert_eq!(
+                response["content"]["application/json; charset=utf-8"]["schema"]["$ref"],
+                "#/components/schemas/Error",
+                "{path} {code}"
+            );
+        }
+    }
+}
+
+/// The document serves client generators: a field of an enum or object type
+/// is a plain reference (never `allOf` of a reference and a description,
+/// which generators cannot take for enums), and every field that may be
+/// absent is `null` then, and says so.
+#[tokio::test]
+async fn the_document_has_plain_references_and_nullable_fields() {
+    let cli = client().await;
+    let doc = expect_json(cli.get("/openapi.json").send().await, StatusCode::OK).await;
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for (name, schema) in schemas {
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let Some(properties) = schema["properties"].as_object() else {
+            continue;
+        };
+        for (field, property) in properties {
+            assert!(
+                property.get("allOf").is_none(),
+                "{name}.{field} is an allOf: {property}"
+            );
+            // The fields of an SSE event are absent, never null.
+            if !required.contains(&field.as_str()) && name != "ServerSentEvent" {
+                assert_eq!(
+                    property["nullable"], true,
+                    "{name}.{field} may be null but does not say so: {property}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        schemas["RunSummary"]["properties"]["status"]["$ref"],
+        "#/components/schemas/RunStatus"
+    );
+    assert_eq!(
+        schemas["StepInfo"]["properties"]["waiting"]["oneOf"][0]["$ref"],
+        "#/components/schemas/WaitingInfo"
+    );
+}
+
+/// Links say how an answer leads to the next request.
+#[tokio::test]
+async fn the_document_links_runs_to_their_details_and_logs() {
+    let cli = client().await;
+    let doc = expect_json(cli.get("/openapi.json").send().await, StatusCode::OK).await;
+    let paths = &doc["paths"];
+    let link = &paths["/runs"]["get"]["responses"]["200"]["links"]["GetRun"];
+    assert_eq!(link["operationId"], "get_run", "{link}");
+    assert_eq!(link["parameters"]["commit"], "$response.body#/data/0/id");
+    let link = &paths["/run/{commit}"]["get"]["responses"]["200"]["links"]["GetStepLog"];
+    assert_eq!(link["operationId"], "get_step_log", "{link}");
+    assert_eq!(link["parameters"]["commit"], "$response.body#/id");
+    assert_eq!(link["parameters"]["step"], "$response.body#/steps/0/name");
+}
+
+/// `/events` is described as what an SSE client reads: one event with its
+/// name, id and JSON data, whose schema names every event.
+#[tokio::test]
+async fn the_document_describes_the_event_stream() {
+    let cli = client().await;
+    let doc = expect_json(cli.get("/openapi.json").send().await, StatusCode::OK).await;
+    let content = &doc["paths"]["/events"]["get"]["responses"]["200"]["content"];
+    assert_eq!(
+        content["text/event-stream"]["schema"]["$ref"], "#/components/schemas/ServerSentEvent",
+        "{content}"
+    );
+    let schemas = &doc["components"]["schemas"];
+    let event = &schemas["ServerSentEvent"];
+    assert_eq!(event["required"], serde_json::json!(["event", "data"]));
+    let data = &event["properties"]["data"];
+    assert_eq!(data["type"], "string");
+    assert_eq!(data["contentMediaType"], "application/json");
+    assert_eq!(
+        data["contentSchema"]["$ref"],
+        "#/components/schemas/EventData"
+    );
+    let mut names: Vec<&str> = schemas["EventName"]["enum"]
+        .as_array()
+        .expect("event names")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    names.sort_unstable();
+    let mut mapping: Vec<&str> = schemas["EventData"]["discriminator"]["mapping"]
+        .as_object()
+        .expect("a discriminator mapping")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    mapping.sort_unstable();
+    assert_eq!(names, mapping);
+    for name in [
+        "connected",
+        "reset",
+        "run_queued",
+        "step_started",
+        "step_finished",
+        "step_withdrawn",
+        "run_finished",
+        "runner_down",
+        "runner_up",
+    ] {
+        assert!(names.contains(&name), "{name} is not documented");
+    }
+}
+
 #[tokio::test]
 async fn swagger_ui_and_the_live_page_are_served() {
     let cli = client().await;
@@ -563,6 +851,11 @@ async fn swagger_ui_and_the_live_page_are_served() {
         html.contains("swagger"),
         "not Swagger UI: {}",
         &html[..html.len().min(200)]
+    );
+    // It shows the document /openapi.json serves.
+    assert!(
+        html.contains("ServerSentEvent"),
+        "Swagger UI shows another document"
     );
 
     let resp = cli.get("/").send().await;

@@ -141,6 +141,7 @@ pub struct RunActionInfo {
     pub at: i64,
     /// Who asked: the client's address as the server saw it (`IP:PORT` of the
     /// TCP peer; behind a reverse proxy, the proxy's); `null` when unknown.
+    #[oai(nullable)]
     pub by: Option<String>,
 }
 

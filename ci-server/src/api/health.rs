@@ -57,6 +57,7 @@ pub struct StoreHealth {
     /// It answered a read in time.
     pub ok: bool,
     /// What went wrong when it did not.
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -67,15 +68,20 @@ pub struct RunnersHealth {
     /// `null` and `error` says why.
     pub known: bool,
     /// Runners in the pool.
+    #[oai(nullable)]
     pub total: Option<u32>,
     /// Runners that take steps now.
+    #[oai(nullable)]
     pub up: Option<u32>,
     /// Runners that are down or probing.
+    #[oai(nullable)]
     pub down: Option<u32>,
     /// When no runner is up: since when none has been (the latest of their
     /// `since` times), milliseconds since the Unix epoch; `null` while one is up.
+    #[oai(nullable)]
     pub none_up_since: Option<i64>,
     /// Why the runners are not known.
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -87,6 +93,7 @@ pub struct Health {
     /// What part this server plays.
     pub role: Role,
     /// Why the server is unavailable, in one sentence; `null` when it is not.
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// Whether the store answers.
     pub store: StoreHealth,

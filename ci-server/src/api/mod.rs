@@ -6,17 +6,22 @@
 //! [`actions`], ask the engine). Every answer that is
 //! not a success is a JSON [`ErrorBody`] with the right status code (400 for a
 //! malformed request, 404 for an unknown run, 409 for an ambiguous commit prefix,
-//! 500 when the store fails, 503 for `/events` and `/runners` without a running
+//! 405 with an `Allow` header for a method a path is not served with, 500 when
+//! the store fails, 503 for `/events` and `/runners` without a running
 //! engine), never `200 null`. The one exception is `GET /healthz`, whose 503
 //! has the same [`health::Health`] body as its 200.
 //!
 //! - [`model`]: the JSON shapes of runs, steps and attempts.
 //! - [`actions`]: `POST /run/{commit}/retry` and `POST /run/{commit}/cancel`,
 //!   the only operations that change a run, behind the [`token`].
+//! - [`document`]: the OpenAPI document as served (what poem-openapi cannot
+//!   say by itself added), and the routes the `Allow` header of a 405 is
+//!   made from.
 //! - [`runners`]: `GET /runners`, the engine's runners joined with their addresses.
 //! - [`health`]: `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, in the OpenMetrics text format.
-//! - [`events`]: `GET /events`, the engine's events as server-sent events.
+//! - [`events`]: `GET /events`, the engine's events as server-sent events,
+//!   and their description for the document ([`events::schema`]).
 //! - [`pages`]: the pages for people, `/` (the runs) and `/commit/{commit}`
 //!   (one run), server-rendered HTML kept live by `/events`.
 //!
@@ -25,6 +30,7 @@
 
 pub mod actions;
 pub mod badge;
+pub mod document;
 pub mod events;
 pub mod health;
 pub mod metrics;
@@ -40,8 +46,10 @@ use std::time::Duration;
 
 use ci_engine::{EngineConfig, EngineHandle, RunQuery, RunStatus, RunStore, StoreError};
 use futures::stream::BoxStream;
-use poem::http::StatusCode;
-use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem::endpoint::make_sync;
+use poem::http::{HeaderValue, Method, StatusCode, header};
+use poem::web::Html;
+use poem::{Endpoint, EndpointExt, IntoResponse, Route, get};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json, PlainText};
 use poem_openapi::types::Any;
@@ -61,6 +69,15 @@ pub const MAX_LIMIT: u32 = 1000;
 pub const MIN_PREFIX: usize = 4;
 /// Longest commit id (a full SHA-1 hash).
 pub const MAX_COMMIT_LEN: usize = 40;
+/// Largest `offset` `GET /runs` accepts (2^32 - 1): far more runs than a
+/// store holds.
+pub const MAX_OFFSET: u32 = u32::MAX;
+
+/// The pages for people: not in the OpenAPI document, served with GET only
+/// (the hidden operations `runs_page` and `run_page` below).
+const PAGE_PATHS: [&str; 2] = ["/", "/commit/{commit}"];
+/// Where the OpenAPI document and Swagger UI are, served with GET only.
+const DOCUMENT_PATHS: [&str; 3] = ["/openapi.json", "/docs", "/docs/"];
 
 /// How often an idle event stream sends a keep-alive comment.
 const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -207,20 +224,19 @@ pub enum BadgeResponse {
 /// Answers of `GET /events`.
 #[derive(ApiResponse)]
 pub enum EventsResponse {
-    /// Server-sent events, each with an id `EPOCH-N` (the server's epoch, new
-    /// at every start, and the event's number, from 1): first `connected`
-    /// (`epoch`, and `last_id`, where the stream continues from), then one per
-    /// engine event (`run_queued`, `run_retried`, `step_started`,
-    /// `step_finished`, `step_withdrawn`, `run_finished`, `runner_down`,
-    /// `runner_up`). With a
-    /// `Last-Event-ID` header, the events after that id come first; when they
-    /// are no longer known (another epoch, a malformed or unknown id, too
-    /// old), or when the client fell behind, a `reset` event (`reason`,
-    /// `message`) says to re-read everything. The data is JSON with a `type`
-    /// field naming the event. `step_started` names the `runner` the attempt
-    /// is sent to; `runner_down` has the `runner` and the `reason`;
-    /// `runner_up` has the `runner`. `run_retried` has the `commit`, its new
-    /// queue position `seq` and the `steps` that run again.
+    /// Server-sent events (`text/event-stream`) that do not end while the
+    /// server runs; the schema describes one event (`ServerSentEvent`): its
+    /// name (`event:`), its id (`id:`, `EPOCH-N`: the server's epoch, new at
+    /// every start, and the event's number, from 1) and its data (`data:`,
+    /// one line of JSON, an `EventData` object whose `type` is the event's
+    /// name). First `connected` (`epoch`, and `last_id`, where the stream
+    /// continues from), then one per engine event (`run_queued`,
+    /// `run_retried`, `step_started`, `step_finished`, `step_withdrawn`, `run_finished`,
+    /// `runner_down`, `runner_up`). With a `Last-Event-ID` header, the events
+    /// after that id come first; when they are no longer known (another
+    /// epoch, a malformed or unknown id, too old), or when the client fell
+    /// behind, a `reset` event (`reason`, `message`) says to re-read
+    /// everything. An idle stream gets a comment line every 15 s.
     #[oai(status = 200)]
     Ok(EventStream<BoxStream<'static, Any<events::StreamEvent>>>),
     /// No engine runs behind this API.
@@ -285,7 +301,9 @@ pub enum StepLogResponse {
     /// The step's logs as plain text (empty when no attempt was made yet).
     #[oai(status = 200)]
     Ok(PlainText<String>),
-    /// The commit is not 4 to 40 hexadecimal digits, or `attempt` is malformed.
+    /// The commit is not 4 to 40 hexadecimal digits, the step name has
+    /// other characters than letters, digits, `-`, `_`, `.`, or `attempt` is
+    /// malformed.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// No run for that commit, no such step in it, or no such attempt.
@@ -307,8 +325,10 @@ fn bad_request_message(err: &poem::Error) -> String {
     let expected = match e.name {
         "status" => format!("one of {}", valid_statuses()),
         "limit" => format!("an integer from 1 to {MAX_LIMIT}"),
-        "offset" => "an integer from 0".to_owned(),
-        "attempt" => "an attempt number, from 1".to_owned(),
+        "offset" => format!("an integer from 0 to {MAX_OFFSET}"),
+        "attempt" => format!("an attempt number, from 1 to {}", u32::MAX),
+        "commit" => format!("{MIN_PREFIX} to {MAX_COMMIT_LEN} hexadecimal digits"),
+        "step" => "a step name: letters, digits, '-', '_' or '.'".to_owned(),
         _ => return err.to_string(),
     };
     format!("invalid parameter `{}`: expected {expected}", e.name)
@@ -419,7 +439,8 @@ impl Api {
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
         /// Skip this many runs first (default 0).
-        offset: Query<Option<u64>>,
+        #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
+        offset: Query<Option<u32>>,
     ) -> ListRunsResponse {
         let query = RunQuery {
             status: status.0.map(RunStatusDto::to_engine),
@@ -449,6 +470,7 @@ impl Api {
     async fn get_run(
         &self,
         /// Full or abbreviated (at least 4 hex digits) commit hash.
+        #[oai(validator(pattern = "^[0-9a-fA-F]{4,40}$", min_length = 4, max_length = 40))]
         commit: Path<String>,
     ) -> GetRunResponse {
         match self.lookup(&commit.0).await {
@@ -473,11 +495,14 @@ impl Api {
     async fn step_log(
         &self,
         /// Full or abbreviated (at least 4 hex digits) commit hash.
+        #[oai(validator(pattern = "^[0-9a-fA-F]{4,40}$", min_length = 4, max_length = 40))]
         commit: Path<String>,
-        /// Step name (`lint`, `build`, `test`).
+        /// Step name (`lint`, `build`, `test`, or a step of the pipeline
+        /// file): letters, digits, `-`, `_`, `.`.
+        #[oai(validator(pattern = "^[A-Za-z0-9._-]+$"))]
         step: Path<String>,
         /// Only this attempt (from 1).
-        #[oai(validator(minimum(value = "1")))]
+        #[oai(validator(minimum(value = "1"), maximum(value = "4294967295")))]
         attempt: Query<Option<u32>>,
     ) -> StepLogResponse {
         let run = match self.lookup(&commit.0).await {
@@ -688,21 +713,83 @@ pub fn openapi_service(api: Api) -> OpenApiService<(Api, actions::ActionsApi), (
 }
 
 /// The whole HTTP application: the API, the OpenAPI document at
-/// `/openapi.json`, Swagger UI (embedded, no network needed) at `/docs`, the
-/// pages for people at `/` and `/commit/{commit}`, and the event stream that
-/// keeps them live at `/events` (503 when `api` has no engine).
+/// `/openapi.json` (see [`document`]), Swagger UI (embedded, no network
+/// needed) at `/docs`, the pages for people at `/` and `/commit/{commit}`,
+/// and the event stream that keeps them live at `/events` (503 when `api` has
+/// no engine).
 ///
 /// Any error poem itself produces (an unknown path, a wrong method) is turned into
-/// the same JSON [`ErrorBody`] as the API's own errors.
+/// the same JSON [`ErrorBody`] as the API's own errors. A 405 (a method the
+/// path is not served with) carries the `Allow` header that lists the methods
+/// it is served with (RFC 9110), from the document's paths and the pages.
 pub fn app(api: Api) -> impl Endpoint + 'static {
     let service = openapi_service(api);
-    let spec = service.spec_endpoint();
-    let ui = service.swagger_ui();
+    let spec = service.spec();
+    let (json, routes) = match document::Document::from_spec(&spec) {
+        Ok(doc) => (doc.json().to_owned(), doc.routes().clone()),
+        Err(e) => {
+            tracing::error!(error = %e, "the OpenAPI document could not be finished; serving poem-openapi's");
+            let routes = serde_json::from_str(&spec)
+                .map(|doc| document::Routes::from_document(&doc))
+                .unwrap_or_default();
+            (spec.clone(), routes)
+        }
+    };
+    let routes = Arc::new(routes.with_get(&PAGE_PATHS).with_get(&DOCUMENT_PATHS));
+    // Swagger UI embeds the document it shows: the finished one.
+    let ui = service.swagger_ui_html().replacen(&spec, &json, 1);
     Route::new()
-        .nest("/docs", ui)
-        .at("/openapi.json", spec)
+        .nest(
+            "/docs",
+            Route::new().at("/", get(make_sync(move |_| Html(ui.clone())))),
+        )
+        .at(
+            "/openapi.json",
+            get(make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json")
+                    .body(json.clone())
+            })),
+        )
         .nest("/", service)
         .catch_all_error(json_error)
+        .around(move |ep, req| {
+            let routes = Arc::clone(&routes);
+            async move {
+                let method = req.method().clone();
+                let path = req.uri().path().to_owned();
+                let resp = ep.call(req).await?.into_response();
+                Ok(allow_on_405(resp, &routes, &method, &path))
+            }
+        })
+}
+
+/// A 405 answer for `method` on `path`, with the `Allow` header and the
+/// methods in its message; any other answer as it is.
+fn allow_on_405(
+    resp: poem::Response,
+    routes: &document::Routes,
+    method: &Method,
+    path: &str,
+) -> poem::Response {
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return resp;
+    }
+    let Some(allow) = routes.allow(path) else {
+        tracing::warn!(%method, path, "a 405 for a path of no known route; no Allow header");
+        return resp;
+    };
+    let shown: String = path.chars().take(200).collect();
+    let message = format!("{method} is not allowed on {shown}; it is served with {allow}");
+    let mut resp = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        poem::web::Json(serde_json::json!({ "message": message })),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        resp.headers_mut().insert(header::ALLOW, value);
+    }
+    resp
 }
 
 async fn json_error(err: poem::Error) -> poem::Response {

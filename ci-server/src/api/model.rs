@@ -158,10 +158,13 @@ pub struct RunSummary {
     /// When the run was created, milliseconds since the Unix epoch.
     pub created_at: i64,
     /// When its first step started, milliseconds since the Unix epoch.
+    #[oai(nullable)]
     pub started_at: Option<i64>,
     /// When it reached a terminal status, milliseconds since the Unix epoch.
+    #[oai(nullable)]
     pub finished_at: Option<i64>,
     /// `finished_at - started_at` once finished, in milliseconds.
+    #[oai(nullable)]
     pub duration_ms: Option<i64>,
 }
 
@@ -215,17 +218,22 @@ pub struct AttemptInfo {
     /// How it ended.
     pub outcome: AttemptOutcomeDto,
     /// Why it ended so, when that is not a plain success or failure.
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// When the request was sent, milliseconds since the Unix epoch.
     pub started_at: i64,
     /// When the answer came, milliseconds since the Unix epoch.
+    #[oai(nullable)]
     pub finished_at: Option<i64>,
     /// Duration measured by the server, milliseconds.
+    #[oai(nullable)]
     pub duration_ms: Option<u64>,
     /// Duration the runner reported, milliseconds.
+    #[oai(nullable)]
     pub runner_duration_ms: Option<u64>,
     /// Id of the runner of the pool the request was sent to (as in
     /// `GET /runners`); `null` for attempts recorded before runners had ids.
+    #[oai(nullable)]
     pub runner: Option<String>,
 }
 
@@ -253,6 +261,7 @@ pub struct StepInfo {
     pub status: StepStatusDto,
     /// Why the step ended as it did when that is not in its last attempt
     /// (skipped, cancelled, runner unreachable too long).
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// Sum of the attempts' measured durations, milliseconds.
     pub duration_ms: u64,
@@ -261,7 +270,8 @@ pub struct StepInfo {
     /// Where to read the step's logs (`GET` it for plain text).
     pub log_url: String,
     /// Why the step has not started yet (or waits to be retried), while its
-    /// run is under way; absent otherwise.
+    /// run is under way; `null` otherwise.
+    #[oai(nullable)]
     pub waiting: Option<super::waiting::WaitingInfo>,
     /// The number of the first attempt of the step's current round: 1 until
     /// the run is retried; a retry makes it one more than the step's last
@@ -303,10 +313,13 @@ pub struct RunDetail {
     /// When the run was created, milliseconds since the Unix epoch.
     pub created_at: i64,
     /// When its first step started, milliseconds since the Unix epoch.
+    #[oai(nullable)]
     pub started_at: Option<i64>,
     /// When it reached a terminal status, milliseconds since the Unix epoch.
+    #[oai(nullable)]
     pub finished_at: Option<i64>,
     /// `finished_at - started_at` once finished, in milliseconds.
+    #[oai(nullable)]
     pub duration_ms: Option<i64>,
     /// The commit: parents, author, time.
     pub commit: CommitInfo,

@@ -86,16 +86,21 @@ pub struct RunnerView {
     /// Attempts lost on it (connection closed, or no answer in time).
     pub lost_attempts: u64,
     /// The last error it gave (unreachable, lost, protocol), if any.
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// Its base URL; `null` when the server has no address for this id.
+    #[oai(nullable)]
     pub address: Option<String>,
     /// The repository path the runner is told to use; `null` when unknown.
+    #[oai(nullable)]
     pub repo_path: Option<String>,
     /// Whether this server started it and supervises it (a bundled
     /// simulator); `null` when unknown.
+    #[oai(nullable)]
     pub bundled: Option<bool>,
     /// How many times this server restarted it; `null` for a runner it does
     /// not supervise, or when unknown.
+    #[oai(nullable)]
     pub restarts: Option<u64>,
 }
 

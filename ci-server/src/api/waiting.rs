@@ -44,26 +44,35 @@ pub struct WaitingInfo {
     /// The same, as one sentence for people.
     pub sentence: String,
     /// `needs`: the step it needs.
+    #[oai(nullable)]
     pub need: Option<String>,
     /// `needs`: that step's status.
+    #[oai(nullable)]
     pub need_status: Option<StepStatusDto>,
     /// `permit`: the concurrency class (group or step name).
+    #[oai(nullable)]
     pub class: Option<String>,
     /// `permit`: `runner` (the limit holds on each runner) or `pool`.
+    #[oai(nullable)]
     pub scope: Option<String>,
     /// `permit`: the class's limit.
+    #[oai(nullable)]
     pub limit: Option<u32>,
     /// `permit`: the requests holding the permits, oldest commit first.
     pub holders: Vec<HolderInfo>,
     /// The runners concerned (`runner_full`, `runner_down`, `earlier_attempt`).
     pub runners: Vec<String>,
     /// `earlier_attempt`: the attempt the runner still holds.
+    #[oai(nullable)]
     pub attempt: Option<u32>,
     /// `runner_down`: since when (unix ms) it has had no runner to go to.
+    #[oai(nullable)]
     pub since: Option<i64>,
     /// `runner_down`: when (unix ms) it ends `error` if no runner comes back.
+    #[oai(nullable)]
     pub gives_up_at: Option<i64>,
     /// `backoff`: when (unix ms) it is ready again.
+    #[oai(nullable)]
     pub until: Option<i64>,
 }
 

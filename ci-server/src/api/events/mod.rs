@@ -5,9 +5,11 @@
 //! `/runs` or `/run/{commit}`. Every event has an id `EPOCH-N`; a client that
 //! reconnects with the `Last-Event-ID` header gets the events it missed, or a
 //! `reset` event (re-read everything) when they are no longer known. The
-//! [`journal`] numbers, keeps and replays them.
+//! [`journal`] numbers, keeps and replays them; [`schema`] describes them for
+//! the OpenAPI document.
 
 pub mod journal;
+pub mod schema;
 
 use ci_engine::EngineEvent;
 use poem::web::sse::Event;
@@ -141,5 +143,149 @@ mod tests {
             serde_json::json!({ "type": "runner_up", "runner": "runner-1" })
         );
         assert!(sse_of(up).to_string().contains("event: runner_up"));
+    }
+
+    /// Every kind of event the server sends, in its stream form, agrees with
+    /// the document's description of it ([`schema`]): the data parses as an
+    /// [`schema::EventData`] and is written back the same (no field left
+    /// undescribed), the name is the data's `type` and an [`schema::EventName`],
+    /// and the id has the documented form.
+    #[tokio::test]
+    async fn every_kind_of_event_is_as_documented() {
+        use poem_openapi::types::{ParseFromJSON, ToJSON};
+
+        let (tx, rx) = tokio::sync::broadcast::channel(16);
+        let journal = Journal::spawn(rx, 16);
+        let commit = || ci_engine::CommitId::new("abcd000000000000000000000000000000000001");
+        let engine_events = [
+            EngineEvent::RunQueued {
+                commit: commit(),
+                seq: 7,
+            },
+            EngineEvent::RunRetried {
+                commit: commit(),
+                seq: 12,
+                steps: vec!["build".into(), "test".into()],
+            },
+            EngineEvent::StepStarted {
+                commit: commit(),
+                step: "build".into(),
+                attempt: 1,
+                runner: "sim-1".into(),
+            },
+            EngineEvent::StepFinished {
+                commit: commit(),
+                step: "build".into(),
+                attempt: 1,
+                outcome: AttemptOutcome::Lost,
+                status: StepStatus::Pending,
+                retry_in_ms: Some(250),
+            },
+            EngineEvent::StepFinished {
+                commit: commit(),
+                step: "build".into(),
+                attempt: 2,
+                outcome: AttemptOutcome::Success,
+                status: StepStatus::Success,
+                retry_in_ms: None,
+            },
+            EngineEvent::StepWithdrawn {
+                commit: commit(),
+                step: "test".into(),
+                attempt: 1,
+                reason: "connection refused".into(),
+            },
+            EngineEvent::RunFinished {
+                commit: commit(),
+                status: ci_engine::RunStatus::Failure,
+            },
+            EngineEvent::RunnerDown {
+                runner: "sim-1".into(),
+                reason: "refused".into(),
+            },
+            EngineEvent::RunnerUp {
+                runner: "sim-1".into(),
+            },
+        ];
+        // A malformed id: `connected` (without an id), then `reset`.
+        let mut stream = Box::pin(journal.stream(Some("not-an-id!")));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(next(&mut stream).await);
+        }
+        for event in &engine_events {
+            tx.send(event.clone()).expect("the journal listens");
+            seen.push(next(&mut stream).await);
+        }
+        let kinds: Vec<&str> = seen.iter().map(StreamEvent::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                CONNECTED,
+                RESET,
+                "run_queued",
+                "run_retried",
+                "step_started",
+                "step_finished",
+                "step_finished",
+                "step_withdrawn",
+                "run_finished",
+                "runner_down",
+                "runner_up"
+            ]
+        );
+        for event in &seen {
+            let data = event.data().clone();
+            let parsed = schema::EventData::parse_from_json(Some(data.clone()))
+                .unwrap_or_else(|e| panic!("{data} is not an EventData: {}", e.into_message()));
+            assert_eq!(
+                parsed.to_json(),
+                Some(data.clone()),
+                "a field is not described"
+            );
+            let name = schema::EventName::parse_from_json(Some(serde_json::json!(event.kind())));
+            assert!(name.is_ok(), "{} is not an EventName", event.kind());
+            if let Some(id) = event.id() {
+                let (epoch, n) = id.split_once('-').expect("EPOCH-N");
+                assert!(
+                    epoch
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                        && n.bytes().all(|b| b.is_ascii_digit()),
+                    "{id}"
+                );
+            }
+        }
+        assert!(
+            seen[0].id().is_none(),
+            "a connected before a reset has no id"
+        );
+        assert!(seen[1].id().is_some());
+    }
+
+    async fn next(stream: &mut (impl futures::Stream<Item = StreamEvent> + Unpin)) -> StreamEvent {
+        use futures::StreamExt;
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on")
+    }
+
+    #[test]
+    fn reset_reasons_are_written_as_documented() {
+        use poem_openapi::types::ToJSON;
+        for reason in [
+            ResetReason::OtherEpoch,
+            ResetReason::MalformedId,
+            ResetReason::TooOld,
+            ResetReason::FutureId,
+            ResetReason::Lagged,
+            ResetReason::Gap,
+        ] {
+            assert_eq!(
+                schema::ResetReasonDto::from(reason).to_json(),
+                Some(serde_json::json!(reason.as_str()))
+            );
+        }
     }
 }
