@@ -4,11 +4,13 @@
 //! - `rows`: the SQL behind each store method.
 //! - [`SqliteStoreError`]: what can go wrong, each message naming the file.
 //!
-//! The store keeps two connections: one that writes and one that only reads, so
-//! the API's reads are not held up by the engine's writes (WAL lets a reader see
-//! the last committed state while a write is in progress). Each sits behind a
-//! `std::sync::Mutex` and is only used inside `tokio::task::spawn_blocking`, so
-//! no SQLite call runs on an async worker thread.
+//! The store keeps one connection that writes and a few that only read
+//! ([`schema::READERS`]), so the API's reads neither wait for the engine's
+//! writes nor for each other (WAL lets each reader see the last committed
+//! state while a write is in progress). Each sits behind a `std::sync::Mutex`
+//! and is only used inside `tokio::task::spawn_blocking`, so no SQLite call
+//! runs on an async worker thread; a read takes the first reader that is
+//! free, or waits for the next in turn.
 
 mod error;
 mod rows;
@@ -16,7 +18,8 @@ pub mod schema;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use ci_engine::{CommitId, Run, RunPage, RunQuery, RunStore, StoreError};
@@ -65,7 +68,26 @@ pub struct SqliteStore {
 struct Shared {
     path: PathBuf,
     writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    /// Which reader a read waits for when none is free (round robin).
+    next_reader: AtomicUsize,
+}
+
+impl Shared {
+    /// A free reading connection, or (all busy) the next one in turn, locked.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        for reader in &self.readers {
+            if let Ok(conn) = reader.try_lock() {
+                return conn;
+            }
+        }
+        let turn = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        // A panic inside a read drops its transaction, which rolls back, so a
+        // poisoned connection is still in a clean state.
+        self.readers[turn]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl fmt::Debug for SqliteStore {
@@ -88,7 +110,7 @@ impl SqliteStore {
     /// cannot be written ([`CannotWrite`](SqliteStoreError::CannotWrite)).
     pub async fn open(path: &Path) -> Result<Self, SqliteStoreError> {
         let owned = path.to_owned();
-        let (writer, reader) = tokio::task::spawn_blocking(move || schema::open(&owned))
+        let (writer, readers) = tokio::task::spawn_blocking(move || schema::open(&owned))
             .await
             .map_err(|e| SqliteStoreError::TaskFailed {
                 path: path.to_owned(),
@@ -99,7 +121,8 @@ impl SqliteStore {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
                 writer: Mutex::new(writer),
-                reader: Mutex::new(reader),
+                readers: readers.into_iter().map(Mutex::new).collect(),
+                next_reader: AtomicUsize::new(0),
             }),
         })
     }
@@ -164,13 +187,12 @@ impl SqliteStore {
     {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let mutex = match side {
-                Side::Read => &shared.reader,
-                Side::Write => &shared.writer,
-            };
             // A panic inside `f` drops its transaction, which rolls back, so a
             // poisoned connection is still in a clean state.
-            let mut conn = mutex.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut conn = match side {
+                Side::Read => shared.reader(),
+                Side::Write => shared.writer.lock().unwrap_or_else(PoisonError::into_inner),
+            };
             let behavior = match side {
                 Side::Read => rusqlite::TransactionBehavior::Deferred,
                 Side::Write => rusqlite::TransactionBehavior::Immediate,

@@ -92,7 +92,7 @@ pub(super) fn insert_run(conn: &Connection, run: &Run) -> Result<bool> {
     if inserted == 0 {
         return Ok(false);
     }
-    write_children(conn, seq, run)?;
+    write_children(conn, seq, run, true)?;
     Ok(true)
 }
 
@@ -103,6 +103,14 @@ pub(super) fn insert_run(conn: &Connection, run: &Run) -> Result<bool> {
 /// whole replacement one transaction.
 pub(super) fn update_run(conn: &Connection, run: &Run) -> Result<()> {
     let seq = to_i64("seq", run.seq)?;
+    // A run's branches rarely change: their rows (and the counts their
+    // triggers keep) are rewritten only when they do.
+    let before: Option<String> = conn
+        .prepare_cached("SELECT branches FROM runs WHERE id = ?1")?
+        .query_row([run.id().as_str()], |r| r.get(0))
+        .optional()?;
+    let branches_changed =
+        before.is_none_or(|b| b != json(&run.commit.branches).unwrap_or_default());
     let changed = execute_run_row(
         conn,
         "UPDATE runs SET seq = ?1, status = ?3, branches = ?4, parents = ?5, summary = ?6,
@@ -115,17 +123,20 @@ pub(super) fn update_run(conn: &Connection, run: &Run) -> Result<()> {
     if changed == 0 {
         return Err(Fault::NotFound(run.id().to_string()));
     }
-    write_children(conn, seq, run)
+    write_children(conn, seq, run, branches_changed)
 }
 
-/// Brings the branch, step and attempt rows of run `seq` in line with `run`.
-fn write_children(conn: &Connection, seq: i64, run: &Run) -> Result<()> {
-    conn.prepare_cached("DELETE FROM run_branches WHERE seq = ?1")?
-        .execute([seq])?;
-    let mut add_branch =
-        conn.prepare_cached("INSERT OR IGNORE INTO run_branches (seq, branch) VALUES (?1, ?2)")?;
-    for branch in &run.commit.branches {
-        add_branch.execute(params![seq, branch])?;
+/// Brings the step and attempt rows of run `seq` in line with `run`, and its
+/// branch rows when `branches` says they changed.
+fn write_children(conn: &Connection, seq: i64, run: &Run, branches: bool) -> Result<()> {
+    if branches {
+        conn.prepare_cached("DELETE FROM run_branches WHERE seq = ?1")?
+            .execute([seq])?;
+        let mut add_branch = conn
+            .prepare_cached("INSERT OR IGNORE INTO run_branches (seq, branch) VALUES (?1, ?2)")?;
+        for branch in &run.commit.branches {
+            add_branch.execute(params![seq, branch])?;
+        }
     }
 
     let mut put_step = conn.prepare_cached(
@@ -407,7 +418,7 @@ pub(super) struct ListSql {
 /// Builds the SQL for `query`. Each filter has an index that yields runs newest
 /// first, so no variant sorts: all runs walk `runs` by rowid, a status walks
 /// `runs_by_status`, a branch walks `run_branches_by_branch` (and checks the
-/// status on the run's row).
+/// status on the run's row). The total is read from `run_counts`.
 pub(super) fn list_sql(query: &RunQuery) -> ListSql {
     let mut filters = Vec::new();
     let mut params = Vec::new();
@@ -427,15 +438,19 @@ pub(super) fn list_sql(query: &RunQuery) -> ListSql {
     } else {
         format!(" WHERE {}", filters.join(" AND "))
     };
-    let count_from = if query.branch.is_some() && query.status.is_none() {
-        "FROM run_branches b"
-    } else {
-        from
-    };
-    let count = format!("SELECT count(*) {count_from}{filter}");
+    // The total comes from `run_counts` (kept by triggers): one lookup, or
+    // the sum of a branch's (or all runs') few statuses.
+    let mut count_params = vec![Value::Text(query.branch.clone().unwrap_or_default())];
+    let count = match query.status {
+        Some(status) => {
+            count_params.push(Value::Text(status.as_str().to_owned()));
+            "SELECT coalesce(sum(n), 0) FROM run_counts WHERE branch = ? AND status = ?"
+        }
+        None => "SELECT coalesce(sum(n), 0) FROM run_counts WHERE branch = ?",
+    }
+    .to_owned();
     let page =
         format!("SELECT {RUN_COLUMNS} {from}{filter} ORDER BY {order} DESC LIMIT ? OFFSET ?");
-    let count_params = params.clone();
     params.push(Value::Integer(
         i64::try_from(query.limit).unwrap_or(i64::MAX),
     ));

@@ -115,6 +115,11 @@ ALTER TABLE attempts ADD COLUMN runner TEXT;
 ///   retried run's `retry_seq`, else its `seq`), so the engine pages through
 ///   them without reading the others.
 /// - `runs_by_retry_seq`: `max(retry_seq)` in one lookup.
+/// - `run_counts`: how many runs have each status, over all runs (`branch`
+///   is `''`, which no git branch can be) and per branch, kept by triggers in
+///   the transaction of every change, so a listing's total is one or a few
+///   lookups instead of a count over every run. Filled from the runs at the
+///   migration.
 const V3: &str = "
 ALTER TABLE runs ADD COLUMN retry_seq INTEGER;
 ALTER TABLE runs ADD COLUMN actions TEXT NOT NULL DEFAULT '[]';
@@ -122,11 +127,54 @@ ALTER TABLE steps ADD COLUMN budget_from INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX runs_unfinished ON runs (coalesce(retry_seq, seq))
     WHERE status IN ('queued', 'running');
 CREATE INDEX runs_by_retry_seq ON runs (retry_seq);
+
+CREATE TABLE run_counts (
+    branch TEXT    NOT NULL,
+    status TEXT    NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (branch, status)
+) WITHOUT ROWID;
+INSERT INTO run_counts (branch, status, n)
+    SELECT '', status, count(*) FROM runs GROUP BY status;
+INSERT INTO run_counts (branch, status, n)
+    SELECT b.branch, r.status, count(*) FROM run_branches b JOIN runs r ON r.seq = b.seq
+    GROUP BY b.branch, r.status;
+
+CREATE TRIGGER run_counted AFTER INSERT ON runs BEGIN
+    INSERT INTO run_counts (branch, status, n) VALUES ('', NEW.status, 1)
+        ON CONFLICT (branch, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER run_recounted AFTER UPDATE OF status ON runs
+    WHEN OLD.status IS NOT NEW.status
+BEGIN
+    UPDATE run_counts SET n = n - 1
+        WHERE status = OLD.status
+          AND (branch = '' OR branch IN
+              (SELECT branch FROM run_branches WHERE seq IN (OLD.seq, NEW.seq)));
+    INSERT INTO run_counts (branch, status, n) VALUES ('', NEW.status, 1)
+        ON CONFLICT (branch, status) DO UPDATE SET n = n + 1;
+    INSERT INTO run_counts (branch, status, n)
+        SELECT branch, NEW.status, 1 FROM run_branches WHERE seq IN (OLD.seq, NEW.seq)
+        ON CONFLICT (branch, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER run_uncounted BEFORE DELETE ON runs BEGIN
+    DELETE FROM run_branches WHERE seq = OLD.seq;
+    UPDATE run_counts SET n = n - 1 WHERE branch = '' AND status = OLD.status;
+END;
+CREATE TRIGGER branch_counted AFTER INSERT ON run_branches BEGIN
+    INSERT INTO run_counts (branch, status, n)
+        SELECT NEW.branch, status, 1 FROM runs WHERE seq = NEW.seq AND true
+        ON CONFLICT (branch, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER branch_uncounted AFTER DELETE ON run_branches BEGIN
+    UPDATE run_counts SET n = n - 1
+        WHERE branch = OLD.branch AND status = (SELECT status FROM runs WHERE seq = OLD.seq);
+END;
 ";
 
 /// Opens `path` for the store: the writing connection (schema up to date, WAL
-/// on) and a reading one (`query_only`).
-pub(super) fn open(path: &Path) -> Result<(Connection, Connection), SqliteStoreError> {
+/// on) and [`READERS`] reading ones (`query_only`).
+pub(super) fn open(path: &Path) -> Result<(Connection, Vec<Connection>), SqliteStoreError> {
     check_path(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -151,18 +199,26 @@ pub(super) fn open(path: &Path) -> Result<(Connection, Connection), SqliteStoreE
     configure(path, &writer)?;
     migrate(path, &mut writer)?;
 
-    let reader = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .and_then(|c| {
-        c.busy_timeout(BUSY_TIMEOUT)?;
-        c.pragma_update(None, "query_only", true)?;
-        Ok(c)
-    })
-    .map_err(|e| classify(path, e))?;
-    Ok((writer, reader))
+    let readers = (0..READERS)
+        .map(|_| {
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|c| {
+                c.busy_timeout(BUSY_TIMEOUT)?;
+                c.pragma_update(None, "query_only", true)?;
+                Ok(c)
+            })
+            .map_err(|e| classify(path, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((writer, readers))
 }
+
+/// Reading connections of a store: WAL lets each read its own snapshot
+/// while the writer writes, so this many reads run at once.
+pub(super) const READERS: usize = 4;
 
 /// Refuses a path that is a directory or whose directory is missing, before
 /// SQLite gets a chance to create anything.
