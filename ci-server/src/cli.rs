@@ -174,6 +174,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
+    /// Unfinished runs the engine holds in memory at once; the others wait in
+    /// the store and are taken up oldest first as runs finish (earlier when a
+    /// runner would otherwise idle). A burst of commits costs memory for this
+    /// many runs, whatever its size. At least 1.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub active_runs: u32,
+
     /// A step that has waited this long for a runner that is down (unreachable,
     /// or holding steps past --abandon-limit) ends `error`. Longer than zero.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
@@ -326,6 +333,7 @@ const ENGINE_OPTIONS: &[(&str, &str)] = &[
     ("max_attempts", "--max-attempts"),
     ("retry_backoff", "--retry-backoff"),
     ("max_in_flight", "--max-in-flight"),
+    ("active_runs", "--active-runs"),
     ("unreachable_limit", "--unreachable-limit"),
     ("shutdown_grace", "--shutdown-grace"),
 ];
@@ -369,6 +377,7 @@ impl Cli {
         // raises it rather than being refused.
         config.engine.retry_backoff_max = config.engine.retry_backoff_max.max(self.retry_backoff);
         config.engine.max_in_flight = usize::try_from(self.max_in_flight).unwrap_or(usize::MAX);
+        config.engine.active_runs = usize::try_from(self.active_runs).unwrap_or(usize::MAX);
         config.engine.unreachable_limit = self.unreachable_limit;
         config.engine.shutdown_grace = self.shutdown_grace;
         config.engine.validate().map_err(|e| CliError::Engine {
@@ -736,6 +745,8 @@ mod tests {
             "3",
             "--max-in-flight",
             "4",
+            "--active-runs",
+            "64",
             "--retry-backoff",
             "50ms",
             "--abandon-limit",
@@ -757,6 +768,7 @@ mod tests {
         assert_eq!(c.http_runner.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.engine.max_attempts, 3);
         assert_eq!(c.engine.max_in_flight, 4);
+        assert_eq!(c.engine.active_runs, 64);
         assert_eq!(c.engine.retry_backoff, Duration::from_millis(50));
         let c = config(&["/repo", "--db", "/tmp/x.db"]).expect("valid");
         assert_eq!(c.store, StoreChoice::Sqlite(PathBuf::from("/tmp/x.db")));
@@ -778,6 +790,7 @@ mod tests {
         let defaults = config(&["/repo"]).expect("valid");
         assert_eq!(defaults.engine.step_timeout, Duration::from_secs(600));
         assert_eq!(defaults.engine.abandon_limit, Duration::from_secs(120));
+        assert_eq!(defaults.engine.active_runs, 512);
         assert_eq!(defaults.http_runner.connect_timeout, Duration::from_secs(5));
     }
 
