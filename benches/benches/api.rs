@@ -207,6 +207,7 @@ fn api(c: &mut Criterion) {
         let query = RunQuery {
             limit: 100,
             with_logs: false,
+            with_steps: false,
             ..RunQuery::default()
         };
         group.bench_function(BenchmarkId::new("runs_limit_100", "store_only"), |b| {

@@ -76,10 +76,20 @@ fn duplicate_seq(seq: u64) -> StoreError {
     StoreError::Backend(format!("seq {seq} is already used by another run").into())
 }
 
-/// A copy of `run` for a listing, without logs unless asked for.
-fn listed(run: &Run, with_logs: bool) -> Run {
+/// A copy of `run` for a listing by `query`: without steps or logs unless
+/// asked for.
+fn listed(run: &Run, query: &RunQuery) -> Run {
+    if !query.with_steps {
+        return Run {
+            commit: run.commit.clone(),
+            failed_steps: run.failed_steps.clone(),
+            steps: Vec::new(),
+            actions: run.actions.clone(),
+            ..*run
+        };
+    }
     let mut copy = run.clone();
-    if !with_logs {
+    if !query.with_logs {
         for attempt in copy.steps.iter_mut().flat_map(|s| s.attempts.iter_mut()) {
             attempt.logs = String::new();
         }
@@ -160,7 +170,7 @@ impl RunStore for MemoryStore {
             let runs = newest_first
                 .skip(query.offset)
                 .take(query.limit)
-                .map(|r| listed(r, query.with_logs))
+                .map(|r| listed(r, query))
                 .collect();
             let total = u64::try_from(inner.runs.len()).unwrap_or(u64::MAX);
             return Ok(RunPage { total, runs });
@@ -178,7 +188,7 @@ impl RunStore for MemoryStore {
         for (i, r) in matching.enumerate() {
             total += 1;
             if i >= query.offset && runs.len() < query.limit {
-                runs.push(listed(r, query.with_logs));
+                runs.push(listed(r, query));
             }
         }
         Ok(RunPage { total, runs })

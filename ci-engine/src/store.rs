@@ -40,6 +40,11 @@ pub struct RunQuery {
     /// set it to `false`: attempts then have empty `logs`, everything else is
     /// as stored, and the store need not read the logs at all.
     pub with_logs: bool,
+    /// Whether runs come back with their steps. Listings that show only the
+    /// runs' own fields (commit, status, failed steps, times) set it to
+    /// `false`: runs then have no steps, everything else is as stored, and the
+    /// store need not read steps or attempts at all.
+    pub with_steps: bool,
 }
 
 impl Default for RunQuery {
@@ -50,6 +55,7 @@ impl Default for RunQuery {
             limit: 100,
             offset: 0,
             with_logs: true,
+            with_steps: true,
         }
     }
 }

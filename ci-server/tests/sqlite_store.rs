@@ -145,6 +145,7 @@ async fn list_queries_walk_indexes_newest_first() {
         limit: 20,
         offset: 40,
         with_logs: false,
+        with_steps: true,
     };
 
     let (page, count) = store.list_query_plan(&q(None, None)).await.expect("plan");
@@ -295,6 +296,7 @@ async fn kept_totals_agree_with_a_count_after_every_change() {
                     limit: 0,
                     offset: 0,
                     with_logs: false,
+                    with_steps: false,
                 };
                 let kept = sqlite.list_runs(&query).await.expect("list").total;
                 let counted = memory.list_runs(&query).await.expect("list").total;

@@ -799,8 +799,9 @@ pub async fn state_is_saved_and_replaced(store: SharedStore) {
 }
 
 /// A listing with `with_logs: false` gives the same runs with every attempt's
-/// logs empty; with the default (`true`) the logs are there; lookups by id always
-/// carry logs.
+/// logs empty; with the default (`true`) the logs are there; with
+/// `with_steps: false` the runs come without steps, all else the same; lookups
+/// by id always carry logs.
 pub async fn listing_without_logs_keeps_everything_else(store: SharedStore) {
     let run = rich_run(&hex_id(5), 0);
     insert(&*store, &run).await;
@@ -838,6 +839,17 @@ pub async fn listing_without_logs_keeps_everything_else(store: SharedStore) {
     }
     assert_eq!(total, 1);
     assert_eq!(without, [expected], "only the logs are left out");
+
+    let heads = RunQuery {
+        with_logs: false,
+        with_steps: false,
+        ..RunQuery::default()
+    };
+    let (total, heads) = list(&*store, heads).await;
+    let mut expected = run.clone();
+    expected.steps.clear();
+    assert_eq!(total, 1);
+    assert_eq!(heads, [expected], "only the steps are left out");
 
     let by_id = store.get_run(run.id().as_str()).await.expect("get_run");
     assert_eq!(by_id, run, "a lookup by id still carries logs");

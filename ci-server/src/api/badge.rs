@@ -36,6 +36,7 @@ pub async fn status_of(
         limit: 1,
         offset: 0,
         with_logs: false,
+        with_steps: false,
     };
     match store.list_runs(&query).await {
         Ok(page) => page.runs.first().map(|r| r.status),

@@ -447,8 +447,9 @@ impl Api {
             branch: branch.0,
             limit: usize::try_from(limit.0.unwrap_or(DEFAULT_LIMIT)).unwrap_or(usize::MAX),
             offset: usize::try_from(offset.0.unwrap_or(0)).unwrap_or(usize::MAX),
-            // A listing shows no logs: do not read them.
+            // A listing shows the runs' own fields only: read no steps.
             with_logs: false,
+            with_steps: false,
         };
         match self.store.list_runs(&query).await {
             Ok(page) => ListRunsResponse::Ok(Json(RunList {

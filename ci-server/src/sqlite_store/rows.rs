@@ -332,14 +332,21 @@ fn read_steps(conn: &Connection, run: &mut Run, logs: Logs) -> Result<()> {
 
 /// Runs the query (whose columns are [`RUN_COLUMNS`]) and reads each run whole.
 fn read_runs(conn: &Connection, sql: &str, params: &[Value], logs: Logs) -> Result<Vec<Run>> {
+    let mut runs = read_heads(conn, sql, params)?;
+    for run in &mut runs {
+        read_steps(conn, run, logs)?;
+    }
+    Ok(runs)
+}
+
+/// Runs the query (whose columns are [`RUN_COLUMNS`]) and reads each run's
+/// own row only: no steps.
+fn read_heads(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Run>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params_from_iter(params))?;
     let mut runs = Vec::new();
     while let Some(row) = rows.next()? {
         runs.push(read_head(row)?);
-    }
-    for run in &mut runs {
-        read_steps(conn, run, logs)?;
     }
     Ok(runs)
 }
@@ -473,6 +480,8 @@ pub(super) fn list_runs(conn: &Connection, query: &RunQuery) -> Result<(u64, Vec
         .query_row(params_from_iter(&sql.count_params), |r| r.get(0))?;
     let runs = if query.limit == 0 {
         Vec::new()
+    } else if !query.with_steps {
+        read_heads(conn, &sql.page, &sql.page_params)?
     } else {
         let logs = if query.with_logs {
             Logs::Read

@@ -180,6 +180,7 @@ pub async fn list(store: &dyn RunStore, params: &ListParams) -> PageResponse {
         limit: usize::try_from(filter.limit).unwrap_or(usize::MAX),
         offset: usize::try_from(filter.offset).unwrap_or(usize::MAX),
         with_logs: false,
+        with_steps: false,
     };
     let page = match store.list_runs(&query).await {
         Ok(page) => page,
@@ -283,6 +284,7 @@ async fn candidates(store: &dyn RunStore, prefix: &str) -> Vec<String> {
             limit: usize::try_from(MAX_LIMIT).unwrap_or(1000),
             offset,
             with_logs: false,
+            with_steps: false,
             ..RunQuery::default()
         };
         let Ok(page) = store.list_runs(&query).await else {
