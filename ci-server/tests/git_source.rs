@@ -603,6 +603,40 @@ async fn packed_refs_are_read() {
 }
 
 #[tokio::test]
+async fn packed_branches_moved_shadowed_deleted_and_repacked_are_followed() {
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    for b in ["b1", "b2", "b3"] {
+        repo.set_branch(b, &base);
+    }
+    repo.git(&["pack-refs", "--all", "--prune"]);
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    assert_eq!(ids(&next(&mut source).await), vec![base.clone()]);
+
+    // A loose ref shadows the packed one.
+    let c1 = repo.commit_to("b1", "on b1");
+    assert_eq!(ids(&next(&mut source).await), vec![c1.clone()]);
+    // The loose ref goes away by hand: b1 is back at its packed value (known).
+    std::fs::remove_file(repo.path().join(".git/refs/heads/b1")).expect("remove the loose ref");
+    let c_main = repo.commit_to("main", "on main");
+    assert_eq!(ids(&next(&mut source).await), vec![c_main]);
+    let again = repo.commit_to("b1", "on b1 again");
+    assert_eq!(ids(&next(&mut source).await), vec![again.clone()]);
+    // A packed branch deleted, the refs packed again, then commits on the rest.
+    repo.delete_branch("b2");
+    repo.git(&["pack-refs", "--all", "--prune"]);
+    let c3 = repo.commit_to("b3", "on b3");
+    assert_eq!(ids(&next(&mut source).await), vec![c3]);
+    repo.set_branch("b2", &base);
+    let c2 = repo.commit_to("b2", "b2 again");
+    let batch = next(&mut source).await;
+    assert_eq!(ids(&batch), vec![c2]);
+    assert_eq!(batch[0].branches, vec!["b2".to_owned()]);
+    let _ = c1;
+}
+
+#[tokio::test]
 async fn commits_are_found_after_gc_packs_the_objects() {
     let repo = TestRepo::new();
     repo.commit_to("main", "base");

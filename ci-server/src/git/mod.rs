@@ -42,7 +42,7 @@ pub use config::{GitSourceConfig, InitialPolicy, MIN_POLL_INTERVAL, ParseInitial
 pub use error::GitSourceError;
 
 use known::{Edit, Known, KnownTip, LoadError, PendingPrune};
-use scan::{NewCommit, Pending, ScanInput};
+use scan::{NewCommit, Pending, RefsSeen, ScanInput};
 use stops::Stops;
 use wake::Wakeup;
 
@@ -90,6 +90,8 @@ pub struct GitSource {
     refs_later: HashMap<ObjectId, Vec<String>>,
     /// Branches at missing objects, warned about.
     broken: HashMap<String, ObjectId>,
+    /// What the last scan read of the refs (reset by a scan that fails).
+    refs_seen: RefsSeen,
     wakeup: Wakeup,
 }
 
@@ -224,6 +226,7 @@ impl GitSource {
             labels: Vec::new(),
             refs_later: HashMap::new(),
             broken: HashMap::new(),
+            refs_seen: RefsSeen::default(),
             wakeup,
         };
         if source.first_start.is_some() {
@@ -362,6 +365,7 @@ impl GitSource {
             extra: self.resume.clone(),
             first_start: self.first_start,
             broken: self.broken.clone(),
+            refs_seen: std::mem::take(&mut self.refs_seen),
         };
         let repo = self.repo.clone();
         let out = blocking(move || scan::scan(&repo, input))
@@ -407,6 +411,7 @@ impl GitSource {
         self.resume.clear();
         self.first_start = None;
         self.broken = out.broken;
+        self.refs_seen = out.refs_seen;
         self.labels = out.labels;
         self.refs_later = out.refs_later;
         self.pending = out.pending.into();

@@ -23,19 +23,21 @@
 //! runs it through `tokio::task::spawn_blocking`.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use gix::ObjectId;
+use gix::hashtable::hash_map::Entry;
 use tracing::warn;
 
 use super::InitialPolicy;
 use super::known::Known;
 use super::stops::Stops;
 
-/// Object cache per scan: walks look each commit up more than once.
-const OBJECT_CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// Maps and sets keyed by commit id, hashed by the id's first bytes (ids are
+/// hashes already).
+type IdMap<V> = gix::hashtable::HashMap<ObjectId, V>;
+type IdSet = gix::hashtable::HashSet<ObjectId>;
 
 /// How far, in seconds of commit time, painting goes below a commit before it
 /// is called new: the clock skew between a commit and its children that the
@@ -76,6 +78,8 @@ pub(crate) struct ScanInput {
     pub first_start: Option<InitialPolicy>,
     /// Branches at a missing object, already warned about.
     pub broken: HashMap<String, ObjectId>,
+    /// What the last scan read of the refs.
+    pub refs_seen: RefsSeen,
 }
 
 /// What a scan found.
@@ -101,6 +105,8 @@ pub(crate) struct ScanOutput {
     pub baseline: Vec<(ObjectId, i64)>,
     /// Branches at a missing object (warned about once).
     pub broken: HashMap<String, ObjectId>,
+    /// What this scan read of the refs, for the next one.
+    pub refs_seen: RefsSeen,
 }
 
 /// Reads the branch values, compares them with the known ones, and walks what
@@ -110,8 +116,9 @@ pub(crate) fn scan(
     repo: &gix::ThreadSafeRepository,
     input: ScanInput,
 ) -> Result<ScanOutput, gix::Error> {
-    let mut repo = repo.to_thread_local();
-    repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
+    // No object cache: a walk reads each commit once (and keeps what it needs
+    // of it), so a cache would only copy every object.
+    let repo = repo.to_thread_local();
     let mut out = ScanOutput::default();
 
     // Stops without a time (after a restart): look them up once.
@@ -136,7 +143,8 @@ pub(crate) fn scan(
         &local_stops
     };
 
-    let moved = compare_branches(&repo, &input, &mut out)?;
+    let (moved, refs_seen) = compare_branches(&repo, &input, &mut out)?;
+    out.refs_seen = refs_seen;
     let mut visible: Vec<(ObjectId, Vec<String>)> = moved.into_iter().collect();
     for (id, branches) in input.extra {
         if visible.iter().any(|(v, _)| *v == id) {
@@ -185,80 +193,204 @@ pub(crate) fn scan(
     Ok(out)
 }
 
-/// Compares the branches with the known values. Returns the moved branches at
-/// commits, grouped by commit; fills in the branch changes that need no walk.
-fn compare_branches(
-    repo: &gix::Repository,
-    input: &ScanInput,
-    out: &mut ScanOutput,
-) -> Result<HashMap<ObjectId, Vec<String>>, gix::Error> {
-    let known = &input.known;
-    let mut moved: HashMap<ObjectId, Vec<String>> = HashMap::new();
-    let mut unchanged = 0usize;
-    let mut names = Vec::new();
-    for r in repo.references()?.local_branches()? {
-        let mut r = match r {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "unreadable branch ref; skipped");
-                continue;
-            }
-        };
-        let name = r.name().shorten().to_string();
-        let id = match r.try_id() {
-            Some(id) => id.detach(),
-            None => match r.peel_to_id() {
-                Ok(id) => id.detach(),
-                Err(e) => {
-                    warn!(branch = %name, error = %e, "branch does not point at an object; skipped");
-                    continue;
-                }
-            },
-        };
+/// What the last scan read of the branch refs, so that the next one reads only
+/// the loose refs while `packed-refs` is unchanged: with many branches, most are
+/// packed, and parsing them all at every scan would cost in proportion to the
+/// number of branches.
+#[derive(Clone, Default)]
+pub(crate) struct RefsSeen {
+    /// The `packed-refs` snapshot that was read (`None`: there was none).
+    packed: Option<gix::refs::file::packed::SharedBufferSnapshot>,
+    /// The short names of the loose branch refs.
+    loose: HashSet<String>,
+    /// Whether the fields describe a completed scan.
+    valid: bool,
+}
+
+impl std::fmt::Debug for RefsSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefsSeen")
+            .field("packed", &self.packed.is_some())
+            .field("loose", &self.loose.len())
+            .field("valid", &self.valid)
+            .finish()
+    }
+}
+
+/// Sorts the branches as read by one scan into unchanged, moved, and changed
+/// without a walk.
+struct Comparison<'a> {
+    repo: &'a gix::Repository,
+    input: &'a ScanInput,
+    moved: HashMap<ObjectId, Vec<String>>,
+    /// Branches read at their known value.
+    unchanged: usize,
+    /// Every branch read (full reads only).
+    names: Vec<String>,
+}
+
+impl Comparison<'_> {
+    /// Compares branch `name` (short) at `id` with its known value.
+    fn branch(
+        &mut self,
+        name: String,
+        id: ObjectId,
+        out: &mut ScanOutput,
+    ) -> Result<(), gix::Error> {
+        let known = &self.input.known;
         let old = known.ref_value(&name);
         if old == Some(id) {
-            unchanged += 1;
-            names.push(name);
-            continue;
+            self.unchanged += 1;
+            return Ok(());
         }
         if old.is_none() && known.legacy_seen.contains(&id) {
             // Saved by format version 1: the tip was seen, under some name.
-            if let Some(t) = commit_time(repo, id)? {
+            if let Some(t) = commit_time(self.repo, id)? {
                 out.ref_times.insert(id, t);
             }
-            out.refs_now.push((name.clone(), Some(id)));
-            names.push(name);
-            continue;
+            out.refs_now.push((name, Some(id)));
+            return Ok(());
         }
-        names.push(name.clone());
-        let kind = match repo.try_find_header(id)? {
+        let kind = match self.repo.try_find_header(id)? {
             Some(header) => header.kind(),
             None => {
-                if input.broken.get(&name) != Some(&id) {
+                if self.input.broken.get(&name) != Some(&id) {
                     warn!(branch = %name, object = %id, "branch points at a missing object; skipped");
                 }
                 out.broken.insert(name, id);
-                continue;
+                return Ok(());
             }
         };
         if kind != gix::object::Kind::Commit {
             warn!(branch = %name, object = %id, %kind, "branch does not point at a commit; skipped");
             // Remembered, so it is reported once, not at every scan.
             out.refs_now.push((name, Some(id)));
-            continue;
+            return Ok(());
         }
-        moved.entry(id).or_default().push(name);
+        self.moved.entry(id).or_default().push(name);
+        Ok(())
     }
-    if unchanged + moved.values().map(Vec::len).sum::<usize>() < known.ref_count() {
-        // Some known branches are gone (or broken, or skipped).
-        let now: HashSet<&str> = names.iter().map(String::as_str).collect();
-        for (name, _) in known.refs() {
-            if !now.contains(name.as_str()) {
-                out.refs_now.push((name.clone(), None));
+
+    /// Compares the branch whose ref is `r`.
+    fn reference(
+        &mut self,
+        r: gix::refs::Reference,
+        out: &mut ScanOutput,
+    ) -> Result<(), gix::Error> {
+        let name = r.name.as_ref().shorten().to_string();
+        let id = match r.target {
+            gix::refs::Target::Object(id) => id,
+            gix::refs::Target::Symbolic(_) => {
+                let peeled = self
+                    .repo
+                    .find_reference(r.name.as_ref())
+                    .map_err(gix::Error::from)
+                    .and_then(|mut r| r.peel_to_id().map(|id| id.detach()));
+                match peeled {
+                    Ok(id) => id,
+                    Err(e) => {
+                        warn!(branch = %name, error = %e, "branch does not point at an object; skipped");
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        self.names.push(name.clone());
+        self.branch(name, id, out)
+    }
+}
+
+/// Compares the branches with the known values. Returns the moved branches at
+/// commits, grouped by commit, and what was read; fills in the branch changes
+/// that need no walk.
+///
+/// While `packed-refs` is the snapshot the last scan read, only the loose
+/// branch refs are read (and the packed values of loose refs that are gone):
+/// the packed ones were compared then, and what they changed was handed out or
+/// queued.
+fn compare_branches(
+    repo: &gix::Repository,
+    input: &ScanInput,
+    out: &mut ScanOutput,
+) -> Result<(HashMap<ObjectId, Vec<String>>, RefsSeen), gix::Error> {
+    let packed = repo.refs.cached_packed_buffer()?;
+    let seen = &input.refs_seen;
+    let same_packed = seen.valid
+        && match (&packed, &seen.packed) {
+            (Some(now), Some(then)) => Arc::ptr_eq(now, then),
+            (None, None) => true,
+            _ => false,
+        };
+    let mut cmp = Comparison {
+        repo,
+        input,
+        moved: HashMap::new(),
+        unchanged: 0,
+        names: Vec::new(),
+    };
+    let heads: &gix::path::RelativePath = "refs/heads/"
+        .try_into()
+        .map_err(|e| gix::Error::from_error(e))?;
+    let mut loose = HashSet::new();
+    for r in repo
+        .refs
+        .loose_iter_prefixed(heads)
+        .map_err(gix::Error::from_error)?
+    {
+        match r {
+            Ok(r) => {
+                loose.insert(r.name.as_ref().shorten().to_string());
+                if same_packed {
+                    cmp.reference(r, out)?;
+                }
+            }
+            Err(e) => warn!(error = %e, "unreadable branch ref; skipped"),
+        }
+    }
+    if same_packed {
+        // Loose refs gone since: the branch is back at its packed value, or gone.
+        let mut recheck: Vec<&String> = seen.loose.difference(&loose).collect();
+        // Branches at missing objects: the object may have arrived.
+        recheck.extend(input.broken.keys().filter(|b| !loose.contains(*b)));
+        for name in recheck {
+            let full = format!("refs/heads/{name}");
+            let value = match &packed {
+                Some(buffer) => buffer.try_find(full.as_str())?.map(|r| r.target()),
+                None => None,
+            };
+            match value {
+                Some(id) => cmp.branch(name.clone(), id, out)?,
+                None if input.known.ref_value(name).is_some() => {
+                    out.refs_now.push((name.clone(), None));
+                }
+                None => {}
+            }
+        }
+    } else {
+        for r in repo.references()?.local_branches()? {
+            match r {
+                Ok(r) => cmp.reference(r.detach(), out)?,
+                Err(e) => warn!(error = %e, "unreadable branch ref; skipped"),
+            }
+        }
+        let known = &input.known;
+        let moved_count: usize = cmp.moved.values().map(Vec::len).sum();
+        if cmp.unchanged + moved_count < known.ref_count() {
+            // Some known branches may be gone.
+            let now: HashSet<&str> = cmp.names.iter().map(String::as_str).collect();
+            for (name, _) in known.refs() {
+                if !now.contains(name.as_str()) {
+                    out.refs_now.push((name.clone(), None));
+                }
             }
         }
     }
-    Ok(moved)
+    let seen = RefsSeen {
+        packed,
+        loose,
+        valid: true,
+    };
+    Ok((cmp.moved, seen))
 }
 
 /// Commit time of `id`; `None` when it is missing or not a commit.
@@ -280,7 +412,7 @@ fn finish(
     through_parents: bool,
     out: &mut ScanOutput,
 ) {
-    let is_new: HashSet<ObjectId> = new.iter().copied().collect();
+    let is_new: IdSet = new.iter().copied().collect();
     for (id, branches) in &visible {
         if is_new.contains(id) {
             out.refs_later
@@ -302,13 +434,19 @@ fn finish(
             .collect(),
     );
     let mut labels = Labels::default();
-    let mut label_of: HashMap<ObjectId, u32> = HashMap::with_capacity(order.len());
-    for (tip_index, (tip, _)) in visible.iter().enumerate() {
-        if !is_new.contains(tip) {
-            continue;
-        }
-        let mut stack = vec![*tip];
-        let mut seen = HashSet::new();
+    let mut label_of: IdMap<u32> = IdMap::default();
+    let new_tips: Vec<usize> = (0..visible.len())
+        .filter(|&i| is_new.contains(&visible[i].0))
+        .collect();
+    // One tip (a push to one branch): every new commit was reached from it.
+    let single = through_parents && new_tips.len() == 1;
+    if single {
+        labels.with(None, new_tips[0]);
+    }
+    for &tip_index in new_tips.iter().filter(|_| !single) {
+        let tip = visible[tip_index].0;
+        let mut stack = vec![tip];
+        let mut seen = IdSet::default();
         while let Some(id) = stack.pop() {
             if !is_new.contains(&id) || !seen.insert(id) {
                 continue;
@@ -387,7 +525,7 @@ struct Node {
 struct Painter<'a> {
     repo: &'a gix::Repository,
     stops: &'a Stops,
-    nodes: HashMap<ObjectId, Node>,
+    nodes: IdMap<Node>,
     /// Known commits whose parents are still to be painted, newest first.
     hidden: BinaryHeap<(i64, ObjectId)>,
     /// Stops with a commit time at or above this are painted.
@@ -401,7 +539,7 @@ impl<'a> Painter<'a> {
         Self {
             repo,
             stops,
-            nodes: HashMap::new(),
+            nodes: IdMap::default(),
             hidden: BinaryHeap::new(),
             seeded_down_to: i64::MAX,
             missing: Vec::new(),
@@ -431,8 +569,15 @@ impl<'a> Painter<'a> {
     /// `threshold`.
     fn paint_down_to(&mut self, threshold: i64) -> Result<(), gix::Error> {
         if threshold < self.seeded_down_to {
-            let seeds: Vec<(i64, ObjectId)> =
-                self.stops.between(threshold, self.seeded_down_to).collect();
+            let mut seeds = self
+                .stops
+                .between(threshold, self.seeded_down_to)
+                .peekable();
+            let seeds: Vec<(i64, ObjectId)> = if seeds.peek().is_some() {
+                seeds.collect()
+            } else {
+                Vec::new()
+            };
             self.seeded_down_to = threshold;
             for (_, id) in seeds {
                 if !self.repo.has_object(id) {
@@ -453,8 +598,8 @@ impl<'a> Painter<'a> {
                 break;
             }
             self.hidden.pop();
-            let parents = self.node(id)?.parents.clone();
-            for p in parents {
+            for k in 0..self.node(id)?.parents.len() {
+                let p = self.node(id)?.parents[k];
                 let node = self.node(p)?;
                 if node.flags & HIDDEN == 0 {
                     node.flags |= HIDDEN;
@@ -490,8 +635,8 @@ impl<'a> Painter<'a> {
                 continue;
             }
             new.push(id);
-            let parents = self.node(id)?.parents.clone();
-            for p in parents {
+            for k in 0..self.node(id)?.parents.len() {
+                let p = self.node(id)?.parents[k];
                 if self.stops.contains(&p) {
                     continue;
                 }
@@ -512,8 +657,7 @@ pub(crate) fn decode_all(
     repo: &gix::ThreadSafeRepository,
     ids: Vec<ObjectId>,
 ) -> Result<Vec<NewCommit>, gix::Error> {
-    let mut repo = repo.to_thread_local();
-    repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
+    let repo = repo.to_thread_local();
     ids.into_iter().map(|id| decode(&repo, id)).collect()
 }
 
@@ -534,16 +678,21 @@ fn decode(repo: &gix::Repository, id: ObjectId) -> Result<NewCommit, gix::Error>
 /// set; among those ready, the oldest (commit time, then id) first. Returns
 /// `(id, time)`.
 pub(crate) fn parents_first(commits: Vec<(ObjectId, i64, &[ObjectId])>) -> Vec<(ObjectId, i64)> {
-    let index: HashMap<ObjectId, usize> =
-        commits.iter().enumerate().map(|(i, c)| (c.0, i)).collect();
+    const NONE: usize = usize::MAX;
+    let index: IdMap<usize> = commits.iter().enumerate().map(|(i, c)| (c.0, i)).collect();
     let mut waiting_on = vec![0usize; commits.len()];
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); commits.len()];
+    // Children as linked lists of edges: `first_child[p]`, then `edges[e].1`.
+    let mut first_child = vec![NONE; commits.len()];
+    let mut edges: Vec<(usize, usize)> = Vec::with_capacity(commits.len());
     for (i, c) in commits.iter().enumerate() {
-        let parents: BTreeSet<&ObjectId> = c.2.iter().collect();
-        for p in parents {
+        for (k, p) in c.2.iter().enumerate() {
+            if c.2[..k].contains(p) {
+                continue;
+            }
             if let Some(&pi) = index.get(p) {
                 waiting_on[i] += 1;
-                children[pi].push(i);
+                edges.push((i, first_child[pi]));
+                first_child[pi] = edges.len() - 1;
             }
         }
     }
@@ -556,12 +705,15 @@ pub(crate) fn parents_first(commits: Vec<(ObjectId, i64, &[ObjectId])>) -> Vec<(
     let mut order = Vec::with_capacity(commits.len());
     while let Some(Reverse((time, id, i))) = ready.pop() {
         order.push((id, time));
-        for &child in &children[i] {
+        let mut e = first_child[i];
+        while e != NONE {
+            let (child, next) = edges[e];
             waiting_on[child] -= 1;
             if waiting_on[child] == 0 {
                 let c = &commits[child];
                 ready.push(Reverse((c.1, c.0, child)));
             }
+            e = next;
         }
     }
     // A commit graph has no cycles, so every commit was placed.

@@ -5,7 +5,7 @@
 //! from the stops no older than it (see [`scan`](super::scan)), so the stops are
 //! kept ordered by commit time.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use gix::ObjectId;
 
@@ -24,7 +24,7 @@ struct Member {
 /// every known commit is an ancestor of a stop.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Stops {
-    members: HashMap<ObjectId, Member>,
+    members: gix::hashtable::HashMap<ObjectId, Member>,
     by_time: BTreeSet<(i64, ObjectId)>,
 }
 
