@@ -310,7 +310,7 @@ fn main() {
         "| repository | samples | ref update → run queued (median) | p90 | max | runs in store | VmHWM | VmRSS |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name == o);
     rt.block_on(async {
         if wanted("one_branch") {
             one_branch().await;

@@ -42,7 +42,7 @@ pub use config::{GitSourceConfig, InitialPolicy, MIN_POLL_INTERVAL, ParseInitial
 pub use error::GitSourceError;
 
 use known::{Edit, Known, KnownTip, LoadError, PendingPrune};
-use scan::{NewCommit, Pending, RefsSeen, ScanInput};
+use scan::{NewCommit, NodeCache, Pending, RefsSeen, ScanInput};
 use stops::Stops;
 use wake::Wakeup;
 
@@ -92,6 +92,8 @@ pub struct GitSource {
     broken: HashMap<String, ObjectId>,
     /// What the last scan read of the refs (reset by a scan that fails).
     refs_seen: RefsSeen,
+    /// Commits met by earlier scans.
+    nodes: Arc<std::sync::Mutex<NodeCache>>,
     wakeup: Wakeup,
 }
 
@@ -227,6 +229,7 @@ impl GitSource {
             refs_later: HashMap::new(),
             broken: HashMap::new(),
             refs_seen: RefsSeen::default(),
+            nodes: Arc::default(),
             wakeup,
         };
         if source.first_start.is_some() {
@@ -366,6 +369,7 @@ impl GitSource {
             first_start: self.first_start,
             broken: self.broken.clone(),
             refs_seen: std::mem::take(&mut self.refs_seen),
+            cache: Arc::clone(&self.nodes),
         };
         let repo = self.repo.clone();
         let out = blocking(move || scan::scan(&repo, input))

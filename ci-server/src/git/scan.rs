@@ -24,7 +24,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use gix::ObjectId;
 use gix::hashtable::hash_map::Entry;
@@ -43,6 +43,30 @@ type IdSet = gix::hashtable::HashSet<ObjectId>;
 /// is called new: the clock skew between a commit and its children that the
 /// walk tolerates.
 pub(crate) const CLOCK_SLOP: i64 = 300;
+
+/// How many commits [`NodeCache`] keeps before starting afresh.
+const NODE_CACHE_LIMIT: usize = 50_000;
+
+/// The commit times and parents of commits met by earlier scans. Painting goes
+/// over the newest known commits at every scan; with the cache it reads them
+/// from the repository once. Bounded: when full it is emptied.
+#[derive(Debug, Default)]
+pub(crate) struct NodeCache {
+    map: IdMap<(i64, Box<[ObjectId]>)>,
+}
+
+impl NodeCache {
+    fn get(&self, id: &ObjectId) -> Option<&(i64, Box<[ObjectId]>)> {
+        self.map.get(id)
+    }
+
+    fn insert(&mut self, id: ObjectId, time: i64, parents: &[ObjectId]) {
+        if self.map.len() >= NODE_CACHE_LIMIT {
+            self.map.clear();
+        }
+        self.map.insert(id, (time, parents.into()));
+    }
+}
 
 /// A commit found by a scan, decoded for handing out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +104,8 @@ pub(crate) struct ScanInput {
     pub broken: HashMap<String, ObjectId>,
     /// What the last scan read of the refs.
     pub refs_seen: RefsSeen,
+    /// Commits met by earlier scans.
+    pub cache: Arc<Mutex<NodeCache>>,
 }
 
 /// What a scan found.
@@ -157,7 +183,8 @@ pub(crate) fn scan(
         }
     }
 
-    let mut painter = Painter::new(&repo, stops);
+    let mut cache = input.cache.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut painter = Painter::new(&repo, stops, &mut cache);
     match input.first_start {
         Some(InitialPolicy::None) => {
             for (id, branches) in visible {
@@ -525,6 +552,7 @@ struct Node {
 struct Painter<'a> {
     repo: &'a gix::Repository,
     stops: &'a Stops,
+    cache: &'a mut NodeCache,
     nodes: IdMap<Node>,
     /// Known commits whose parents are still to be painted, newest first.
     hidden: BinaryHeap<(i64, ObjectId)>,
@@ -535,10 +563,11 @@ struct Painter<'a> {
 }
 
 impl<'a> Painter<'a> {
-    fn new(repo: &'a gix::Repository, stops: &'a Stops) -> Self {
+    fn new(repo: &'a gix::Repository, stops: &'a Stops, cache: &'a mut NodeCache) -> Self {
         Self {
             repo,
             stops,
+            cache,
             nodes: IdMap::default(),
             hidden: BinaryHeap::new(),
             seeded_down_to: i64::MAX,
@@ -550,11 +579,22 @@ impl<'a> Painter<'a> {
         match self.nodes.entry(id) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
-                let commit = self.repo.find_commit(id)?;
-                let node = Node {
-                    time: commit.time()?.seconds,
-                    parents: commit.parent_ids().map(|p| p.detach()).collect(),
-                    flags: 0,
+                let node = match self.cache.get(&id) {
+                    Some((time, parents)) => Node {
+                        time: *time,
+                        parents: parents.to_vec(),
+                        flags: 0,
+                    },
+                    None => {
+                        let commit = self.repo.find_commit(id)?;
+                        let node = Node {
+                            time: commit.time()?.seconds,
+                            parents: commit.parent_ids().map(|p| p.detach()).collect(),
+                            flags: 0,
+                        };
+                        self.cache.insert(id, node.time, &node.parents);
+                        node
+                    }
                 };
                 Ok(e.insert(node))
             }
@@ -580,7 +620,10 @@ impl<'a> Painter<'a> {
             };
             self.seeded_down_to = threshold;
             for (_, id) in seeds {
-                if !self.repo.has_object(id) {
+                if let Err(e) = self.node(id) {
+                    if self.repo.has_object(id) {
+                        return Err(e);
+                    }
                     warn!(commit = %id, "a known commit is gone from the repository; forgetting it");
                     self.missing.push(id);
                     continue;
