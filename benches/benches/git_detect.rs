@@ -315,11 +315,7 @@ fn main() {
         if wanted("one_branch") {
             one_branch().await;
         }
-        if wanted("branches_1000")
-            && !only
-                .as_deref()
-                .is_some_and(|o| o.contains("branches_10000"))
-        {
+        if wanted("branches_1000") {
             many_branches(1_000).await;
         }
         if wanted("branches_10000") {
