@@ -311,7 +311,6 @@ impl Comparison<'_> {
                 let peeled = self
                     .repo
                     .find_reference(r.name.as_ref())
-                    .map_err(gix::Error::from)
                     .and_then(|mut r| r.peel_to_id().map(|id| id.detach()));
                 match peeled {
                     Ok(id) => id,
