@@ -389,6 +389,28 @@ async fn a_branch_created_or_reset_at_an_old_commit_hands_out_nothing() {
 }
 
 #[tokio::test]
+async fn a_skewed_clock_never_runs_a_commit_twice() {
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    // A commit dated a day ahead, then its child dated back to normal.
+    let now = repo.clock.load(Ordering::SeqCst);
+    repo.clock.store(now + 86_400, Ordering::SeqCst);
+    let ahead = repo.commit_to("main", "clock a day ahead");
+    repo.clock.store(now + 10, Ordering::SeqCst);
+    let behind = repo.commit_to("main", "clock right again");
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    let batch = next(&mut source).await;
+    assert_eq!(ids(&batch), vec![base, ahead.clone(), behind]);
+    record(&store, &batch).await;
+    // A branch at the skewed commit: the walk may take it for new, but it has
+    // a run, so nothing comes out; then only the commit on top.
+    repo.set_branch("at-ahead", &ahead);
+    let on_top = repo.commit_to("at-ahead", "on top");
+    assert_eq!(ids(&next(&mut source).await), vec![on_top]);
+}
+
+#[tokio::test]
 async fn a_scan_rewrites_only_the_state_of_what_changed() {
     let repo = TestRepo::new();
     let base = repo.commit_to("main", "base");
