@@ -50,6 +50,10 @@ use wake::Wakeup;
 /// out. A larger burst comes in several batches, parents first across them.
 pub const MAX_BATCH: usize = 1_000;
 
+/// Object cache of the source's repository handle: commits are read by the walk
+/// and again when their batch is decoded.
+const OBJECT_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// A [`CommitSource`] over the branches of a local git repository.
 ///
 /// # Behaviour
@@ -68,6 +72,9 @@ pub const MAX_BATCH: usize = 1_000;
 ///   [`SourceError`]s; the next call scans again.
 pub struct GitSource {
     repo: gix::ThreadSafeRepository,
+    /// A handle of `repo` for this source's blocking work (taken while in use;
+    /// in a mutex only so that the source is `Sync`).
+    local: std::sync::Mutex<Option<gix::Repository>>,
     git_dir: PathBuf,
     store: Arc<dyn RunStore>,
     known: Arc<Known>,
@@ -216,6 +223,7 @@ impl GitSource {
         let wakeup = Wakeup::new(&common_dir, config.poll_interval, config.watch);
         let mut source = Self {
             repo,
+            local: std::sync::Mutex::new(None),
             git_dir,
             store,
             known: Arc::new(known),
@@ -240,6 +248,28 @@ impl GitSource {
             }
         }
         Ok(source)
+    }
+
+    /// The repository handle for blocking work: kept between calls, since making
+    /// one costs about a millisecond; a new one when a call did not give it back.
+    fn local_repo(&self) -> gix::Repository {
+        self.local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_else(|| {
+                let mut repo = self.repo.to_thread_local();
+                repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
+                repo
+            })
+    }
+
+    /// Gives back a handle taken with [`local_repo`](Self::local_repo).
+    fn give_back(&self, repo: gix::Repository) {
+        *self
+            .local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(repo);
     }
 
     /// The repository's git dir (for the server to place its database by default).
@@ -371,13 +401,17 @@ impl GitSource {
             refs_seen: std::mem::take(&mut self.refs_seen),
             cache: Arc::clone(&self.nodes),
         };
-        let repo = self.repo.clone();
-        let out = blocking(move || scan::scan(&repo, input))
-            .await
-            .map_err(|e| SourceError::with_source("the repository scan did not finish", e))?
-            .map_err(|e| {
-                SourceError::with_source(format!("scanning {}", self.git_dir.display()), e)
-            })?;
+        let repo = self.local_repo();
+        let (repo, out) = blocking(move || {
+            let out = scan::scan(&repo, input);
+            (repo, out)
+        })
+        .await
+        .map_err(|e| SourceError::with_source("the repository scan did not finish", e))?;
+        self.give_back(repo);
+        let out = out.map_err(|e| {
+            SourceError::with_source(format!("scanning {}", self.git_dir.display()), e)
+        })?;
 
         for (id, time) in &out.resolved {
             change.stops.push(StopOp::Resolve(*id, *time));
@@ -430,14 +464,18 @@ impl GitSource {
     async fn hand_out(&mut self) -> Result<Vec<Commit>, SourceError> {
         while !self.pending.is_empty() {
             let chunk: Vec<Pending> = self.pending.iter().take(MAX_BATCH).copied().collect();
-            let repo = self.repo.clone();
+            let repo = self.local_repo();
             let ids: Vec<ObjectId> = chunk.iter().map(|p| p.id).collect();
-            let decoded = blocking(move || scan::decode_all(&repo, ids))
-                .await
-                .map_err(|e| SourceError::with_source("decoding new commits did not finish", e))?
-                .map_err(|e| {
-                    SourceError::with_source(format!("scanning {}", self.git_dir.display()), e)
-                })?;
+            let (repo, decoded) = blocking(move || {
+                let decoded = scan::decode_all(&repo, ids);
+                (repo, decoded)
+            })
+            .await
+            .map_err(|e| SourceError::with_source("decoding new commits did not finish", e))?;
+            self.give_back(repo);
+            let decoded = decoded.map_err(|e| {
+                SourceError::with_source(format!("scanning {}", self.git_dir.display()), e)
+            })?;
             let mut ran = HashSet::new();
             for c in &decoded {
                 if self.has_run(&c.id).await? {

@@ -138,13 +138,7 @@ pub(crate) struct ScanOutput {
 /// Reads the branch values, compares them with the known ones, and walks what
 /// is new. Errors are the repository's (an unreadable object, a broken pack):
 /// the caller reports them as transient.
-pub(crate) fn scan(
-    repo: &gix::ThreadSafeRepository,
-    input: ScanInput,
-) -> Result<ScanOutput, gix::Error> {
-    // No object cache: a walk reads each commit once (and keeps what it needs
-    // of it), so a cache would only copy every object.
-    let repo = repo.to_thread_local();
+pub(crate) fn scan(repo: &gix::Repository, input: ScanInput) -> Result<ScanOutput, gix::Error> {
     let mut out = ScanOutput::default();
 
     // Stops without a time (after a restart): look them up once.
@@ -155,7 +149,7 @@ pub(crate) fn scan(
     } else {
         local_stops = (*input.stops).clone();
         for id in unresolved {
-            match commit_time(&repo, id)? {
+            match commit_time(repo, id)? {
                 Some(t) => {
                     local_stops.resolve(id, t);
                     out.resolved.push((id, t));
@@ -169,7 +163,7 @@ pub(crate) fn scan(
         &local_stops
     };
 
-    let (moved, refs_seen) = compare_branches(&repo, &input, &mut out)?;
+    let (moved, refs_seen) = compare_branches(repo, &input, &mut out)?;
     out.refs_seen = refs_seen;
     let mut visible: Vec<(ObjectId, Vec<String>)> = moved.into_iter().collect();
     for (id, branches) in input.extra {
@@ -184,7 +178,7 @@ pub(crate) fn scan(
     }
 
     let mut cache = input.cache.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut painter = Painter::new(&repo, stops, &mut cache);
+    let mut painter = Painter::new(repo, stops, &mut cache);
     match input.first_start {
         Some(InitialPolicy::None) => {
             for (id, branches) in visible {
@@ -696,11 +690,10 @@ impl<'a> Painter<'a> {
 
 /// Decodes `ids` for handing out.
 pub(crate) fn decode_all(
-    repo: &gix::ThreadSafeRepository,
+    repo: &gix::Repository,
     ids: Vec<ObjectId>,
 ) -> Result<Vec<NewCommit>, gix::Error> {
-    let repo = repo.to_thread_local();
-    ids.into_iter().map(|id| decode(&repo, id)).collect()
+    ids.into_iter().map(|id| decode(repo, id)).collect()
 }
 
 fn decode(repo: &gix::Repository, id: ObjectId) -> Result<NewCommit, gix::Error> {
