@@ -50,10 +50,6 @@ use wake::Wakeup;
 /// out. A larger burst comes in several batches, parents first across them.
 pub const MAX_BATCH: usize = 1_000;
 
-/// Object cache of the source's repository handle: commits are read by the walk
-/// and again when their batch is decoded.
-const OBJECT_CACHE_BYTES: usize = 4 * 1024 * 1024;
-
 /// A [`CommitSource`] over the branches of a local git repository.
 ///
 /// # Behaviour
@@ -252,16 +248,17 @@ impl GitSource {
 
     /// The repository handle for blocking work: kept between calls, since making
     /// one costs about a millisecond; a new one when a call did not give it back.
+    /// Its object cache is on.
     fn local_repo(&self) -> gix::Repository {
-        self.local
+        let mut repo = self
+            .local
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
-            .unwrap_or_else(|| {
-                let mut repo = self.repo.to_thread_local();
-                repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
-                repo
-            })
+            .unwrap_or_else(|| self.repo.to_thread_local());
+        // A scan that walks many commits turns the cache off (see `scan`).
+        repo.object_cache_size_if_unset(scan::OBJECT_CACHE_BYTES);
+        repo
     }
 
     /// Gives back a handle taken with [`local_repo`](Self::local_repo).
@@ -403,7 +400,8 @@ impl GitSource {
         };
         let repo = self.local_repo();
         let (repo, out) = blocking(move || {
-            let out = scan::scan(&repo, input);
+            let mut repo = repo;
+            let out = scan::scan(&mut repo, input);
             (repo, out)
         })
         .await

@@ -44,27 +44,69 @@ type IdSet = gix::hashtable::HashSet<ObjectId>;
 /// walk tolerates.
 pub(crate) const CLOCK_SLOP: i64 = 300;
 
-/// How many commits [`NodeCache`] keeps before starting afresh.
+/// The object cache of the source's repository handle: a walk reads the new
+/// commits, and handing them out reads them again to decode them.
+pub(crate) const OBJECT_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A walk that reads more commits than this turns the object cache off for the
+/// rest of the scan: a large push would only churn it, and copying every object
+/// into it costs more than reading a batch's commits twice.
+const OBJECT_CACHE_WALK_LIMIT: usize = 2_000;
+
+/// How many commits [`NodeCache`] keeps.
 const NODE_CACHE_LIMIT: usize = 50_000;
 
 /// The commit times and parents of commits met by earlier scans. Painting goes
 /// over the newest known commits at every scan; with the cache it reads them
-/// from the repository once. Bounded: when full it is emptied.
+/// from the repository once. Bounded: when full, it is emptied at the start of
+/// the next scan (a walk fills it newest first, so it keeps the commits the
+/// next paintings need).
 #[derive(Debug, Default)]
 pub(crate) struct NodeCache {
-    map: IdMap<(i64, Box<[ObjectId]>)>,
+    map: IdMap<(i64, Parents)>,
 }
 
 impl NodeCache {
-    fn get(&self, id: &ObjectId) -> Option<&(i64, Box<[ObjectId]>)> {
+    fn get(&self, id: &ObjectId) -> Option<&(i64, Parents)> {
         self.map.get(id)
     }
 
-    fn insert(&mut self, id: ObjectId, time: i64, parents: &[ObjectId]) {
-        if self.map.len() >= NODE_CACHE_LIMIT {
-            self.map.clear();
+    fn insert(&mut self, id: ObjectId, time: i64, parents: &Parents) {
+        if self.map.len() < NODE_CACHE_LIMIT {
+            self.map.insert(id, (time, parents.clone()));
         }
-        self.map.insert(id, (time, parents.into()));
+    }
+
+    /// Empties the cache if it is full.
+    fn trim(&mut self) {
+        if self.map.len() >= NODE_CACHE_LIMIT {
+            self.map = IdMap::default();
+        }
+    }
+}
+
+/// The parents of a commit: most have one, kept inline.
+#[derive(Clone, Debug)]
+enum Parents {
+    One(ObjectId),
+    /// None (a root commit), or a merge's.
+    Other(Box<[ObjectId]>),
+}
+
+impl Parents {
+    fn new(mut ids: impl Iterator<Item = ObjectId>) -> Self {
+        match (ids.next(), ids.next()) {
+            (Some(a), None) => Self::One(a),
+            (None, _) => Self::Other(Box::default()),
+            (Some(a), Some(b)) => Self::Other([a, b].into_iter().chain(ids).collect()),
+        }
+    }
+
+    fn as_slice(&self) -> &[ObjectId] {
+        match self {
+            Self::One(id) => std::slice::from_ref(id),
+            Self::Other(ids) => ids,
+        }
     }
 }
 
@@ -138,7 +180,7 @@ pub(crate) struct ScanOutput {
 /// Reads the branch values, compares them with the known ones, and walks what
 /// is new. Errors are the repository's (an unreadable object, a broken pack):
 /// the caller reports them as transient.
-pub(crate) fn scan(repo: &gix::Repository, input: ScanInput) -> Result<ScanOutput, gix::Error> {
+pub(crate) fn scan(repo: &mut gix::Repository, input: ScanInput) -> Result<ScanOutput, gix::Error> {
     let mut out = ScanOutput::default();
 
     // Stops without a time (after a restart): look them up once.
@@ -178,6 +220,7 @@ pub(crate) fn scan(repo: &gix::Repository, input: ScanInput) -> Result<ScanOutpu
     }
 
     let mut cache = input.cache.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.trim();
     let mut painter = Painter::new(repo, stops, &mut cache);
     match input.first_start {
         Some(InitialPolicy::None) => {
@@ -192,7 +235,7 @@ pub(crate) fn scan(repo: &gix::Repository, input: ScanInput) -> Result<ScanOutpu
             let tips: HashSet<ObjectId> = visible.iter().map(|(id, _)| *id).collect();
             let mut baseline = BTreeSet::new();
             for (id, _) in &visible {
-                for p in painter.node(*id)?.parents.clone() {
+                for &p in painter.node(*id)?.parents.clone().as_slice() {
                     if !tips.contains(&p) {
                         baseline.insert(p);
                     }
@@ -450,7 +493,12 @@ fn finish(
     }
     let order = parents_first(
         new.iter()
-            .filter_map(|id| painter.nodes.get(id).map(|n| (*id, n.time, &n.parents[..])))
+            .filter_map(|id| {
+                painter
+                    .nodes
+                    .get(id)
+                    .map(|n| (*id, n.time, n.parents.as_slice()))
+            })
             .collect(),
     );
     let mut labels = Labels::default();
@@ -474,7 +522,7 @@ fn finish(
             let old = label_of.get(&id).copied();
             label_of.insert(id, labels.with(old, tip_index));
             if through_parents && let Some(n) = painter.nodes.get(&id) {
-                stack.extend(n.parents.iter().copied());
+                stack.extend(n.parents.as_slice().iter().copied());
             }
         }
     }
@@ -537,13 +585,15 @@ const HIDDEN: u8 = 2;
 /// A commit met by a walk.
 struct Node {
     time: i64,
-    parents: Vec<ObjectId>,
+    parents: Parents,
     flags: u8,
 }
 
 /// Walks from moved branches and paints known commits down from the stops.
 struct Painter<'a> {
-    repo: &'a gix::Repository,
+    repo: &'a mut gix::Repository,
+    /// Commits read from the repository by this scan.
+    loaded: usize,
     stops: &'a Stops,
     cache: &'a mut NodeCache,
     nodes: IdMap<Node>,
@@ -556,9 +606,10 @@ struct Painter<'a> {
 }
 
 impl<'a> Painter<'a> {
-    fn new(repo: &'a gix::Repository, stops: &'a Stops, cache: &'a mut NodeCache) -> Self {
+    fn new(repo: &'a mut gix::Repository, stops: &'a Stops, cache: &'a mut NodeCache) -> Self {
         Self {
             repo,
+            loaded: 0,
             stops,
             cache,
             nodes: IdMap::default(),
@@ -575,17 +626,23 @@ impl<'a> Painter<'a> {
                 let node = match self.cache.get(&id) {
                     Some((time, parents)) => Node {
                         time: *time,
-                        parents: parents.to_vec(),
+                        parents: parents.clone(),
                         flags: 0,
                     },
                     None => {
-                        let commit = self.repo.find_commit(id)?;
-                        let node = Node {
-                            time: commit.time()?.seconds,
-                            parents: commit.parent_ids().map(|p| p.detach()).collect(),
-                            flags: 0,
+                        let node = {
+                            let commit = self.repo.find_commit(id)?;
+                            Node {
+                                time: commit.time()?.seconds,
+                                parents: Parents::new(commit.parent_ids().map(|p| p.detach())),
+                                flags: 0,
+                            }
                         };
                         self.cache.insert(id, node.time, &node.parents);
+                        self.loaded += 1;
+                        if self.loaded == OBJECT_CACHE_WALK_LIMIT {
+                            self.repo.object_cache_size(None);
+                        }
                         node
                     }
                 };
@@ -634,8 +691,8 @@ impl<'a> Painter<'a> {
                 break;
             }
             self.hidden.pop();
-            for k in 0..self.node(id)?.parents.len() {
-                let p = self.node(id)?.parents[k];
+            for k in 0..self.node(id)?.parents.as_slice().len() {
+                let p = self.node(id)?.parents.as_slice()[k];
                 let node = self.node(p)?;
                 if node.flags & HIDDEN == 0 {
                     node.flags |= HIDDEN;
@@ -671,8 +728,8 @@ impl<'a> Painter<'a> {
                 continue;
             }
             new.push(id);
-            for k in 0..self.node(id)?.parents.len() {
-                let p = self.node(id)?.parents[k];
+            for k in 0..self.node(id)?.parents.as_slice().len() {
+                let p = self.node(id)?.parents.as_slice()[k];
                 if self.stops.contains(&p) {
                     continue;
                 }
