@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 
 use benches::git_repo::{BenchRepo, BranchyRepo, fixture_cache};
 use benches::instant_runner;
-use ci_engine::{CommitSource, Engine, EngineConfig, EngineEvent, Pipeline, RunStore};
+use ci_engine::{
+    CommitSource, Engine, EngineConfig, EngineEvent, EngineHandle, Pipeline, RunStore,
+};
 use ci_server::git::{GitSource, GitSourceConfig};
 use ci_server::sqlite_store::SqliteStore;
 use tokio::sync::{broadcast, oneshot};
@@ -57,6 +59,7 @@ fn fatal(what: &str, e: impl Display) -> ! {
 /// An engine running over a source, with its events.
 struct Running {
     store: Arc<dyn RunStore>,
+    handle: EngineHandle,
     events: broadcast::Receiver<EngineEvent>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ci_engine::EngineError>>,
@@ -83,7 +86,8 @@ impl Running {
             EngineConfig::default(),
         )
         .unwrap_or_else(|e| fatal("building the engine", e));
-        let events = engine.handle().subscribe();
+        let handle = engine.handle();
+        let events = handle.subscribe();
         let (stop, stopped) = oneshot::channel::<()>();
         let source: Box<dyn CommitSource> = Box::new(source);
         let task = tokio::spawn(engine.run(source, async move {
@@ -91,6 +95,7 @@ impl Running {
         }));
         Self {
             store,
+            handle,
             events,
             stop: Some(stop),
             task,
@@ -98,28 +103,31 @@ impl Running {
         }
     }
 
-    /// Waits until `n` runs were queued and have finished (bounded by [`DEADLINE`]).
-    async fn settle(&mut self, n: usize) {
-        let (mut queued, mut finished) = (0usize, 0usize);
-        let wait = async {
-            while queued < n || finished < queued {
-                match self.events.recv().await {
-                    Ok(EngineEvent::RunQueued { .. }) => queued += 1,
-                    Ok(EngineEvent::RunFinished { .. }) => finished += 1,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        fatal("engine events", "lagged behind")
-                    }
-                    Err(e) => fatal("engine events", e),
-                }
+    /// Waits until the store holds `n` runs and none is unfinished (bounded by
+    /// [`DEADLINE`]), then listens afresh: the events of settling, thousands
+    /// of them, are not waited for one by one.
+    async fn settle(&mut self, n: u64) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let runs = self.runs().await;
+            let unfinished = self
+                .store
+                .unfinished_runs()
+                .await
+                .unwrap_or_else(|e| fatal("reading the store", e))
+                .len();
+            if runs >= n && unfinished == 0 {
+                break;
             }
-        };
-        if tokio::time::timeout(DEADLINE, wait).await.is_err() {
-            fatal(
-                "settling",
-                format!("{queued} queued, {finished} finished of {n}"),
-            );
+            if Instant::now() >= deadline {
+                fatal(
+                    "settling",
+                    format!("{runs} runs of {n}, {unfinished} unfinished"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.events = self.handle.subscribe();
     }
 
     /// Waits for `RunQueued` of `commit`; returns when it came.
@@ -131,7 +139,10 @@ impl Running {
                         return Instant::now();
                     }
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // The event may be among those missed: too late to time it.
+                        fatal("engine events", "lagged behind while timing a sample")
+                    }
                     Err(e) => fatal("engine events", e),
                 }
             }
@@ -149,7 +160,14 @@ impl Running {
                     Ok(EngineEvent::RunFinished { commit: c, .. }) if c.as_str() == commit => {
                         return;
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed events: ask the store instead.
+                        let run = self.store.get_run(commit).await;
+                        if run.is_ok_and(|r| r.status.is_terminal()) {
+                            return;
+                        }
+                    }
                     Err(e) => fatal("engine events", e),
                 }
             }
@@ -241,7 +259,7 @@ async fn many_branches(count: u64) {
         .unwrap_or_else(|e| fatal("building the repository", e));
     let branches: Vec<String> = repo.branches().to_vec();
     let mut running = Running::start(repo.path()).await;
-    running.settle(branches.len()).await;
+    running.settle(count).await;
     let mut samples = Vec::with_capacity(SAMPLES);
     for branch in branches.iter().cycle().take(SAMPLES) {
         let new = repo
