@@ -18,8 +18,14 @@
 //! tip with the known tips hidden, decoding the new commits, one store lookup
 //! per new commit, saving the source's state) plus `spawn_blocking`. A user
 //! additionally waits for the wake-up, which `git_notice` measures: the source
-//! as configured by default (file watch on the refs, 30 ms debounce), in real
-//! time, from the ref update to the batch returned.
+//! as configured by default (file watch on the refs, events gathered until they
+//! pause), in real time, from the ref update to the batch returned.
+//!
+//! `git_scan_branches` measures the same single scan against the number of
+//! branches: 1,000 and 10,000 branches over 100,000 commits, refs packed
+//! (`BranchyRepo`, built once and cached under the target directory), one new
+//! commit on one branch per iteration (the branches in turn). The claim is that
+//! a scan costs what changed, not the number of branches.
 //!
 //! Run: `cargo bench -p benches --bench git_scan`.
 
@@ -30,7 +36,7 @@ use std::fmt::Display;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::git_repo::BenchRepo;
+use benches::git_repo::{BenchRepo, BranchyRepo, fixture_cache};
 use ci_engine::{Commit, CommitSource, MemoryStore, Pipeline, Run, RunStore};
 use ci_server::git::{GitSource, GitSourceConfig, InitialPolicy, MIN_POLL_INTERVAL};
 use criterion::{
@@ -199,7 +205,7 @@ fn git_scan(c: &mut Criterion) {
 }
 
 /// What a user waits for: the ref update noticed through the file watch (the
-/// source's default), its 30 ms debounce and the scan, in real time.
+/// source's default), the gathering of its burst and the scan, in real time.
 fn git_notice(c: &mut Criterion) {
     const HISTORY: u64 = 10_000;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -225,5 +231,134 @@ fn git_notice(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, git_scan, git_notice);
+/// Branch counts of the many-branch benchmark, over [`BRANCHY_COMMITS`].
+const BRANCHES: [u64; 2] = [1_000, 10_000];
+
+/// Commits in the many-branch repositories.
+const BRANCHY_COMMITS: u64 = 100_000;
+
+/// A source over a [`BranchyRepo`] that has handed out every branch tip.
+struct BranchyFixture {
+    repo: BranchyRepo,
+    store: Arc<MemoryStore>,
+    source: GitSource,
+    next_seq: u64,
+    /// Which branch gets the next commit (round robin).
+    turn: usize,
+}
+
+impl BranchyFixture {
+    /// Copies the cached repository, opens the source (`InitialPolicy::Tips`)
+    /// and takes batches until every branch tip has been handed out and
+    /// recorded.
+    async fn new(branches: u64) -> Self {
+        let repo = BranchyRepo::cached(branches, BRANCHY_COMMITS, &fixture_cache())
+            .unwrap_or_else(|e| fatal("building the many-branch repository", e));
+        let store = Arc::new(MemoryStore::new());
+        let dyn_store: Arc<dyn RunStore> = Arc::clone(&store) as Arc<dyn RunStore>;
+        let source = GitSource::open(repo.path(), dyn_store, polling())
+            .await
+            .unwrap_or_else(|e| fatal("opening the source", e));
+        let mut fixture = Self {
+            repo,
+            store,
+            source,
+            next_seq: 0,
+            turn: 0,
+        };
+        let mut handed_out = 0u64;
+        // One batch per call at least: bounded by the number of tips.
+        for _ in 0..branches {
+            if handed_out >= branches {
+                break;
+            }
+            let batch = match fixture.source.next_commits().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => fatal("next_commits", "the source ended"),
+                Err(e) => fatal("next_commits", e),
+            };
+            handed_out += batch.len() as u64;
+            fixture.record(batch).await;
+        }
+        if handed_out != branches {
+            fatal(
+                "taking the first batches",
+                format!("expected {branches} branch tips, got {handed_out}"),
+            );
+        }
+        fixture
+    }
+
+    /// Adds one commit to the next branch in turn (not timed), times the
+    /// `next_commits` call that returns it, then records its run (not timed).
+    fn measure_once(&mut self, rt: &tokio::runtime::Runtime) -> Duration {
+        let branch = self.repo.branches()[self.turn % self.repo.branches().len()].clone();
+        self.turn += 1;
+        let new = self
+            .repo
+            .add_commit(&branch)
+            .unwrap_or_else(|e| fatal("adding a commit", e));
+        let start = Instant::now();
+        let batch = rt.block_on(async {
+            match self.source.next_commits().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => fatal("next_commits", "the source ended"),
+                Err(e) => fatal("next_commits", e),
+            }
+        });
+        let elapsed = start.elapsed();
+        let want = new.to_string();
+        if batch.len() != 1 || batch[0].id.as_str() != want || batch[0].branches != [branch] {
+            fatal(
+                "checking the batch",
+                format!("expected only {want}, got {batch:?}"),
+            );
+        }
+        rt.block_on(self.record(batch));
+        elapsed
+    }
+
+    async fn record(&mut self, batch: Vec<Commit>) {
+        for commit in batch {
+            let run = Run::new(commit, self.next_seq, &Pipeline::standard());
+            self.next_seq += 1;
+            if let Err(e) = self.store.insert_run(&run).await {
+                fatal("recording a run", e);
+            }
+        }
+    }
+}
+
+/// One scan after one new commit on one branch, against the number of
+/// branches: 1,000 and 10,000 branches over 100,000 commits, packed refs. The
+/// commits go to the branches in turn (`main`, `topic-00001`, …), so each
+/// lands on a different branch.
+fn git_scan_branches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap_or_else(|e| fatal("building the tokio runtime", e));
+    let mut group = c.benchmark_group("git_scan_branches/new_1");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for branches in BRANCHES {
+        let started = Instant::now();
+        let mut fixture = rt.block_on(BranchyFixture::new(branches));
+        eprintln!(
+            "git_scan_branches: {branches} branches over {BRANCHY_COMMITS} commits ready, \
+             tips handed out, in {:.1?}",
+            started.elapsed()
+        );
+        group.bench_function(BenchmarkId::new("branches", branches), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| fixture.measure_once(&rt)).sum());
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, git_scan, git_notice, git_scan_branches);
 criterion_main!(benches);

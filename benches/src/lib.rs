@@ -6,7 +6,11 @@
 //!   compares the engine's makespan with the lower bound and with a
 //!   one-commit-at-a-time schedule.
 //! - `git_scan`: criterion, how long `GitSource` takes to hand out new commits
-//!   against the length of the history ([`git_repo`] makes the repositories).
+//!   against the length of the history and against the number of branches
+//!   ([`git_repo`] makes the repositories).
+//! - `git_detect`: a bench binary, ref update → run queued end to end (source,
+//!   SQLite store and engine in one process) with the process's memory, and
+//!   the first run of a 100,000-commit burst.
 //! - `api`: criterion, requests per second of `GET /runs` and `GET /run/{prefix}`
 //!   over a store of recorded runs ([`runs`] makes them).
 

@@ -122,6 +122,62 @@ impl TestRepo {
         id
     }
 
+    /// `git args` fed `input` on stdin.
+    fn git_with_input(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let time = self.clock.fetch_add(1, Ordering::SeqCst);
+        let mut cmd = git_command(&self.path, time);
+        if self.bare {
+            cmd.arg("--git-dir").arg(&self.path);
+        }
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("git runs");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let input = input.to_owned();
+        let feeder = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let out = child.wait_with_output().expect("git runs");
+        feeder
+            .join()
+            .expect("the feeding thread")
+            .expect("git reads its input");
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `n` commits in a line on top of `parent`, written at once with `git
+    /// fast-import` on the side ref `refs/import/<label>` (not a branch);
+    /// oldest first.
+    fn import_chain(&self, parent: &str, n: usize, label: &str) -> Vec<String> {
+        let side = format!("refs/import/{label}");
+        let start = self.clock.fetch_add(n as i64, Ordering::SeqCst);
+        let mut stream = String::new();
+        for i in 0..n {
+            let message = format!("{label} {i}\n");
+            let from = if i == 0 {
+                format!("from {parent}\n")
+            } else {
+                String::new()
+            };
+            stream.push_str(&format!(
+                "commit {side}\ncommitter Ada Lovelace <ada@example.com> {} +0000\ndata {}\n{message}{from}\n",
+                start + i as i64,
+                message.len()
+            ));
+        }
+        self.git_with_input(&["fast-import", "--quiet"], &stream);
+        let list = self.git(&["rev-list", "--reverse", &format!("{parent}..{side}")]);
+        list.lines().map(str::to_owned).collect()
+    }
+
     fn git_maybe(&self, args: &[&str]) -> Option<String> {
         let mut cmd = git_command(&self.path, 0);
         if self.bare {
@@ -267,6 +323,122 @@ async fn twenty_commits_revealed_by_one_ref_update_all_come_out_parents_first() 
         "all 20, oldest first, base not repeated"
     );
     assert!(batch.iter().all(|c| c.branches == ["main"]));
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_a_batch_comes_out_in_consecutive_batches_and_resumes() {
+    const BURST: usize = 2_500;
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    let store = Arc::new(MemoryStore::new());
+    let mut first = open(&repo, &store, InitialPolicy::All).await;
+    record(&store, &next(&mut first).await).await;
+    let burst = repo.import_chain(&base, BURST, "burst");
+    assert_eq!(burst.len(), BURST);
+    repo.set_branch("main", burst.last().expect("a burst"));
+
+    // The first batch is bounded and starts at the oldest commit.
+    let batch = next(&mut first).await;
+    assert_eq!(batch.len(), ci_server::git::MAX_BATCH);
+    assert_eq!(ids(&batch), strs(&burst[..batch.len()]));
+    assert!(batch.iter().all(|c| c.branches == ["main"]));
+    record(&store, &batch).await;
+    // The next batch goes on where it stopped, though nothing else moved.
+    let second = next(&mut first).await;
+    let end = batch.len() + second.len();
+    assert_eq!(ids(&second), strs(&burst[batch.len()..end]));
+    drop(first); // died before the engine recorded the second batch
+
+    let mut again = open(&repo, &store, InitialPolicy::All).await;
+    let mut rest = Vec::new();
+    for _ in 0..BURST {
+        if rest.len() >= BURST - batch.len() {
+            break;
+        }
+        let b = next(&mut again).await;
+        record(&store, &b).await;
+        rest.extend(ids(&b));
+    }
+    assert_eq!(
+        rest,
+        strs(&burst[batch.len()..]),
+        "the rest, once each, in order"
+    );
+    let after = repo.commit_to("main", "after");
+    assert_eq!(ids(&next(&mut again).await), vec![after]);
+}
+
+#[tokio::test]
+async fn a_branch_created_or_reset_at_an_old_commit_hands_out_nothing() {
+    let repo = TestRepo::new();
+    let line = repo.chain(None, 30, "line");
+    repo.set_branch("main", &line[29]);
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    assert_eq!(next(&mut source).await.len(), 30);
+    // Neither an old commit nor a reset back is new; only the commits on top are.
+    repo.set_branch("old", &line[3]);
+    repo.set_branch("main", &line[20]);
+    let on_old = repo.commit_to("old", "on old");
+    let on_main = repo.commit_to("main", "on main");
+    let mut got = ids(&next(&mut source).await);
+    got.sort();
+    let mut want = vec![on_old, on_main];
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_skewed_clock_never_runs_a_commit_twice() {
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    // A commit dated a day ahead, then its child dated back to normal.
+    let now = repo.clock.load(Ordering::SeqCst);
+    repo.clock.store(now + 86_400, Ordering::SeqCst);
+    let ahead = repo.commit_to("main", "clock a day ahead");
+    repo.clock.store(now + 10, Ordering::SeqCst);
+    let behind = repo.commit_to("main", "clock right again");
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    let batch = next(&mut source).await;
+    assert_eq!(ids(&batch), vec![base, ahead.clone(), behind]);
+    record(&store, &batch).await;
+    // A branch at the skewed commit: the walk may take it for new, but it has
+    // a run, so nothing comes out; then only the commit on top.
+    repo.set_branch("at-ahead", &ahead);
+    let on_top = repo.commit_to("at-ahead", "on top");
+    assert_eq!(ids(&next(&mut source).await), vec![on_top]);
+}
+
+#[tokio::test]
+async fn a_scan_rewrites_only_the_state_of_what_changed() {
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    let mut transaction = String::from("start\n");
+    for i in 0..100 {
+        let c = repo.commit_on(&[&base], &format!("branch {i}"));
+        transaction.push_str(&format!("create refs/heads/b{i:03} {c}\n"));
+    }
+    transaction.push_str("commit\n");
+    repo.git_with_input(&["update-ref", "--stdin"], &transaction);
+    let store = Arc::new(CountingStore::default());
+    let mut source = GitSource::open(repo.path(), store.clone(), config(InitialPolicy::All))
+        .await
+        .expect("opens");
+    let first = next(&mut source).await;
+    assert_eq!(first.len(), 101);
+    record(&store.inner, &first).await;
+    let whole: usize = store.inner_state_bytes().await;
+
+    let c = repo.commit_to("b042", "one more");
+    store.reset();
+    assert_eq!(ids(&next(&mut source).await), vec![c]);
+    let (writes, bytes) = store.counts();
+    assert!(writes <= 3, "{writes} writes for one new commit");
+    assert!(
+        bytes * 10 < whole,
+        "{bytes} bytes written of a state of {whole} bytes"
+    );
 }
 
 #[tokio::test]
@@ -453,6 +625,40 @@ async fn packed_refs_are_read() {
 }
 
 #[tokio::test]
+async fn packed_branches_moved_shadowed_deleted_and_repacked_are_followed() {
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    for b in ["b1", "b2", "b3"] {
+        repo.set_branch(b, &base);
+    }
+    repo.git(&["pack-refs", "--all", "--prune"]);
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    assert_eq!(ids(&next(&mut source).await), vec![base.clone()]);
+
+    // A loose ref shadows the packed one.
+    let c1 = repo.commit_to("b1", "on b1");
+    assert_eq!(ids(&next(&mut source).await), vec![c1.clone()]);
+    // The loose ref goes away by hand: b1 is back at its packed value (known).
+    std::fs::remove_file(repo.path().join(".git/refs/heads/b1")).expect("remove the loose ref");
+    let c_main = repo.commit_to("main", "on main");
+    assert_eq!(ids(&next(&mut source).await), vec![c_main]);
+    let again = repo.commit_to("b1", "on b1 again");
+    assert_eq!(ids(&next(&mut source).await), vec![again.clone()]);
+    // A packed branch deleted, the refs packed again, then commits on the rest.
+    repo.delete_branch("b2");
+    repo.git(&["pack-refs", "--all", "--prune"]);
+    let c3 = repo.commit_to("b3", "on b3");
+    assert_eq!(ids(&next(&mut source).await), vec![c3]);
+    repo.set_branch("b2", &base);
+    let c2 = repo.commit_to("b2", "b2 again");
+    let batch = next(&mut source).await;
+    assert_eq!(ids(&batch), vec![c2]);
+    assert_eq!(batch[0].branches, vec!["b2".to_owned()]);
+    let _ = c1;
+}
+
+#[tokio::test]
 async fn commits_are_found_after_gc_packs_the_objects() {
     let repo = TestRepo::new();
     repo.commit_to("main", "base");
@@ -508,16 +714,23 @@ async fn known_tips_stay_few_as_history_grows() {
     let last = repo.commit_to("main", "last");
     assert_eq!(ids(&next(&mut source).await), vec![last]);
 
-    let state = store
-        .load_state("git-source")
-        .await
-        .expect("memory store")
-        .expect("state saved");
-    let state: serde_json::Value = serde_json::from_str(&state).expect("state is JSON");
-    let tips = state["tips"].as_array().expect("a list of tips").len();
+    let tips = saved_tips(&store).await;
     // The newest tip and the one it supersedes (pruned once the batch is
     // recorded); without pruning there would be one per batch.
-    assert!(tips <= 2, "{tips} known tips: {state}");
+    assert!(tips.len() <= 2, "{} known tips: {tips:?}", tips.len());
+}
+
+/// The known tips saved in the store: the shards `git-source/tips/00` to `ff`.
+async fn saved_tips(store: &MemoryStore) -> Vec<serde_json::Value> {
+    let mut tips = Vec::new();
+    for shard in 0..256 {
+        let key = format!("git-source/tips/{shard:02x}");
+        if let Some(json) = store.load_state(&key).await.expect("memory store") {
+            let shard: Vec<serde_json::Value> = serde_json::from_str(&json).expect("JSON");
+            tips.extend(shard);
+        }
+    }
+    tips
 }
 
 // ---------------------------------------------------------------- first start
@@ -699,6 +912,145 @@ async fn a_partly_recorded_batch_resumes_with_the_rest() {
     assert_eq!(ids(&next(&mut second).await), strs(&line[2..]));
 }
 
+/// The state format version 1 saved: everything under `git-source`.
+fn v1_state(
+    tips: &[(&str, &[&str], bool)],
+    prunes: &[(&[&str], &[&str])],
+    seen: &[&str],
+) -> String {
+    let tips: Vec<serde_json::Value> = tips
+        .iter()
+        .map(|(id, branches, baseline)| {
+            serde_json::json!({"id": id, "branches": branches, "baseline": baseline})
+        })
+        .collect();
+    let prunes: Vec<serde_json::Value> = prunes
+        .iter()
+        .map(|(after, remove)| serde_json::json!({"after": after, "remove": remove}))
+        .collect();
+    serde_json::json!({"version": 1, "tips": tips, "prunes": prunes, "seen": seen}).to_string()
+}
+
+#[tokio::test]
+async fn a_server_upgraded_in_place_resumes_from_the_old_state_without_rerunning() {
+    // As version 1 left it after `--initial all` built main c0-c1-c2 and
+    // feature c1-f0, all recorded.
+    let (repo, main, f) = history();
+    let store = Arc::new(MemoryStore::new());
+    let old: Vec<Commit> = {
+        let mut scratch = open(&repo, &Arc::new(MemoryStore::new()), InitialPolicy::All).await;
+        next(&mut scratch).await
+    };
+    record(&store, &old).await;
+    let state = v1_state(
+        &[(&main[2], &["main"], false), (&f, &["feature"], false)],
+        &[],
+        &[&main[2], &f],
+    );
+    store
+        .save_state("git-source", &state)
+        .await
+        .expect("memory store");
+
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    let on_feature = repo.commit_to("feature", "on feature");
+    let batch = next(&mut source).await;
+    assert_eq!(ids(&batch), vec![on_feature], "nothing old again");
+    record(&store, &batch).await;
+    let root = store
+        .load_state("git-source")
+        .await
+        .expect("memory store")
+        .expect("state");
+    assert!(
+        root.contains("\"version\":2"),
+        "rewritten as version 2: {root}"
+    );
+    drop(source);
+
+    // And the rewritten state resumes too.
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    let on_main = repo.commit_to("main", "on main");
+    assert_eq!(ids(&next(&mut source).await), vec![on_main]);
+}
+
+#[tokio::test]
+async fn an_upgrade_keeps_the_baseline_of_the_first_start() {
+    // As version 1 left it after `--initial tips`: c1 the baseline, the tips
+    // recorded, the prune of c1 waiting for them.
+    let (repo, main, f) = history();
+    let store = Arc::new(MemoryStore::new());
+    let tips: Vec<Commit> = {
+        let mut scratch = open(&repo, &Arc::new(MemoryStore::new()), InitialPolicy::Tips).await;
+        next(&mut scratch).await
+    };
+    record(&store, &tips).await;
+    let state = v1_state(
+        &[
+            (&main[1], &[], true),
+            (&main[2], &["main"], false),
+            (&f, &["feature"], false),
+        ],
+        &[(&[&main[2], &f], &[&main[1]])],
+        &[&main[2], &f],
+    );
+    store
+        .save_state("git-source", &state)
+        .await
+        .expect("memory store");
+
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    repo.set_branch("old", &main[0]);
+    let on_old = repo.commit_to("old", "on old");
+    let batch = next(&mut source).await;
+    assert_eq!(ids(&batch), vec![on_old]);
+    record(&store, &batch).await;
+    for old in &main[..2] {
+        assert!(
+            store.get_run(old).await.is_err(),
+            "baseline commit {old} never runs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_resumes_a_batch_handed_out_but_never_recorded() {
+    // As version 1 left it after `--initial tips`, then a commit on main
+    // handed out but never recorded.
+    let (repo, main, f) = history();
+    let store = Arc::new(MemoryStore::new());
+    let tips: Vec<Commit> = {
+        let mut scratch = open(&repo, &Arc::new(MemoryStore::new()), InitialPolicy::Tips).await;
+        next(&mut scratch).await
+    };
+    record(&store, &tips).await;
+    let lost = repo.commit_to("main", "lost");
+    let state = v1_state(
+        &[
+            (&main[2], &["main"], false),
+            (&f, &["feature"], false),
+            (&lost, &["main"], false),
+        ],
+        &[(&[&lost], &[&main[2]])],
+        &[&lost, &f],
+    );
+    store
+        .save_state("git-source", &state)
+        .await
+        .expect("memory store");
+
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    let batch = next(&mut source).await;
+    assert_eq!(
+        ids(&batch),
+        vec![lost],
+        "the unrecorded commit, nothing older"
+    );
+    record(&store, &batch).await;
+    let on_feature = repo.commit_to("feature", "on feature");
+    assert_eq!(ids(&next(&mut source).await), vec![on_feature]);
+}
+
 #[tokio::test]
 async fn an_unrecorded_batch_on_a_branch_deleted_while_down_still_comes_out() {
     let repo = TestRepo::new();
@@ -798,6 +1150,78 @@ impl RunStore for FlakyStore {
         self.inner.load_state(key).await
     }
     async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.save_state(key, value).await
+    }
+}
+
+/// A [`MemoryStore`] that counts the state it is asked to save.
+#[derive(Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    writes: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
+    keys: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl CountingStore {
+    fn reset(&self) {
+        self.writes.store(0, Ordering::SeqCst);
+        self.bytes.store(0, Ordering::SeqCst);
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.writes.load(Ordering::SeqCst),
+            self.bytes.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The size of every state value saved so far.
+    async fn inner_state_bytes(&self) -> usize {
+        let keys = self.keys.lock().expect("keys").clone();
+        let mut total = 0;
+        for key in keys {
+            total += self
+                .inner
+                .load_state(&key)
+                .await
+                .expect("memory store")
+                .map_or(0, |v| v.len());
+        }
+        total
+    }
+}
+
+#[async_trait::async_trait]
+impl RunStore for CountingStore {
+    async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
+        self.inner.insert_run(run).await
+    }
+    async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
+        self.inner.update_run(run).await
+    }
+    async fn get_run(&self, id: &str) -> Result<Run, StoreError> {
+        self.inner.get_run(id).await
+    }
+    async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        self.inner.list_runs(query).await
+    }
+    async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
+        self.inner.unfinished_runs().await
+    }
+    async fn has_run(&self, id: &CommitId) -> Result<bool, StoreError> {
+        self.inner.has_run(id).await
+    }
+    async fn max_seq(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.max_seq().await
+    }
+    async fn load_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.load_state(key).await
+    }
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.bytes.fetch_add(value.len(), Ordering::SeqCst);
+        self.keys.lock().expect("keys").insert(key.to_owned());
         self.inner.save_state(key, value).await
     }
 }
@@ -939,6 +1363,44 @@ async fn a_notification_wakes_the_source_without_polling() {
     assert_eq!(ids(&next(&mut source).await), vec![c]);
     let d = repo.commit_to("other", "noticed too");
     assert_eq!(ids(&next(&mut source).await), vec![d]);
+}
+
+#[tokio::test]
+async fn a_push_of_many_branches_comes_out_as_one_batch() {
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    let store = Arc::new(MemoryStore::new());
+    let only_notify = GitSourceConfig {
+        poll_interval: Duration::from_secs(24 * 3600),
+        watch: true,
+        initial: InitialPolicy::All,
+    };
+    let mut source = GitSource::open(repo.path(), store, only_notify)
+        .await
+        .expect("opens");
+    next(&mut source).await;
+    let mut pushed = Vec::new();
+    let mut transaction = String::from("start\n");
+    for i in 0..40 {
+        let c = repo.commit_on(&[&base], &format!("pushed {i}"));
+        transaction.push_str(&format!("create refs/heads/push-{i:02} {c}\n"));
+        pushed.push(c);
+    }
+    transaction.push_str("commit\n");
+    // The source is waiting when the push lands, as a server is.
+    let waiting = tokio::spawn(async move {
+        let batch = next(&mut source).await;
+        (source, batch)
+    });
+    repo.git_with_input(&["update-ref", "--stdin"], &transaction);
+    let (_source, batch) = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("a batch within the deadline")
+        .expect("the waiting task");
+    let mut got = ids(&batch);
+    got.sort();
+    pushed.sort();
+    assert_eq!(got, pushed, "one batch with every pushed commit");
 }
 
 #[tokio::test]

@@ -38,8 +38,8 @@ pub enum GitSourceError {
     /// refuses to start rather than guess (and perhaps run or skip the wrong commits).
     #[error("the git source's saved state (store key {key:?}) is unreadable: {reason}")]
     BadState {
-        /// The store key of the state.
-        key: &'static str,
+        /// The store key of the unreadable part of the state.
+        key: String,
         /// What is wrong with it.
         reason: String,
     },

@@ -2,33 +2,55 @@
 //! polling as the fallback and safety net.
 //!
 //! The notify watcher runs on its own thread and stores a wake-up permit in a
-//! [`tokio::sync::Notify`]; a burst of events (a push updating many refs, the lock
-//! file and rename of one update) is gathered by waiting [`DEBOUNCE`] after the
-//! first one. A permit that arrives while the source is scanning is kept, so a
-//! change is never slept through.
+//! [`tokio::sync::Notify`]. A burst of events (a push updating many refs, the lock
+//! file, write and rename of one update) is gathered until the events pause for
+//! [`QUIET`], or at most [`MAX_GATHER`] after the first one: one ref update
+//! reaches the scan a few milliseconds after it is written, and a push of many
+//! branches, whose events follow each other within microseconds, is still
+//! scanned once. While a ref update is in progress (git holds a `*.lock` file
+//! under `refs/` or `packed-refs.lock`, as a push does for every ref it updates,
+//! all locks taken before the first is released) the scan waits for it to end,
+//! for at most [`MAX_LOCKED_GATHER`], so a transaction is seen whole. A permit
+//! that arrives while the source is scanning is kept, so a change is never slept
+//! through.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::Notify;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, warn};
 
 use super::config::MIN_POLL_INTERVAL;
 
-/// How long to gather more events after the first one before scanning.
-pub(crate) const DEBOUNCE: Duration = Duration::from_millis(30);
+/// A pause in ref events this long ends a burst.
+pub(crate) const QUIET: Duration = Duration::from_millis(4);
+
+/// The longest a burst is gathered, counted from its first event: a stream of
+/// ref changes that never pauses is still scanned this often.
+pub(crate) const MAX_GATHER: Duration = Duration::from_millis(50);
+
+/// The longest a burst is gathered while ref lock files are held (a lock left
+/// behind by a crashed git is forgotten then).
+pub(crate) const MAX_LOCKED_GATHER: Duration = Duration::from_secs(1);
+
+/// Ref lock files that exist, as far as the watcher saw them created and removed.
+type Locks = Arc<Mutex<HashSet<PathBuf>>>;
 
 /// Wakes a waiting source on ref changes or when the poll interval elapses.
 pub(crate) struct Wakeup {
     notified: Arc<Notify>,
+    locks: Locks,
     /// Kept alive for as long as the source lives; `None` when not watching.
     _watcher: Option<notify::RecommendedWatcher>,
     poll: Interval,
+    /// A ref change was noticed and its burst is being gathered (kept when a
+    /// wait is dropped, so the next one goes on gathering).
+    woken: bool,
 }
 
 impl Wakeup {
@@ -37,8 +59,9 @@ impl Wakeup {
     /// up is logged and left out (polling still works).
     pub(crate) fn new(common_dir: &Path, poll_interval: Duration, watch: bool) -> Self {
         let notified = Arc::new(Notify::new());
+        let locks = Locks::default();
         let watcher = if watch {
-            match start_watcher(common_dir, Arc::clone(&notified)) {
+            match start_watcher(common_dir, Arc::clone(&notified), Arc::clone(&locks)) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     warn!(
@@ -57,30 +80,90 @@ impl Wakeup {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             notified,
+            locks,
             _watcher: watcher,
             poll,
+            woken: false,
         }
     }
 
     /// Waits for a ref change (then gathers the rest of its burst) or a poll tick.
     /// Cancel safe: dropping it loses no notification.
     pub(crate) async fn wait(&mut self) {
-        tokio::select! {
-            () = self.notified.notified() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                // The burst's later events left a permit: the scan about to run
-                // covers them, so take it.
-                let _ = self.notified.notified().now_or_never();
-                debug!("woken by a ref change");
+        if !self.woken {
+            tokio::select! {
+                () = self.notified.notified() => self.woken = true,
+                _ = self.poll.tick() => return,
             }
-            _ = self.poll.tick() => {}
         }
+        let start = Instant::now();
+        let (deadline, locked_deadline) = (start + MAX_GATHER, start + MAX_LOCKED_GATHER);
+        // Each turn takes an event or a pause: bounded by the deadlines.
+        loop {
+            let locked = self.locked();
+            let limit = if locked { locked_deadline } else { deadline };
+            let now = Instant::now();
+            if now >= limit {
+                if locked {
+                    debug!("ref lock files held too long; scanning anyway");
+                    self.forget_locks();
+                }
+                break;
+            }
+            tokio::select! {
+                () = self.notified.notified() => {}
+                () = tokio::time::sleep_until((now + QUIET).min(limit)) => {
+                    if !self.locked() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.woken = false;
+        debug!("woken by a ref change");
+    }
+}
+
+impl Wakeup {
+    fn locked(&self) -> bool {
+        self.locks.lock().is_ok_and(|l| !l.is_empty())
+    }
+
+    fn forget_locks(&self) {
+        if let Ok(mut l) = self.locks.lock() {
+            l.clear();
+        }
+    }
+}
+
+/// Notes the ref lock files `event` creates or removes.
+fn track_locks(locks: &Mutex<HashSet<PathBuf>>, event: &notify::Event) {
+    let is_lock = |p: &&PathBuf| p.extension().is_some_and(|e| e == "lock");
+    let Ok(mut held) = locks.lock() else {
+        return;
+    };
+    match event.kind {
+        EventKind::Create(_) => held.extend(event.paths.iter().filter(is_lock).cloned()),
+        EventKind::Remove(_)
+        | EventKind::Modify(ModifyKind::Name(RenameMode::From | RenameMode::Any)) => {
+            for p in &event.paths {
+                held.remove(p);
+            }
+        }
+        // A rename from the lock file to the ref: paths are [from, to].
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            if let Some(from) = event.paths.first() {
+                held.remove(from);
+            }
+        }
+        _ => {}
     }
 }
 
 fn start_watcher(
     common_dir: &Path,
     notified: Arc<Notify>,
+    locks: Locks,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let common_dir = std::fs::canonicalize(common_dir).map_err(notify::Error::io)?;
     let refs_dir = common_dir.join("refs");
@@ -91,6 +174,7 @@ fn start_watcher(
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(event) => {
                 if filter.matters(&event) {
+                    track_locks(&locks, &event);
                     notified.notify_one();
                 }
             }
@@ -135,6 +219,69 @@ mod tests {
 
     fn event(kind: EventKind, path: &str) -> notify::Event {
         notify::Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn lock_files_are_held_from_creation_to_rename_or_removal() {
+        let locks = Mutex::new(HashSet::new());
+        let create = EventKind::Create(notify::event::CreateKind::File);
+        track_locks(&locks, &event(create, "/r/.git/refs/heads/a.lock"));
+        track_locks(&locks, &event(create, "/r/.git/refs/heads/b.lock"));
+        track_locks(&locks, &event(create, "/r/.git/refs/heads/c"));
+        let both = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path(PathBuf::from("/r/.git/refs/heads/a.lock"))
+            .add_path(PathBuf::from("/r/.git/refs/heads/a"));
+        track_locks(&locks, &both);
+        let held: Vec<PathBuf> = locks.lock().expect("lock").iter().cloned().collect();
+        assert_eq!(held, vec![PathBuf::from("/r/.git/refs/heads/b.lock")]);
+        let remove = EventKind::Remove(notify::event::RemoveKind::File);
+        track_locks(&locks, &event(remove, "/r/.git/refs/heads/b.lock"));
+        assert!(locks.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_gathered_until_it_pauses() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut wakeup = Wakeup::new(dir.path(), Duration::from_secs(3600), false);
+        let notified = Arc::clone(&wakeup.notified);
+        let start = Instant::now();
+        // Events every 3 ms for 30 ms: one burst, over QUIET after the last.
+        let events = tokio::spawn(async move {
+            for _ in 0..10 {
+                notified.notify_one();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        });
+        wakeup.wait().await;
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(27) + QUIET && waited < MAX_GATHER,
+            "{waited:?}"
+        );
+        events.await.expect("the event task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_lock_keeps_the_burst_open_until_released() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut wakeup = Wakeup::new(dir.path(), Duration::from_secs(3600), false);
+        let (notified, locks) = (Arc::clone(&wakeup.notified), Arc::clone(&wakeup.locks));
+        let lock = PathBuf::from("/r/.git/refs/heads/a.lock");
+        locks.lock().expect("lock").insert(lock.clone());
+        notified.notify_one();
+        let start = Instant::now();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            locks.lock().expect("lock").remove(&lock);
+            notified.notify_one();
+        });
+        wakeup.wait().await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            start.elapsed()
+        );
+        release.await.expect("the release task");
     }
 
     #[test]
