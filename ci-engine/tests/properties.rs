@@ -146,31 +146,28 @@ fn scenario(
 /// `s` with cancels of its commits: each pick is (offset in ms, index of the
 /// commit, modulo their number).
 fn with_cancels(mut s: Scenario, picks: Vec<(u64, usize)>) -> Scenario {
-    let ids: Vec<CommitId> = s
-        .batches
-        .iter()
-        .flat_map(|(_, b)| b.iter().map(|c| c.id.clone()))
-        .collect();
-    s.cancels = picks
-        .into_iter()
-        .map(|(at, i)| (Duration::from_millis(at), ids[i % ids.len()].clone()))
-        .collect();
+    s.cancels = timed_commits(&s, picks);
     s
 }
 
-/// `s` with retries of its commits: each pick is (offset in ms, index of the
-/// commit, modulo their number).
+/// `s` with retries of its commits, picked as in [`with_cancels`].
 fn with_retries(mut s: Scenario, picks: Vec<(u64, usize)>) -> Scenario {
+    s.retries = timed_commits(&s, picks);
+    s
+}
+
+/// The commits of `s` that `picks` name, at their offsets: each pick is
+/// (offset in ms, index of the commit, modulo their number).
+fn timed_commits(s: &Scenario, picks: Vec<(u64, usize)>) -> Vec<(Duration, CommitId)> {
     let ids: Vec<CommitId> = s
         .batches
         .iter()
         .flat_map(|(_, b)| b.iter().map(|c| c.id.clone()))
         .collect();
-    s.retries = picks
+    picks
         .into_iter()
         .map(|(at, i)| (Duration::from_millis(at), ids[i % ids.len()].clone()))
-        .collect();
-    s
+        .collect()
 }
 
 fn engine_config() -> impl Strategy<Value = EngineConfig> {

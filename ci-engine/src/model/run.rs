@@ -242,6 +242,13 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// Records that the engine stopped while this attempt was in flight.
+    pub fn interrupt(&mut self) {
+        self.outcome = AttemptOutcome::Interrupted;
+        self.reason = Some("the engine stopped while the step was in flight".into());
+        self.finished_at = Some(now_millis());
+    }
+
     /// Attempt `number` with `outcome`, started at `started_at`, with no reason,
     /// logs, end or durations yet.
     pub fn new(number: u32, outcome: AttemptOutcome, started_at: UnixMillis) -> Self {
@@ -303,6 +310,36 @@ impl StepRecord {
             .filter(|a| a.outcome.counts_against_limit())
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// The number the step's next attempt gets: one past every attempt made
+    /// (numbers are never reused, across rounds too).
+    pub fn next_attempt_number(&self) -> u32 {
+        self.attempts
+            .iter()
+            .map(|a| a.number)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1)
+    }
+
+    /// Ends the step `cancelled`, with its attempt in flight, if any; returns
+    /// that attempt's number.
+    pub fn cancel(&mut self) -> Option<u32> {
+        const WHY: &str = "the run was cancelled";
+        let cancelled = self
+            .attempts
+            .last_mut()
+            .filter(|a| a.outcome == AttemptOutcome::Running)
+            .map(|a| {
+                a.outcome = AttemptOutcome::Cancelled;
+                a.reason = Some(WHY.into());
+                a.finished_at = Some(now_millis());
+                a.number
+            });
+        self.status = StepStatus::Cancelled;
+        self.reason = Some(WHY.into());
+        cancelled
     }
 
     /// The attempts of the current round, oldest first.
@@ -441,13 +478,7 @@ impl Run {
         }
         let mut again = Vec::new();
         for step in &mut self.steps {
-            step.budget_from = step
-                .attempts
-                .iter()
-                .map(|a| a.number)
-                .max()
-                .unwrap_or(0)
-                .saturating_add(1);
+            step.budget_from = step.next_attempt_number();
             if step.is_retryable() {
                 step.status = StepStatus::Pending;
                 step.reason = None;

@@ -8,7 +8,9 @@ use tracing::info;
 
 use super::{Phase, Scheduler, Task};
 use crate::engine::{CancelOutcome, Command, EngineError, EngineEvent, RetryOutcome};
-use crate::model::{AttemptOutcome, CommitId, RunAction, RunActionKind, StepStatus, now_millis};
+use crate::model::{
+    AttemptOutcome, CommitId, Run, RunAction, RunActionKind, StepStatus, now_millis,
+};
 use crate::store::StoreError;
 
 impl Scheduler {
@@ -86,25 +88,16 @@ impl Scheduler {
             }
             step.phase = Phase::Done;
             let record = &mut slot.run.steps[i];
-            if let Some(a) = record
-                .attempts
-                .last_mut()
-                .filter(|a| a.outcome == AttemptOutcome::Running)
-            {
-                a.outcome = AttemptOutcome::Cancelled;
-                a.reason = Some("the run was cancelled".into());
-                a.finished_at = Some(now_millis());
+            if let Some(attempt) = record.cancel() {
                 events.push(EngineEvent::StepFinished {
                     commit: commit.clone(),
                     step: record.name.clone(),
-                    attempt: a.number,
+                    attempt,
                     outcome: AttemptOutcome::Cancelled,
                     status: StepStatus::Cancelled,
                     retry_in_ms: None,
                 });
             }
-            record.status = StepStatus::Cancelled;
-            record.reason = Some("the run was cancelled".into());
         }
         slot.run.actions.push(RunAction {
             kind: RunActionKind::Cancel,
@@ -114,6 +107,17 @@ impl Scheduler {
         info!(%commit, by = by.as_deref().unwrap_or("-"), "run cancelled");
         self.commit_change_then(seq, events).await?;
         Ok(CancelOutcome::Cancelled)
+    }
+
+    /// The stored run of `commit` (a full id: a prefix is no run's id).
+    async fn stored_run(&self, commit: &CommitId) -> Result<Run, EngineError> {
+        match self.store.get_run(commit.as_str()).await {
+            Ok(run) if run.id() == commit => Ok(run),
+            Ok(_) | Err(StoreError::NotFound(_) | StoreError::Ambiguous { .. }) => {
+                Err(EngineError::UnknownRun(commit.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Cancels a run that is not in memory: finished (nothing to do), or
@@ -126,31 +130,12 @@ impl Scheduler {
         commit: &CommitId,
         by: Option<String>,
     ) -> Result<CancelOutcome, EngineError> {
-        let mut run = match self.store.get_run(commit.as_str()).await {
-            Ok(run) if run.id() == commit => run,
-            Ok(_) | Err(StoreError::NotFound(_) | StoreError::Ambiguous { .. }) => {
-                return Err(EngineError::UnknownRun(commit.clone()));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let mut run = self.stored_run(commit).await?;
         if run.status.is_terminal() {
             return Ok(CancelOutcome::AlreadyFinished);
         }
-        for record in &mut run.steps {
-            if record.status.is_terminal() {
-                continue;
-            }
-            if let Some(a) = record
-                .attempts
-                .last_mut()
-                .filter(|a| a.outcome == AttemptOutcome::Running)
-            {
-                a.outcome = AttemptOutcome::Cancelled;
-                a.reason = Some("the run was cancelled".into());
-                a.finished_at = Some(now_millis());
-            }
-            record.status = StepStatus::Cancelled;
-            record.reason = Some("the run was cancelled".into());
+        for record in run.steps.iter_mut().filter(|r| !r.status.is_terminal()) {
+            record.cancel();
         }
         run.actions.push(RunAction {
             kind: RunActionKind::Cancel,
@@ -183,13 +168,7 @@ impl Scheduler {
         if self.by_commit.contains_key(commit) {
             return Ok(RetryOutcome::NotFinished);
         }
-        let mut run = match self.store.get_run(commit.as_str()).await {
-            Ok(run) if run.id() == commit => run,
-            Ok(_) | Err(StoreError::NotFound(_) | StoreError::Ambiguous { .. }) => {
-                return Err(EngineError::UnknownRun(commit.clone()));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let mut run = self.stored_run(commit).await?;
         if !run.status.is_terminal() {
             // Unfinished in the store but not live here: it is taken up at
             // the next start; a retry now would race that.

@@ -414,9 +414,7 @@ impl Scheduler {
             let Some(attempt) = record.attempts.iter_mut().find(|a| a.number == number) else {
                 continue;
             };
-            attempt.outcome = AttemptOutcome::Interrupted;
-            attempt.reason = Some("the engine stopped while the step was in flight".into());
-            attempt.finished_at = Some(now_millis());
+            attempt.interrupt();
             record.status = StepStatus::Pending;
             events
                 .entry(seq)
@@ -457,9 +455,7 @@ impl Scheduler {
             let mut interrupted = false;
             for attempt in &mut step.attempts {
                 if attempt.outcome == AttemptOutcome::Running {
-                    attempt.outcome = AttemptOutcome::Interrupted;
-                    attempt.reason = Some("the engine stopped while the step was in flight".into());
-                    attempt.finished_at = Some(now_millis());
+                    attempt.interrupt();
                     interrupted = true;
                 }
             }
@@ -588,13 +584,7 @@ impl Scheduler {
         let mut steps: Vec<StepSlot> = Vec::with_capacity(n);
         for i in 0..n {
             let status = run.steps[i].status;
-            let next_attempt = run.steps[i]
-                .attempts
-                .iter()
-                .map(|a| a.number)
-                .max()
-                .unwrap_or(0)
-                .saturating_add(1);
+            let next_attempt = run.steps[i].next_attempt_number();
             let ran_on = (status == StepStatus::Success)
                 .then(|| self.succeeded_on(&run.steps[i]))
                 .flatten();
