@@ -431,8 +431,10 @@ async fn a_running_run_is_cancelled_then_retried_with_the_token_from_a_file() {
         // The file wins over the environment.
         &[(TOKEN_ENV, "ignored-environment-token")],
     );
-    let running = wait_run(&server, &id, "the build to start", |run| {
-        step(run, "build")["status"] == "running"
+    // Lint runs beside the build: wait for it to succeed too, so the cancel
+    // catches only the build (and the test behind it).
+    let running = wait_run(&server, &id, "the build to start, lint done", |run| {
+        step(run, "build")["status"] == "running" && step(run, "lint")["status"] == "success"
     })
     .await;
     assert_eq!(running["status"], "running");
