@@ -4,6 +4,7 @@
 //! checked against. It forgets everything when dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -164,34 +165,36 @@ impl RunStore for MemoryStore {
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
         let inner = self.lock();
-        let newest_first = inner.runs.values().rev();
-        if query.status.is_none() && query.branch.is_none() {
-            // No filter: the total is known and the page is a direct walk.
-            let runs = newest_first
-                .skip(query.offset)
-                .take(query.limit)
-                .map(|r| listed(r, query))
-                .collect();
-            let total = u64::try_from(inner.runs.len()).unwrap_or(u64::MAX);
-            return Ok(RunPage { total, runs });
-        }
-        let matching = newest_first
-            .filter(|r| query.status.is_none_or(|s| r.status == s))
-            .filter(|r| {
-                query
+        let matches = |r: &&Run| {
+            query.status.is_none_or(|s| r.status == s)
+                && query
                     .branch
                     .as_ref()
                     .is_none_or(|b| r.commit.branches.iter().any(|rb| rb == b))
-            });
-        let mut total = 0u64;
-        let mut runs = Vec::new();
-        for (i, r) in matching.enumerate() {
-            total += 1;
-            if i >= query.offset && runs.len() < query.limit {
-                runs.push(listed(r, query));
-            }
-        }
-        Ok(RunPage { total, runs })
+        };
+        let total = if query.status.is_none() && query.branch.is_none() {
+            inner.runs.len()
+        } else {
+            inner.runs.values().filter(matches).count()
+        };
+        let upper = query.after.map_or(Bound::Unbounded, Bound::Excluded);
+        // One more than the page, to tell whether a next page exists.
+        let mut runs: Vec<&Run> = inner
+            .runs
+            .range((Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, r)| r)
+            .filter(matches)
+            .skip(query.offset)
+            .take(query.limit.saturating_add(1))
+            .collect();
+        let more = runs.len() > query.limit;
+        runs.truncate(query.limit);
+        Ok(RunPage {
+            total: u64::try_from(total).unwrap_or(u64::MAX),
+            next: runs.last().filter(|_| more).map(|r| r.seq),
+            runs: runs.into_iter().map(|r| listed(r, query)).collect(),
+        })
     }
 
     async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {

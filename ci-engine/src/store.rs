@@ -26,7 +26,7 @@ pub enum StoreError {
 }
 
 /// Filters and paging for [`RunStore::list_runs`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RunQuery {
     /// Only runs with this status.
     pub status: Option<RunStatus>,
@@ -34,8 +34,13 @@ pub struct RunQuery {
     pub branch: Option<String>,
     /// At most this many runs.
     pub limit: usize,
-    /// Skip this many (after filtering, newest first).
+    /// Skip this many (after filtering, newest first, and after `after`).
     pub offset: usize,
+    /// A cursor: only runs older than the run with this `seq` (that is, with
+    /// a lower `seq`). Pass a page's [`RunPage::next`] to get the page that
+    /// follows it; unlike `offset`, a cursor stays on its place in the
+    /// listing when new runs arrive. `None` starts from the newest run.
+    pub after: Option<u64>,
     /// Whether attempts come back with their logs. Listings that show no logs
     /// set it to `false`: attempts then have empty `logs`, everything else is
     /// as stored, and the store need not read the logs at all.
@@ -54,6 +59,7 @@ impl Default for RunQuery {
             branch: None,
             limit: 100,
             offset: 0,
+            after: None,
             with_logs: true,
             with_steps: true,
         }
@@ -63,10 +69,15 @@ impl Default for RunQuery {
 /// A page of runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunPage {
-    /// How many runs match the filters in all.
+    /// How many runs match the filters (status, branch) in all, whatever
+    /// the page: `limit`, `offset` and `after` do not change it.
     pub total: u64,
     /// The runs of this page, newest (highest `seq`) first.
     pub runs: Vec<Run>,
+    /// The cursor ([`RunQuery::after`]) of the page that follows: the `seq`
+    /// of this page's last run when more runs match beyond it, `None` when
+    /// this page is the last (or empty).
+    pub next: Option<u64>,
 }
 
 /// Durable record of runs, steps and attempts.
@@ -105,7 +116,8 @@ pub trait RunStore: Send + Sync {
     /// The run of the commit whose full id is, or starts with, `id_or_prefix`.
     async fn get_run(&self, id_or_prefix: &str) -> Result<Run, StoreError>;
 
-    /// Runs matching `query`, newest first, with the total that match.
+    /// Runs matching `query`, newest first, with the total that match and
+    /// the cursor of the next page ([`RunPage::next`]).
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
 
     /// Runs whose status is `queued` or `running`, oldest (lowest `seq`) first.

@@ -226,6 +226,43 @@ async fn runs_filter_by_status_and_branch_and_page() {
     assert_eq!(body["total"], 0);
 }
 
+/// Following `next` as `after` visits every run once, newest first, with
+/// filters too; the last page's `next` is `null`.
+#[tokio::test]
+async fn following_next_pages_through_every_run() {
+    let cli = client().await;
+    for branch in [None, Some("main")] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..10 {
+            let mut request = cli.get("/runs").query("limit", &2);
+            if let Some(branch) = branch {
+                request = request.query("branch", &branch);
+            }
+            if let Some(after) = &after {
+                request = request.query("after", after);
+            }
+            let body = expect_json(request.send().await, StatusCode::OK).await;
+            seen.extend(ids(&body));
+            match &body["next"] {
+                Value::String(next) => after = Some(next.clone()),
+                Value::Null => break,
+                other => panic!("next is neither a string nor null: {other}"),
+            }
+        }
+        let all = expect_json(
+            match branch {
+                Some(b) => cli.get("/runs").query("branch", &b).send().await,
+                None => cli.get("/runs").send().await,
+            },
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(all["next"], Value::Null, "one page holds them all");
+        assert_eq!(seen, ids(&all), "pages by cursor on {branch:?}");
+    }
+}
+
 #[tokio::test]
 async fn bad_list_parameters_are_400_with_a_message() {
     let cli = client().await;
@@ -249,6 +286,9 @@ async fn bad_list_parameters_are_400_with_a_message() {
         ("limit", "1001"),
         ("limit", "many"),
         ("offset", "-1"),
+        ("after", "-1"),
+        ("after", "abc"),
+        ("after", "99999999999999999999"),
     ] {
         let message = expect_error(
             cli.get("/runs").query(name, &value).send().await,
@@ -523,7 +563,7 @@ async fn the_openapi_document_describes_every_endpoint_and_error() {
         .iter()
         .map(|p| p["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(params, ["status", "branch", "limit", "offset"]);
+    assert_eq!(params, ["status", "branch", "limit", "offset", "after"]);
     let run = &paths["/run/{commit}"]["get"];
     for code in ["200", "400", "404", "409", "500"] {
         assert!(run["responses"].get(code).is_some(), "/run lacks {code}");

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ci_engine::testing::store_contract::{self, queued_run, rich_run, run_with_status};
 use ci_engine::{RunQuery, RunStatus, RunStore, StoreError};
-use ci_server::sqlite_store::SqliteStore;
+use ci_server::sqlite_store::{ListPlans, SqliteStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_store_meets_the_run_store_contract() {
@@ -144,46 +144,69 @@ async fn list_queries_walk_indexes_newest_first() {
         branch: branch.map(str::to_owned),
         limit: 20,
         offset: 40,
+        after: Some(150),
         with_logs: false,
         with_steps: true,
     };
+    let all_plans = |p: &ListPlans| {
+        [&p.page, &p.count, &p.buckets, &p.range_count]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
 
-    let (page, count) = store.list_query_plan(&q(None, None)).await.expect("plan");
-    assert_no_sort(&page, "list all");
-    assert!(
-        page.iter().all(|l| !l.contains("INDEX")) && page.iter().any(|l| l.contains("SCAN r")),
-        "list all should walk the runs table (its rowid is seq): {page:?}"
+    let plans = store.list_query_plan(&q(None, None)).await.expect("plan");
+    assert_no_sort(&all_plans(&plans), "list all");
+    assert_uses(
+        &plans.page,
+        "SEARCH r USING INTEGER PRIMARY KEY (rowid<?)",
+        "list all (a range of the runs table, whose rowid is seq)",
     );
-    assert_uses(&count, "run_counts", "count of all runs");
+    assert_uses(&plans.count, "run_counts", "count of all runs");
+    assert_uses(&plans.buckets, "run_buckets", "offset of all runs");
+    assert_uses(&plans.range_count, "rowid>? AND rowid<?", "cursor's bucket");
 
-    let (page, count) = store
+    let plans = store
         .list_query_plan(&q(Some(RunStatus::Success), None))
         .await
         .expect("plan");
-    assert_no_sort(&page, "list by status");
-    assert_uses(&page, "INDEX runs_by_status (status=?)", "list by status");
-    assert_uses(&count, "run_counts", "count by status");
+    assert_no_sort(&all_plans(&plans), "list by status");
+    assert_uses(
+        &plans.page,
+        "INDEX runs_by_status (status=? AND seq<?)",
+        "list by status",
+    );
+    assert_uses(&plans.count, "run_counts", "count by status");
+    assert_uses(&plans.buckets, "run_buckets", "offset by status");
+    assert_uses(
+        &plans.range_count,
+        "runs_by_status (status=? AND seq>? AND seq<?)",
+        "cursor's bucket by status",
+    );
 
-    let (page, count) = store
+    let plans = store
         .list_query_plan(&q(None, Some("main")))
         .await
         .expect("plan");
-    assert_no_sort(&page, "list by branch");
+    assert_no_sort(&all_plans(&plans), "list by branch");
     assert_uses(
-        &page,
-        "INDEX run_branches_by_branch (branch=?)",
+        &plans.page,
+        "INDEX run_branches_by_branch (branch=? AND seq<?)",
         "list by branch",
     );
-    assert_uses(&count, "run_counts", "count by branch");
+    assert_uses(&plans.count, "run_counts", "count by branch");
+    assert_uses(&plans.buckets, "run_buckets", "offset by branch");
 
     let both = q(Some(RunStatus::Failure), Some("dev"));
-    let (page, count) = store.list_query_plan(&both).await.expect("plan");
-    assert_no_sort(&page, "list by status and branch");
+    let plans = store.list_query_plan(&both).await.expect("plan");
+    let every = all_plans(&plans);
+    assert_no_sort(&every, "list by status and branch");
     assert!(
-        page.iter().chain(&count).all(|l| !l.starts_with("SCAN")),
-        "status and branch should not scan a table: {page:?} {count:?}"
+        every.iter().all(|l| !l.starts_with("SCAN")),
+        "status and branch should not scan a table: {every:?}"
     );
-    assert_uses(&page, "INDEX", "list by status and branch");
+    assert_uses(&plans.page, "INDEX", "list by status and branch");
 }
 
 #[tokio::test]
@@ -238,12 +261,14 @@ async fn prefix_lookup_is_a_range_on_the_id_index() {
     assert_eq!(one.seq, 199);
 }
 
-/// The totals kept by triggers (`run_counts`) agree with the in-memory
-/// store's counts after every change of a long mixed history: inserts,
-/// status changes, branch changes and moves to another `seq`, for every
-/// filter.
+/// The totals and bucket counts kept by triggers (`run_counts`,
+/// `run_buckets`) agree with the in-memory store after every change of a
+/// long mixed history (inserts, status changes, branch changes and moves to
+/// another `seq`), for every filter: the totals after each change, and pages
+/// at deep offsets and from cursors every few changes. The runs' `seq`s are
+/// spread over about a hundred buckets, so offsets cross bucket bounds.
 #[tokio::test]
-async fn kept_totals_agree_with_a_count_after_every_change() {
+async fn kept_counts_agree_with_the_memory_store_after_every_change() {
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite = SqliteStore::open(&dir.path().join("runs.db"))
         .await
@@ -265,7 +290,7 @@ async fn kept_totals_agree_with_a_count_after_every_change() {
             let status = RunStatus::ALL[draw(6) as usize];
             let on = branches[draw(5) as usize];
             let run = run_with_status(&format!("{next_seq:040x}"), next_seq, on, status);
-            next_seq += 1;
+            next_seq += 1 + draw(700);
             assert!(sqlite.insert_run(&run).await.expect("insert"));
             assert!(memory.insert_run(&run).await.expect("insert"));
             runs.push(run);
@@ -282,7 +307,7 @@ async fn kept_totals_agree_with_a_count_after_every_change() {
                 }
                 _ => {
                     run.seq = next_seq;
-                    next_seq += 1;
+                    next_seq += 1 + draw(700);
                 }
             }
             sqlite.update_run(run).await.expect("update");
@@ -295,6 +320,7 @@ async fn kept_totals_agree_with_a_count_after_every_change() {
                     branch: branch.map(str::to_owned),
                     limit: 0,
                     offset: 0,
+                    after: None,
                     with_logs: false,
                     with_steps: false,
                 };
@@ -304,6 +330,29 @@ async fn kept_totals_agree_with_a_count_after_every_change() {
                     kept, counted,
                     "after change {step}: total for {status:?} on {branch:?}"
                 );
+                if step % 10 == 9 {
+                    let cursors = [None, Some(draw(next_seq + 10)), Some(runs[0].seq)];
+                    for after in cursors {
+                        for offset in [1, 7, counted / 2, counted.saturating_sub(1), counted + 3] {
+                            let query = RunQuery {
+                                limit: 5,
+                                offset: usize::try_from(offset).expect("small"),
+                                after,
+                                ..query.clone()
+                            };
+                            let got = sqlite.list_runs(&query).await.expect("list");
+                            let want = memory.list_runs(&query).await.expect("list");
+                            let seqs = |p: &ci_engine::RunPage| {
+                                (p.runs.iter().map(|r| r.seq).collect::<Vec<_>>(), p.next)
+                            };
+                            assert_eq!(
+                                seqs(&got),
+                                seqs(&want),
+                                "after change {step}: page of {query:?}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

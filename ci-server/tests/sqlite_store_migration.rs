@@ -189,8 +189,8 @@ fn user_version(path: &Path) -> i64 {
 #[tokio::test]
 async fn a_version_1_database_is_migrated_without_losing_a_run() {
     assert_eq!(
-        SCHEMA_VERSION, 3,
-        "this test covers the steps from version 1 to 3"
+        SCHEMA_VERSION, 4,
+        "this test covers the steps from version 1 to 4"
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("runs.db");
@@ -215,6 +215,24 @@ async fn a_version_1_database_is_migrated_without_losing_a_run() {
     let page = store.list_runs(&RunQuery::default()).await.expect("list");
     assert_eq!(page.total, 2);
     assert_eq!(page.runs, [as_version_1(&queued), old_rich.clone()]);
+    // An offset is placed by the bucket counts the migration filled in.
+    let skip_one = RunQuery {
+        offset: 1,
+        ..RunQuery::default()
+    };
+    let page = store.list_runs(&skip_one).await.expect("list at an offset");
+    assert_eq!((page.runs, page.next), (vec![old_rich.clone()], None));
+    let on_main = RunQuery {
+        branch: Some("main".to_owned()),
+        offset: 1,
+        ..RunQuery::default()
+    };
+    let page = store.list_runs(&on_main).await.expect("list a branch");
+    assert_eq!(
+        (page.total, page.runs),
+        (2, vec![old_rich.clone()]),
+        "both runs are on main; the older is the second"
+    );
     assert_eq!(store.max_seq().await.expect("max_seq"), Some(4));
     assert_eq!(
         store

@@ -48,6 +48,7 @@ where
     prefix_is_literal_and_unicode_safe(make().await).await;
     list_is_newest_first_with_paging(make().await).await;
     list_filters_by_status_and_branch(make().await).await;
+    list_pages_with_a_cursor(make().await).await;
     list_follows_updates(make().await).await;
     unfinished_runs_oldest_first(make().await).await;
     unfinished_after_pages_in_queue_order(make().await).await;
@@ -584,6 +585,126 @@ pub async fn list_filters_by_status_and_branch(store: SharedStore) {
     };
     let (total, runs) = list(&*store, paged).await;
     assert_eq!((total, seqs(&runs)), (2, vec![0]), "filtered and paged");
+}
+
+/// `after` pages by cursor: each page's `next` leads to the following page,
+/// `next` is `None` exactly on the last page, a cursor combines with
+/// filters and `offset`, `total` ignores it, and a page reached by cursor
+/// does not shift when newer runs arrive.
+pub async fn list_pages_with_a_cursor(store: SharedStore) {
+    use RunStatus::{Failure, Success};
+    for seq in [3u64, 0, 9, 5, 1, 7, 2, 8, 6, 4] {
+        let status = if seq % 3 == 0 { Failure } else { Success };
+        let branches: &[&str] = if seq % 2 == 0 { &["main"] } else { &["dev"] };
+        insert(
+            &*store,
+            &run_with_status(&hex_id(seq), seq, branches, status),
+        )
+        .await;
+    }
+    let page = |limit, after| RunQuery {
+        limit,
+        after,
+        ..RunQuery::default()
+    };
+    let get = |query: RunQuery| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .list_runs(&query)
+                .await
+                .unwrap_or_else(|e| panic!("list_runs({query:?}) failed: {e}"))
+        }
+    };
+
+    // Following `next` visits every run once, newest first.
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let p = get(page(3, after)).await;
+        assert_eq!(p.total, 10, "total ignores the cursor");
+        seen.extend(seqs(&p.runs));
+        match p.next {
+            Some(next) => {
+                assert_eq!(
+                    Some(next),
+                    p.runs.last().map(|r| r.seq),
+                    "next is the last seq"
+                );
+                after = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], "pages by cursor");
+
+    let p = get(page(10, None)).await;
+    assert_eq!(
+        (seqs(&p.runs).len(), p.next),
+        (10, None),
+        "one full page is the last"
+    );
+    let p = get(page(9, None)).await;
+    assert_eq!(p.next, Some(1), "a run beyond the page gives a cursor");
+    let p = get(page(0, None)).await;
+    assert_eq!((p.runs.len(), p.next), (0, None), "limit 0 has no cursor");
+    let p = get(page(5, Some(0))).await;
+    assert_eq!(
+        (p.runs.len(), p.next),
+        (0, None),
+        "nothing older than the oldest"
+    );
+    let p = get(page(2, Some(100))).await;
+    assert_eq!(
+        seqs(&p.runs),
+        [9, 8],
+        "a cursor past the newest starts at the newest"
+    );
+
+    let p = get(RunQuery {
+        offset: 2,
+        ..page(2, Some(7))
+    })
+    .await;
+    assert_eq!(
+        (seqs(&p.runs), p.next),
+        (vec![4, 3], Some(3)),
+        "cursor and offset"
+    );
+
+    let p = get(RunQuery {
+        status: Some(Success),
+        ..page(2, Some(8))
+    })
+    .await;
+    assert_eq!(
+        (p.total, seqs(&p.runs), p.next),
+        (6, vec![7, 5], Some(5)),
+        "cursor with a status"
+    );
+    let p = get(RunQuery {
+        branch: Some("main".to_owned()),
+        status: Some(Success),
+        ..page(5, Some(8))
+    })
+    .await;
+    assert_eq!(
+        (p.total, seqs(&p.runs), p.next),
+        (3, vec![4, 2], None),
+        "cursor with a branch and a status"
+    );
+
+    // Newer runs do not move a page reached by cursor.
+    let before = get(page(3, Some(7))).await;
+    insert(&*store, &queued_run(&hex_id(10), 10, &["main"])).await;
+    insert(&*store, &queued_run(&hex_id(11), 11, &["dev"])).await;
+    let after_arrivals = get(page(3, Some(7))).await;
+    assert_eq!(
+        seqs(&after_arrivals.runs),
+        seqs(&before.runs),
+        "cursor page is stable"
+    );
+    assert_eq!(after_arrivals.total, 12);
 }
 
 /// Listing reflects the status a run was updated to, not the one it was inserted with.

@@ -35,6 +35,7 @@ pub async fn status_of(
         branch: branch.map(str::to_owned),
         limit: 1,
         offset: 0,
+        after: None,
         with_logs: false,
         with_steps: false,
     };

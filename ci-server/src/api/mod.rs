@@ -326,12 +326,20 @@ fn bad_request_message(err: &poem::Error) -> String {
         "status" => format!("one of {}", valid_statuses()),
         "limit" => format!("an integer from 1 to {MAX_LIMIT}"),
         "offset" => format!("an integer from 0 to {MAX_OFFSET}"),
+        "after" => return bad_cursor(),
         "attempt" => format!("an attempt number, from 1 to {}", u32::MAX),
         "commit" => format!("{MIN_PREFIX} to {MAX_COMMIT_LEN} hexadecimal digits"),
         "step" => "a step name: letters, digits, '-', '_' or '.'".to_owned(),
         _ => return err.to_string(),
     };
     format!("invalid parameter `{}`: expected {expected}", e.name)
+}
+
+/// What a malformed `after` is told.
+fn bad_cursor() -> String {
+    "invalid parameter `after`: expected the `next` of a page of `GET /runs` \
+     (a decimal number)"
+        .to_owned()
 }
 
 fn list_bad_request(err: poem::Error) -> ListRunsResponse {
@@ -427,7 +435,9 @@ impl Api {
     /// Each item has the commit's full hash (`id`), the run's `status` and
     /// `failed_steps` (always present; empty when nothing failed), plus branches,
     /// the commit's summary and times. `total` counts every run that matches the
-    /// filters, so `offset` and `limit` page through them.
+    /// filters, so `offset` and `limit` page through them. To walk through
+    /// every run, follow `next` instead: pass it as `after` for the page that
+    /// follows; unlike `offset`, it stays in place while new runs arrive.
     #[oai(path = "/runs", method = "get", operation_id = "list_runs")]
     async fn list_runs(
         &self,
@@ -438,15 +448,24 @@ impl Api {
         /// At most this many runs (1 to 1000, default 100).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
-        /// Skip this many runs first (default 0).
+        /// Skip this many runs first (default 0); counted after `after`.
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
         offset: Query<Option<u32>>,
+        /// A cursor: the `next` of the previous page. Only runs older than
+        /// that page's last run are listed.
+        #[oai(validator(pattern = r"^[0-9]{1,19}$"))]
+        after: Query<Option<String>>,
     ) -> ListRunsResponse {
+        let after = match after.0.as_deref().map(str::parse::<u64>).transpose() {
+            Ok(after) => after,
+            Err(_) => return ListRunsResponse::BadRequest(Json(ErrorBody::new(bad_cursor()))),
+        };
         let query = RunQuery {
             status: status.0.map(RunStatusDto::to_engine),
             branch: branch.0,
             limit: usize::try_from(limit.0.unwrap_or(DEFAULT_LIMIT)).unwrap_or(usize::MAX),
             offset: usize::try_from(offset.0.unwrap_or(0)).unwrap_or(usize::MAX),
+            after,
             // A listing shows the runs' own fields only: read no steps.
             with_logs: false,
             with_steps: false,
@@ -454,6 +473,7 @@ impl Api {
         match self.store.list_runs(&query).await {
             Ok(page) => ListRunsResponse::Ok(Json(RunList {
                 total: page.total,
+                next: page.next.map(|seq| seq.to_string()),
                 data: page.runs.iter().map(RunSummary::from).collect(),
             })),
             Err(e) => {

@@ -191,6 +191,11 @@ pub struct RunList {
     pub total: u64,
     /// This page's runs, newest first.
     pub data: Vec<RunSummary>,
+    /// The cursor of the next page: pass it as `after` (with the same
+    /// filters) to list the runs older than this page's last. `null` on the
+    /// last page.
+    #[oai(nullable)]
+    pub next: Option<String>,
 }
 
 /// The commit a run is about.

@@ -132,20 +132,23 @@ impl SqliteStore {
         &self.shared.path
     }
 
-    /// SQLite's `EXPLAIN QUERY PLAN` lines for the two statements behind
-    /// [`list_runs`](RunStore::list_runs) with `query`: the page's, then the
-    /// total's. For diagnostics and tests: each should name an index and none
-    /// should need a temporary B-tree to sort.
-    pub async fn list_query_plan(
-        &self,
-        query: &RunQuery,
-    ) -> Result<(Vec<String>, Vec<String>), SqliteStoreError> {
+    /// SQLite's `EXPLAIN QUERY PLAN` lines for the statements behind
+    /// [`list_runs`](RunStore::list_runs) with `query`. For diagnostics and
+    /// tests: each should name an index and none should need a temporary
+    /// B-tree to sort.
+    pub async fn list_query_plan(&self, query: &RunQuery) -> Result<ListPlans, SqliteStoreError> {
         let sql = rows::list_sql(query);
         self.run(Side::Read, move |conn| {
-            Ok((
-                rows::explain(conn, &sql.page, &sql.page_params)?,
-                rows::explain(conn, &sql.count, &sql.count_params)?,
-            ))
+            let mut buckets = sql.bucket_params.clone();
+            buckets.push(Value::Integer(i64::MAX));
+            let mut range = sql.filter_params.clone();
+            range.extend([Value::Integer(0), Value::Integer(1023)]);
+            Ok(ListPlans {
+                page: rows::explain(conn, &sql.page, &sql.page_params)?,
+                count: rows::explain(conn, &sql.count, &sql.count_params)?,
+                buckets: rows::explain(conn, &sql.buckets, &buckets)?,
+                range_count: rows::explain(conn, &sql.range_count, &range)?,
+            })
         })
         .await
         .map_err(|f| self.backend_error(f))
@@ -236,6 +239,20 @@ impl SqliteStore {
     }
 }
 
+/// The query plans of a listing ([`SqliteStore::list_query_plan`]), one
+/// `EXPLAIN QUERY PLAN` line per entry.
+#[derive(Clone, Debug)]
+pub struct ListPlans {
+    /// The page itself, from its first `seq`.
+    pub page: Vec<String>,
+    /// The total.
+    pub count: Vec<String>,
+    /// The sums per bucket that place a deep `offset`.
+    pub buckets: Vec<String>,
+    /// The count of matches in the bucket a cursor cuts.
+    pub range_count: Vec<String>,
+}
+
 #[derive(Clone, Copy)]
 enum Side {
     Read,
@@ -275,11 +292,11 @@ impl RunStore for SqliteStore {
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
         let query = query.clone();
-        let (total, runs) = self
+        let (total, runs, next) = self
             .run(Side::Read, move |c| rows::list_runs(c, &query))
             .await
             .map_err(|f| self.store_error(f))?;
-        Ok(RunPage { total, runs })
+        Ok(RunPage { total, runs, next })
     }
 
     async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {

@@ -410,26 +410,42 @@ pub(super) fn get_run(conn: &Connection, id_or_prefix: &str) -> Result<Run> {
     }
 }
 
-/// The two statements behind a [`RunQuery`]: the page and the total.
+/// The statements behind a [`RunQuery`]: the page, the total, and the two
+/// that find where a page at an `offset` starts.
 pub(super) struct ListSql {
-    /// Selects the page: [`RUN_COLUMNS`], newest first, `LIMIT`/`OFFSET` last.
+    /// Selects the page: [`RUN_COLUMNS`], newest first. Its parameters are
+    /// the filters' (`filter_params`), then the highest `seq` to list, the
+    /// limit and the offset.
     pub page: String,
-    /// Parameters of `page`.
+    /// Parameters of `page` for the query's own cursor, limit and offset.
     pub page_params: Vec<Value>,
     /// Counts every match.
     pub count: String,
     /// Parameters of `count`.
     pub count_params: Vec<Value>,
+    /// Counts the matches in a range of `seq`: the filters' parameters, then
+    /// the lowest and the highest `seq`.
+    pub range_count: String,
+    /// Sums the matches per bucket of `seq`, newest bucket first: the
+    /// branch (`''` for all), the status when filtered, then the highest
+    /// bucket.
+    pub buckets: String,
+    /// Parameters of `buckets` before the highest bucket.
+    pub bucket_params: Vec<Value>,
+    /// The filters' parameters.
+    pub filter_params: Vec<Value>,
 }
 
 /// Builds the SQL for `query`. Each filter has an index that yields runs newest
 /// first, so no variant sorts: all runs walk `runs` by rowid, a status walks
 /// `runs_by_status`, a branch walks `run_branches_by_branch` (and checks the
-/// status on the run's row). The total is read from `run_counts`.
+/// status on the run's row); the page starts at a `seq` bound, a range on the
+/// same index. The total is read from `run_counts`, the buckets that place
+/// an offset from `run_buckets`.
 pub(super) fn list_sql(query: &RunQuery) -> ListSql {
     let mut filters = Vec::new();
     let mut params = Vec::new();
-    let (from, order) = if let Some(branch) = &query.branch {
+    let (from, seq) = if let Some(branch) = &query.branch {
         filters.push("b.branch = ?");
         params.push(Value::Text(branch.clone()));
         ("FROM run_branches b JOIN runs r ON r.seq = b.seq", "b.seq")
@@ -440,57 +456,146 @@ pub(super) fn list_sql(query: &RunQuery) -> ListSql {
         filters.push("r.status = ?");
         params.push(Value::Text(status.as_str().to_owned()));
     }
-    let filter = if filters.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", filters.join(" AND "))
-    };
+    let filter = filters
+        .iter()
+        .map(|f| format!("{f} AND "))
+        .collect::<String>();
     // The total comes from `run_counts` (kept by triggers): one lookup, or
     // the sum of a branch's (or all runs') few statuses.
     let mut count_params = vec![Value::Text(query.branch.clone().unwrap_or_default())];
-    let count = match query.status {
+    let (count, buckets) = match query.status {
         Some(status) => {
             count_params.push(Value::Text(status.as_str().to_owned()));
-            "SELECT coalesce(sum(n), 0) FROM run_counts WHERE branch = ? AND status = ?"
+            (
+                "SELECT coalesce(sum(n), 0) FROM run_counts WHERE branch = ? AND status = ?",
+                "SELECT bucket, sum(n) FROM run_buckets WHERE branch = ? AND status = ?
+                 AND bucket <= ? GROUP BY bucket ORDER BY bucket DESC",
+            )
         }
-        None => "SELECT coalesce(sum(n), 0) FROM run_counts WHERE branch = ?",
-    }
-    .to_owned();
-    let page =
-        format!("SELECT {RUN_COLUMNS} {from}{filter} ORDER BY {order} DESC LIMIT ? OFFSET ?");
-    params.push(Value::Integer(
-        i64::try_from(query.limit).unwrap_or(i64::MAX),
-    ));
-    params.push(Value::Integer(
-        i64::try_from(query.offset).unwrap_or(i64::MAX),
-    ));
+        None => (
+            "SELECT coalesce(sum(n), 0) FROM run_counts WHERE branch = ?",
+            "SELECT bucket, sum(n) FROM run_buckets WHERE branch = ?
+             AND bucket <= ? GROUP BY bucket ORDER BY bucket DESC",
+        ),
+    };
+    let page = format!(
+        "SELECT {RUN_COLUMNS} {from} WHERE {filter}{seq} <= ? ORDER BY {seq} DESC LIMIT ? OFFSET ?"
+    );
+    let range_count = format!("SELECT count(*) {from} WHERE {filter}{seq} >= ? AND {seq} <= ?");
+    let mut page_params = params.clone();
+    page_params.extend([
+        Value::Integer(highest_listed(query.after)),
+        Value::Integer(i64::try_from(query.limit).unwrap_or(i64::MAX)),
+        Value::Integer(i64::try_from(query.offset).unwrap_or(i64::MAX)),
+    ]);
     ListSql {
         page,
-        page_params: params,
-        count,
+        page_params,
+        count: count.to_owned(),
+        bucket_params: count_params.clone(),
         count_params,
+        range_count,
+        buckets: buckets.to_owned(),
+        filter_params: params,
     }
 }
 
-/// The page of runs `query` asks for, and how many match in all.
-pub(super) fn list_runs(conn: &Connection, query: &RunQuery) -> Result<(u64, Vec<Run>)> {
+/// The highest `seq` a listing with cursor `after` shows (`-1`: none).
+fn highest_listed(after: Option<u64>) -> i64 {
+    match after {
+        None => i64::MAX,
+        // Every stored seq fits an i64, so a larger cursor lists them all.
+        Some(after) => i64::try_from(after).map_or(i64::MAX, |a| a - 1),
+    }
+}
+
+/// Where a page starts: the highest `seq` it may show, and how many matches
+/// at or below that to skip first (fewer than one bucket holds), or `None`
+/// when the offset is past every match.
+///
+/// Instead of walking `offset` rows, it sums the kept counts of whole
+/// buckets newest first (the bucket the cursor cuts is counted row by row).
+fn page_start(conn: &Connection, sql: &ListSql, query: &RunQuery) -> Result<Option<(i64, u64)>> {
+    let mut highest = highest_listed(query.after);
+    let mut skip = u64::try_from(query.offset).unwrap_or(u64::MAX);
+    if skip == 0 || highest < 0 {
+        return Ok(Some((highest, skip)));
+    }
+    let bucket_of = |seq: i64| seq >> super::schema::BUCKET_BITS;
+    if query.after.is_some() {
+        // The cursor's own bucket, below the cursor.
+        let low = bucket_of(highest) << super::schema::BUCKET_BITS;
+        let mut params = sql.filter_params.clone();
+        params.extend([Value::Integer(low), Value::Integer(highest)]);
+        let n: i64 = conn
+            .prepare_cached(&sql.range_count)?
+            .query_row(params_from_iter(&params), |r| r.get(0))?;
+        let n = u64::try_from(n).unwrap_or(0);
+        if n > skip {
+            return Ok(Some((highest, skip)));
+        }
+        skip -= n;
+        highest = low - 1;
+        if highest < 0 {
+            return Ok(None);
+        }
+    }
+    let mut params = sql.bucket_params.clone();
+    params.push(Value::Integer(bucket_of(highest)));
+    let mut stmt = conn.prepare_cached(&sql.buckets)?;
+    let mut rows = stmt.query(params_from_iter(&params))?;
+    while let Some(row) = rows.next()? {
+        let bucket: i64 = row.get(0)?;
+        let n = u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+        if n > skip {
+            let top =
+                (bucket << super::schema::BUCKET_BITS) | ((1 << super::schema::BUCKET_BITS) - 1);
+            return Ok(Some((top.min(highest), skip)));
+        }
+        skip -= n;
+    }
+    Ok(None)
+}
+
+/// The page of runs `query` asks for, how many match in all, and the cursor
+/// of the next page.
+pub(super) fn list_runs(
+    conn: &Connection,
+    query: &RunQuery,
+) -> Result<(u64, Vec<Run>, Option<u64>)> {
     let sql = list_sql(query);
     let total: i64 = conn
         .prepare_cached(&sql.count)?
         .query_row(params_from_iter(&sql.count_params), |r| r.get(0))?;
-    let runs = if query.limit == 0 {
-        Vec::new()
-    } else if !query.with_steps {
-        read_heads(conn, &sql.page, &sql.page_params)?
-    } else {
+    let total = to_u64("count", total)?;
+    if query.limit == 0 {
+        return Ok((total, Vec::new(), None));
+    }
+    let Some((highest, skip)) = page_start(conn, &sql, query)? else {
+        return Ok((total, Vec::new(), None));
+    };
+    // One run more than the page, to tell whether another page follows.
+    let mut params = sql.filter_params.clone();
+    params.extend([
+        Value::Integer(highest),
+        Value::Integer(i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX)),
+        Value::Integer(i64::try_from(skip).unwrap_or(i64::MAX)),
+    ]);
+    let mut runs = read_heads(conn, &sql.page, &params)?;
+    let more = runs.len() > query.limit;
+    runs.truncate(query.limit);
+    if query.with_steps {
         let logs = if query.with_logs {
             Logs::Read
         } else {
             Logs::Skip
         };
-        read_runs(conn, &sql.page, &sql.page_params, logs)?
-    };
-    Ok((to_u64("count", total)?, runs))
+        for run in &mut runs {
+            read_steps(conn, run, logs)?;
+        }
+    }
+    let next = runs.last().filter(|_| more).map(|r| r.seq);
+    Ok((total, runs, next))
 }
 
 /// Queued and running runs, oldest first.

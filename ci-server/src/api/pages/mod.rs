@@ -179,6 +179,7 @@ pub async fn list(store: &dyn RunStore, params: &ListParams) -> PageResponse {
         branch: filter.branch.clone(),
         limit: usize::try_from(filter.limit).unwrap_or(usize::MAX),
         offset: usize::try_from(filter.offset).unwrap_or(usize::MAX),
+        after: None,
         with_logs: false,
         with_steps: false,
     };
