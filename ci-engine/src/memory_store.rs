@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -50,6 +51,8 @@ impl Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Bumped by every write of runs (see [`RunStore::generation`]).
+    generation: AtomicU64,
 }
 
 impl MemoryStore {
@@ -102,6 +105,7 @@ fn listed(run: &Run, query: &RunQuery) -> Run {
 impl RunStore for MemoryStore {
     async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
         let mut inner = self.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if inner.ids.contains_key(run.id()) {
             return Ok(false);
         }
@@ -118,6 +122,7 @@ impl RunStore for MemoryStore {
 
     async fn update_runs(&self, runs: Vec<Run>) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         // Every check first, so a refused batch changes nothing.
         for run in &runs {
             let old_seq = *inner
@@ -161,6 +166,10 @@ impl RunStore for MemoryStore {
             .get(&seq)
             .cloned()
             .ok_or_else(|| StoreError::NotFound(id_or_prefix.to_owned()))
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {

@@ -142,6 +142,18 @@ pub trait RunStore: Send + Sync {
         Ok(runs)
     }
 
+    /// A number that changes whenever the stored runs change, for callers
+    /// that keep answers (a cache of listings): read it *before* a read, keep
+    /// the answer with it, and serve that answer again only while this still
+    /// returns the same number. After [`insert_run`](Self::insert_run),
+    /// [`update_run`](Self::update_run) or [`update_runs`](Self::update_runs)
+    /// returns (even with an error), it no longer returns the number read
+    /// before the call. `None`, the default, means the store cannot tell, and
+    /// callers must not keep answers.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether `id` has a run.
     async fn has_run(&self, id: &CommitId) -> Result<bool, StoreError>;
 

@@ -147,6 +147,10 @@ impl RunStore for TimedStore {
             .await
     }
 
+    fn generation(&self) -> Option<u64> {
+        self.inner.generation()
+    }
+
     async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
         self.metrics
             .time("unfinished_runs", self.inner.unfinished_runs())

@@ -263,6 +263,54 @@ async fn following_next_pages_through_every_run() {
     }
 }
 
+/// A listing is kept between requests, but never past a write: the run a
+/// write adds or changes shows in the next answer, and an answer served
+/// again is byte for byte the first.
+#[tokio::test]
+async fn a_kept_listing_gives_way_to_the_next_write() {
+    let store = filled_store().await;
+    let shared: Arc<dyn RunStore> = Arc::clone(&store) as Arc<dyn RunStore>;
+    let cli = TestClient::new(ci_server::api::app(Api::new(shared, None)));
+    let text = |resp: TestResponse| async move {
+        resp.assert_status_is_ok();
+        resp.0.into_body().into_string().await.expect("body")
+    };
+    let first = text(cli.get("/runs").query("limit", &3).send().await).await;
+    let again = text(cli.get("/runs").query("limit", &3).send().await).await;
+    assert_eq!(first, again, "the same answer while nothing changed");
+
+    let newest = run(
+        &"e".repeat(40),
+        9,
+        "main",
+        [
+            StepStatus::Pending,
+            StepStatus::Pending,
+            StepStatus::Pending,
+        ],
+    );
+    assert!(store.insert_run(&newest).await.expect("insert"));
+    let body: Value =
+        serde_json::from_str(&text(cli.get("/runs").query("limit", &3).send().await).await)
+            .expect("JSON");
+    assert_eq!(body["total"], 7, "the insert is counted");
+    assert_eq!(ids(&body)[0], "e".repeat(40), "and listed first");
+
+    let queued = || async {
+        let body = text(cli.get("/runs").query("status", &"queued").send().await).await;
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        ids(&body)
+    };
+    assert!(queued().await.contains(&"e".repeat(40)), "queued at first");
+    let mut done = newest.clone();
+    done.status = ci_engine::RunStatus::Success;
+    store.update_run(&done).await.expect("update");
+    assert!(
+        !queued().await.contains(&"e".repeat(40)),
+        "the update shows in the next answer"
+    );
+}
+
 #[tokio::test]
 async fn bad_list_parameters_are_400_with_a_message() {
     let cli = client().await;

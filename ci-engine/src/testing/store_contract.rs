@@ -49,6 +49,7 @@ where
     list_is_newest_first_with_paging(make().await).await;
     list_filters_by_status_and_branch(make().await).await;
     list_pages_with_a_cursor(make().await).await;
+    generation_moves_with_every_write(make().await).await;
     list_follows_updates(make().await).await;
     unfinished_runs_oldest_first(make().await).await;
     unfinished_after_pages_in_queue_order(make().await).await;
@@ -705,6 +706,39 @@ pub async fn list_pages_with_a_cursor(store: SharedStore) {
         "cursor page is stable"
     );
     assert_eq!(after_arrivals.total, 12);
+}
+
+/// A store that reports a [generation](RunStore::generation) reports a new
+/// one after every write of runs (a refused or failed one included) and the
+/// same one while nothing is written; a store that reports none stays so.
+pub async fn generation_moves_with_every_write(store: SharedStore) {
+    let Some(mut last) = store.generation() else {
+        assert_eq!(store.generation(), None, "a store without a generation");
+        return;
+    };
+    let moved = |store: &SharedStore, last: &mut u64, what: &str| {
+        let now = store.generation().expect("still a generation");
+        assert_ne!(now, *last, "the generation did not move after {what}");
+        *last = now;
+    };
+    let run = queued_run(&hex_id(1), 1, &["main"]);
+    insert(&*store, &run).await;
+    moved(&store, &mut last, "an insert");
+    list(&*store, RunQuery::default()).await;
+    store.get_run(run.id().as_str()).await.expect("get_run");
+    assert_eq!(store.generation(), Some(last), "reads leave it alone");
+    assert!(!store.insert_run(&run).await.expect("insert again"));
+    moved(&store, &mut last, "an insert that changed nothing");
+    store.update_run(&run).await.expect("update_run");
+    moved(&store, &mut last, "an update");
+    store
+        .update_runs(vec![run.clone()])
+        .await
+        .expect("update_runs");
+    moved(&store, &mut last, "a batch");
+    let unknown = queued_run(&hex_id(2), 2, &[]);
+    assert!(store.update_run(&unknown).await.is_err());
+    moved(&store, &mut last, "a refused update");
 }
 
 /// Listing reflects the status a run was updated to, not the one it was inserted with.

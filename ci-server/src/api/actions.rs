@@ -533,7 +533,7 @@ impl ActionsApi {
         bearer: BearerToken,
         remote: &RemoteAddr,
         /// Full or abbreviated (at least 4 hex digits) commit hash.
-        #[oai(validator(pattern = "^[0-9A-Fa-f]{4,40}$"))]
+        #[oai(validator(custom = "super::params::COMMIT", min_length = 4, max_length = 40))]
         commit: Path<String>,
     ) -> RetryResponse {
         let by = client_address(remote);
@@ -568,7 +568,7 @@ impl ActionsApi {
         bearer: BearerToken,
         remote: &RemoteAddr,
         /// Full or abbreviated (at least 4 hex digits) commit hash.
-        #[oai(validator(pattern = "^[0-9A-Fa-f]{4,40}$"))]
+        #[oai(validator(custom = "super::params::COMMIT", min_length = 4, max_length = 40))]
         commit: Path<String>,
     ) -> CancelResponse {
         let by = client_address(remote);

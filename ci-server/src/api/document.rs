@@ -20,6 +20,8 @@
 //!   ([`EventData`]), as OpenAPI 3.2 describes event streams. OpenAPI 3.0
 //!   tools that do not know these two keywords ignore them; schema-driven
 //!   testers such as schemathesis check the data with them.
+//! - **Patterns.** The parameters [`super::params`] checks by hand get the
+//!   `pattern` their check tests.
 //! - **Links.** How an answer leads to the next request ([`LINKS`]): from a
 //!   page of runs to a run, from a run to its steps' logs. Swagger UI shows
 //!   them; schemathesis follows them to test with runs that exist.
@@ -123,6 +125,7 @@ impl Document {
         let mut doc: Value = serde_json::from_str(spec)?;
         describe_event_streams(&mut doc)?;
         plain_references(&mut doc);
+        state_patterns(&mut doc);
         add_links(&mut doc, &LINKS);
         let routes = Routes::from_document(&doc);
         let json = serde_json::to_string_pretty(&doc)?;
@@ -280,6 +283,30 @@ fn schema_name<T: poem_openapi::types::Type>() -> String {
 /// `{"$ref": "#/components/schemas/NAME"}`.
 fn reference(name: impl AsRef<str>) -> Value {
     json!({ "$ref": format!("#/components/schemas/{}", name.as_ref()) })
+}
+
+/// Writes the pattern of each parameter that [`super::params`] checks by
+/// hand into its schema, where a `pattern` validator would have put it.
+fn state_patterns(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let parameters = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|operations| operations.values_mut())
+        .filter_map(|operation| operation.get_mut("parameters"))
+        .filter_map(Value::as_array_mut)
+        .flatten();
+    for parameter in parameters {
+        let name = parameter.get("name").and_then(Value::as_str).unwrap_or("");
+        let Some((_, matches)) = super::params::PATTERNS.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        if let Some(schema) = parameter.get_mut("schema").and_then(Value::as_object_mut) {
+            schema.insert("pattern".to_owned(), Value::from(matches.pattern));
+        }
+    }
 }
 
 /// Replaces every `allOf` of one `$ref` and a bare annotation (see the module

@@ -20,6 +20,10 @@
 //! - [`runners`]: `GET /runners`, the engine's runners joined with their addresses.
 //! - [`health`]: `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, in the OpenMetrics text format.
+//! - [`params`]: checks of path parameters (and the patterns the document
+//!   states for them).
+//! - [`listing_cache`] and [`encoded`]: answers of `GET /runs` kept, encoded,
+//!   until the runs change.
 //! - [`events`]: `GET /events`, the engine's events as server-sent events,
 //!   and their description for the document ([`events::schema`]).
 //! - [`pages`]: the pages for people, `/` (the runs) and `/commit/{commit}`
@@ -31,11 +35,14 @@
 pub mod actions;
 pub mod badge;
 pub mod document;
+pub mod encoded;
 pub mod events;
 pub mod health;
+pub mod listing_cache;
 pub mod metrics;
 pub mod model;
 pub mod pages;
+pub mod params;
 pub mod runners;
 pub mod token;
 pub mod waiting;
@@ -55,6 +62,8 @@ use poem_openapi::payload::{EventStream, Json, PlainText};
 use poem_openapi::types::Any;
 use poem_openapi::{ApiResponse, OpenApi, OpenApiService};
 use tokio::sync::watch;
+
+use encoded::EncodedJson;
 
 pub use model::{
     AttemptInfo, AttemptOutcomeDto, CommitInfo, ErrorBody, RunDetail, RunList, RunStatusDto,
@@ -96,6 +105,7 @@ pub struct Api {
     tips: Option<badge::TipResolver>,
     metrics: metrics::Metrics,
     token: Option<token::ApiToken>,
+    listings: listing_cache::ListingCache,
 }
 
 impl Api {
@@ -120,6 +130,7 @@ impl Api {
             engine,
             journal,
             metrics,
+            listings: listing_cache::ListingCache::default(),
             stop: None,
             runners: None,
             role: health::Role::Primary,
@@ -264,7 +275,7 @@ pub enum MetricsResponse {
 pub enum ListRunsResponse {
     /// A page of runs, newest first.
     #[oai(status = 200)]
-    Ok(Json<RunList>),
+    Ok(EncodedJson<RunList>),
     /// A query parameter is malformed (unknown status, limit out of range, ...).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
@@ -451,9 +462,10 @@ impl Api {
         /// Skip this many runs first (default 0); counted after `after`.
         #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
         offset: Query<Option<u32>>,
-        /// A cursor: the `next` of the previous page. Only runs older than
-        /// that page's last run are listed.
-        #[oai(validator(pattern = r"^[0-9]{1,19}$"))]
+        /// A cursor: the `next` of the previous page (decimal digits). Only
+        /// runs older than that page's last run are listed.
+        // Checked by parsing, not by a `pattern` validator: poem-openapi
+        // compiles that regex again on every request.
         after: Query<Option<String>>,
     ) -> ListRunsResponse {
         let after = match after.0.as_deref().map(str::parse::<u64>).transpose() {
@@ -470,12 +482,25 @@ impl Api {
             with_logs: false,
             with_steps: false,
         };
+        // Read before the store is: a write during the read changes it, so
+        // the answer is then kept under a generation that is already past.
+        let generation = self.store.generation();
+        if let Some(body) = generation.and_then(|g| self.listings.get(&query, g)) {
+            return ListRunsResponse::Ok(EncodedJson::from_bytes(body));
+        }
         match self.store.list_runs(&query).await {
-            Ok(page) => ListRunsResponse::Ok(Json(RunList {
-                total: page.total,
-                next: page.next.map(|seq| seq.to_string()),
-                data: page.runs.iter().map(RunSummary::from).collect(),
-            })),
+            Ok(page) => {
+                let answer = EncodedJson::encode(&RunList {
+                    total: page.total,
+                    next: page.next.map(|seq| seq.to_string()),
+                    data: page.runs.iter().map(RunSummary::from).collect(),
+                });
+                if let Some(generation) = generation {
+                    self.listings
+                        .put(&query, generation, answer.bytes().clone());
+                }
+                ListRunsResponse::Ok(answer)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "store failed to list runs");
                 ListRunsResponse::Internal(Json(ErrorBody::new(format!("the store failed: {e}"))))
@@ -491,7 +516,7 @@ impl Api {
     async fn get_run(
         &self,
         /// Full or abbreviated (at least 4 hex digits) commit hash.
-        #[oai(validator(pattern = "^[0-9a-fA-F]{4,40}$", min_length = 4, max_length = 40))]
+        #[oai(validator(custom = "params::COMMIT", min_length = 4, max_length = 40))]
         commit: Path<String>,
     ) -> GetRunResponse {
         match self.lookup(&commit.0).await {
@@ -516,11 +541,11 @@ impl Api {
     async fn step_log(
         &self,
         /// Full or abbreviated (at least 4 hex digits) commit hash.
-        #[oai(validator(pattern = "^[0-9a-fA-F]{4,40}$", min_length = 4, max_length = 40))]
+        #[oai(validator(custom = "params::COMMIT", min_length = 4, max_length = 40))]
         commit: Path<String>,
         /// Step name (`lint`, `build`, `test`, or a step of the pipeline
         /// file): letters, digits, `-`, `_`, `.`.
-        #[oai(validator(pattern = "^[A-Za-z0-9._-]+$"))]
+        #[oai(validator(custom = "params::STEP"))]
         step: Path<String>,
         /// Only this attempt (from 1).
         #[oai(validator(minimum(value = "1"), maximum(value = "4294967295")))]

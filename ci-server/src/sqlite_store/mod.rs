@@ -18,7 +18,7 @@ pub mod schema;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -57,6 +57,12 @@ pub use schema::SCHEMA_VERSION;
 /// Each call runs in one transaction: an update replaces the run, its steps and
 /// attempts atomically, and a list's total and page come from one snapshot.
 ///
+/// # Generation
+///
+/// [`generation`](RunStore::generation) counts the writes this store made
+/// (the API keeps listings while it stays the same). It does not see a
+/// second process writing the same file: one server per database file.
+///
 /// # `:memory:`
 ///
 /// The path is always a file path (no URI, no `:memory:` special case): a server
@@ -71,15 +77,27 @@ struct Shared {
     readers: Vec<Mutex<Connection>>,
     /// Which reader a read waits for when none is free (round robin).
     next_reader: AtomicUsize,
+    /// Bumped after every write of runs ([`RunStore::generation`]).
+    generation: AtomicU64,
 }
 
 impl Shared {
+    /// Marks the stored state as changed ([`RunStore::generation`]): called
+    /// on the blocking thread once a write transaction has committed or
+    /// failed, so it happens even when the caller stopped waiting.
+    fn written(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A reading connection no one holds, locked, if there is one.
+    fn free_reader(&self) -> Option<MutexGuard<'_, Connection>> {
+        self.readers.iter().find_map(|r| r.try_lock().ok())
+    }
+
     /// A free reading connection, or (all busy) the next one in turn, locked.
     fn reader(&self) -> MutexGuard<'_, Connection> {
-        for reader in &self.readers {
-            if let Ok(conn) = reader.try_lock() {
-                return conn;
-            }
+        if let Some(conn) = self.free_reader() {
+            return conn;
         }
         let turn = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         // A panic inside a read drops its transaction, which rolls back, so a
@@ -123,6 +141,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers: readers.into_iter().map(Mutex::new).collect(),
                 next_reader: AtomicUsize::new(0),
+                generation: AtomicU64::new(0),
             }),
         })
     }
@@ -181,29 +200,34 @@ impl SqliteStore {
         .map_err(|f| self.backend_error(f))
     }
 
-    /// Runs `f` on a blocking thread with the reading or the writing connection,
-    /// inside one transaction, committed if `f` succeeds.
+    /// Runs `f` with the reading or the writing connection, inside one
+    /// transaction, committed if `f` succeeds: on a blocking thread, except
+    /// a [`Side::ShortRead`] that finds a reader free, which runs at once on
+    /// the calling thread (a point read costs tens of microseconds, less
+    /// than handing it to another thread and back).
     async fn run<T, F>(&self, side: Side, f: F) -> Result<T, Fault>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
     {
+        if matches!(side, Side::ShortRead)
+            && let Some(mut conn) = self.shared.free_reader()
+        {
+            return in_transaction(&mut conn, rusqlite::TransactionBehavior::Deferred, f);
+        }
         let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || {
-            // A panic inside `f` drops its transaction, which rolls back, so a
-            // poisoned connection is still in a clean state.
-            let mut conn = match side {
-                Side::Read => shared.reader(),
-                Side::Write => shared.writer.lock().unwrap_or_else(PoisonError::into_inner),
-            };
-            let behavior = match side {
-                Side::Read => rusqlite::TransactionBehavior::Deferred,
-                Side::Write => rusqlite::TransactionBehavior::Immediate,
-            };
-            let tx = conn.transaction_with_behavior(behavior)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
+        tokio::task::spawn_blocking(move || match side {
+            Side::Read | Side::ShortRead => in_transaction(
+                &mut shared.reader(),
+                rusqlite::TransactionBehavior::Deferred,
+                f,
+            ),
+            Side::Write => {
+                let mut conn = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
+                let result = in_transaction(&mut conn, rusqlite::TransactionBehavior::Immediate, f);
+                shared.written();
+                result
+            }
         })
         .await
         .map_err(|e| Fault::Corrupt(format!("the database task failed: {e}")))?
@@ -253,10 +277,30 @@ pub struct ListPlans {
     pub range_count: Vec<String>,
 }
 
+/// Which connection an operation takes, and where it runs.
 #[derive(Clone, Copy)]
 enum Side {
+    /// A reader, on a blocking thread: reads of many runs (the engine's).
     Read,
+    /// A reader, at once on the calling thread when one is free: the API's
+    /// reads of one run or one page of heads.
+    ShortRead,
+    /// The writer, on a blocking thread.
     Write,
+}
+
+/// Runs `f` in a transaction of `conn`, committed if `f` succeeds and rolled
+/// back otherwise. A panic inside `f` drops the transaction, which rolls
+/// back, so a poisoned connection is still in a clean state.
+fn in_transaction<T>(
+    conn: &mut Connection,
+    behavior: rusqlite::TransactionBehavior,
+    f: impl FnOnce(&Connection) -> Result<T, Fault>,
+) -> Result<T, Fault> {
+    let tx = conn.transaction_with_behavior(behavior)?;
+    let value = f(&tx)?;
+    tx.commit()?;
+    Ok(value)
 }
 
 #[async_trait]
@@ -285,18 +329,28 @@ impl RunStore for SqliteStore {
 
     async fn get_run(&self, id_or_prefix: &str) -> Result<Run, StoreError> {
         let id = id_or_prefix.to_owned();
-        self.run(Side::Read, move |c| rows::get_run(c, &id))
+        self.run(Side::ShortRead, move |c| rows::get_run(c, &id))
             .await
             .map_err(|f| self.store_error(f))
     }
 
     async fn list_runs(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        // Heads only is a short read; steps with their logs may be long.
+        let side = if query.with_steps {
+            Side::Read
+        } else {
+            Side::ShortRead
+        };
         let query = query.clone();
         let (total, runs, next) = self
-            .run(Side::Read, move |c| rows::list_runs(c, &query))
+            .run(side, move |c| rows::list_runs(c, &query))
             .await
             .map_err(|f| self.store_error(f))?;
         Ok(RunPage { total, runs, next })
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.shared.generation.load(Ordering::Acquire))
     }
 
     async fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {

@@ -377,37 +377,37 @@ pub(super) fn prefix_sql(select: &str, bounded: bool) -> String {
 }
 
 /// The run of the commit whose id is, or uniquely starts with, `id_or_prefix`.
+///
+/// One range on the id index finds the first two ids that start with it (a
+/// full id sorts before every longer id it begins); only an ambiguous
+/// prefix costs a count, for the error's message.
 pub(super) fn get_run(conn: &Connection, id_or_prefix: &str) -> Result<Run> {
-    let exact = format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?1");
-    if let Some(run) = read_runs(
-        conn,
-        &exact,
-        &[Value::Text(id_or_prefix.to_owned())],
-        Logs::Read,
-    )?
-    .pop()
-    {
-        return Ok(run);
-    }
     let upper = prefix_upper_bound(id_or_prefix);
     let mut params = vec![Value::Text(id_or_prefix.to_owned())];
     params.extend(upper.clone().map(Value::Text));
-    let count: i64 = conn
-        .prepare_cached(&prefix_sql("count(*)", upper.is_some()))?
-        .query_row(params_from_iter(&params), |r| r.get(0))?;
-    match count {
-        0 => Err(Fault::NotFound(id_or_prefix.to_owned())),
-        1 => {
-            let sql = prefix_sql(RUN_COLUMNS, upper.is_some());
-            read_runs(conn, &sql, &params, Logs::Read)?
-                .pop()
-                .ok_or_else(|| Fault::NotFound(id_or_prefix.to_owned()))
-        }
-        n => Err(Fault::Ambiguous {
+    let first_two = format!(
+        "{} ORDER BY r.id LIMIT 2",
+        prefix_sql(RUN_COLUMNS, upper.is_some())
+    );
+    let mut found = read_heads(conn, &first_two, &params)?;
+    let exact = found
+        .first()
+        .is_some_and(|r| r.id().as_str() == id_or_prefix);
+    if found.len() > 1 && !exact {
+        let count: i64 = conn
+            .prepare_cached(&prefix_sql("count(*)", upper.is_some()))?
+            .query_row(params_from_iter(&params), |r| r.get(0))?;
+        return Err(Fault::Ambiguous {
             prefix: id_or_prefix.to_owned(),
-            matches: usize::try_from(n).unwrap_or(usize::MAX),
-        }),
+            matches: usize::try_from(count).unwrap_or(usize::MAX),
+        });
     }
+    found.truncate(1);
+    let mut run = found
+        .pop()
+        .ok_or_else(|| Fault::NotFound(id_or_prefix.to_owned()))?;
+    read_steps(conn, &mut run, Logs::Read)?;
+    Ok(run)
 }
 
 /// The statements behind a [`RunQuery`]: the page, the total, and the two

@@ -1,0 +1,89 @@
+//! [`EncodedJson`]: a JSON answer already encoded, described in the API
+//! document as the type it encodes.
+//!
+//! poem-openapi's `Json<T>` builds a tree of JSON values and writes it out
+//! on every answer. An answer that is served many times (a cached listing)
+//! is encoded once, the same way, and then sent as bytes.
+
+use std::marker::PhantomData;
+
+use bytes::Bytes;
+use poem::{IntoResponse, Response};
+use poem_openapi::ApiResponse;
+use poem_openapi::payload::Payload;
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry};
+use poem_openapi::types::{ToJSON, Type};
+
+/// The content type of every JSON answer, as poem-openapi's `Json` sends it.
+const CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// The JSON encoding of a `T`, made by [`EncodedJson::encode`] exactly as
+/// poem-openapi's `Json<T>` would write it.
+pub struct EncodedJson<T> {
+    body: Bytes,
+    encodes: PhantomData<fn() -> T>,
+}
+
+impl<T: ToJSON> EncodedJson<T> {
+    /// Encodes `value`.
+    pub fn encode(value: &T) -> Self {
+        let json = value.to_json().unwrap_or_default();
+        Self::from_bytes(Bytes::from(json.to_string()))
+    }
+}
+
+impl<T> EncodedJson<T> {
+    /// An answer from bytes that [`encode`](Self::encode) made earlier.
+    pub fn from_bytes(body: Bytes) -> Self {
+        Self {
+            body,
+            encodes: PhantomData,
+        }
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+impl<T: Type> Payload for EncodedJson<T> {
+    const CONTENT_TYPE: &'static str = CONTENT_TYPE;
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Send> IntoResponse for EncodedJson<T> {
+    fn into_response(self) -> Response {
+        Response::builder()
+            .content_type(CONTENT_TYPE)
+            .body(self.body)
+    }
+}
+
+impl<T: Type> ApiResponse for EncodedJson<T> {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "",
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: CONTENT_TYPE,
+                    schema: T::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
