@@ -357,3 +357,111 @@ async fn kept_counts_agree_with_the_memory_store_after_every_change() {
         }
     }
 }
+
+/// Updates of a run in progress are written by difference (the store keeps
+/// what it last wrote of such runs and writes only the rows that changed).
+/// Through every kind of change (attempts added, changed and dropped; steps
+/// changed, added and dropped; the run's own fields; its branches; a move to
+/// another `seq`) the run reads back exactly as given, and a reopened store,
+/// which starts with nothing kept, reads the same.
+#[tokio::test]
+async fn updates_written_by_difference_read_back_exactly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("runs.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let id = format!("{:040x}", 0xabcdef_u64);
+    let mut run = rich_run(&id, 5);
+    run.status = RunStatus::Running;
+    run.finished_at = None;
+    assert!(store.insert_run(&run).await.expect("insert"));
+    let template = run.steps[1].attempts[2].clone();
+
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut draw = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut next_seq = 6;
+    for change in 0..300 {
+        let steps = run.steps.len() as u64;
+        let i = draw(steps) as usize;
+        match draw(9) {
+            0 => {
+                let mut a = template.clone();
+                a.number = run.steps[i].attempts.len() as u32 + 1;
+                a.logs = format!("attempt {change}\n");
+                run.steps[i].attempts.push(a);
+            }
+            1 => {
+                if let Some(a) = run.steps[i].attempts.last_mut() {
+                    a.logs.push_str("more\n");
+                    a.outcome = ci_engine::AttemptOutcome::Success;
+                    a.finished_at = Some(1_700_000_100_000 + change);
+                }
+            }
+            2 => {
+                run.steps[i].attempts.pop();
+            }
+            3 => {
+                run.steps[i].status = ci_engine::StepStatus::Failure;
+                run.steps[i].reason = Some(format!("reason {change}"));
+                run.steps[i].budget_from += 1;
+            }
+            4 => run
+                .steps
+                .push(ci_engine::StepRecord::pending(format!("extra-{change}"))),
+            5 if steps > 1 => {
+                run.steps.pop();
+            }
+            6 => {
+                run.started_at = Some(1_700_000_000_000 + change);
+                run.commit.summary = format!("summary {change}");
+            }
+            7 => {
+                if run.commit.branches.len() > 1 {
+                    run.commit.branches.pop();
+                } else {
+                    run.commit.branches.push(format!("topic-{change}"));
+                }
+            }
+            _ => {
+                run.seq = next_seq;
+                next_seq += 1 + draw(3000);
+            }
+        }
+        if change % 2 == 0 {
+            store.update_run(&run).await.expect("update_run");
+        } else {
+            store
+                .update_runs(vec![run.clone()])
+                .await
+                .expect("update_runs");
+        }
+        assert_eq!(
+            store.get_run(&id).await.expect("get"),
+            run,
+            "after change {change}"
+        );
+    }
+    let page = store
+        .list_runs(&RunQuery {
+            branch: run.commit.branches.first().cloned(),
+            ..RunQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        (page.total, page.runs.len()),
+        (1, 1),
+        "listed on its branch"
+    );
+    drop(store);
+    let reopened = SqliteStore::open(&path).await.expect("reopen");
+    assert_eq!(
+        reopened.get_run(&id).await.expect("get"),
+        run,
+        "after reopening"
+    );
+}

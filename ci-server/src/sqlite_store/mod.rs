@@ -16,6 +16,7 @@ mod error;
 mod rows;
 pub mod schema;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -73,12 +74,53 @@ pub struct SqliteStore {
 
 struct Shared {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     readers: Vec<Mutex<Connection>>,
     /// Which reader a read waits for when none is free (round robin).
     next_reader: AtomicUsize,
     /// Bumped after every write of runs ([`RunStore::generation`]).
     generation: AtomicU64,
+}
+
+/// The writing connection, and what it last wrote of the runs in progress.
+struct Writer {
+    conn: Connection,
+    /// The state last written of runs that are not finished, so that an
+    /// update writes only the rows that changed (`rows::update_run`). At
+    /// most [`KEPT_RUNS`] runs, none with more than [`KEPT_LOG_BYTES`] of
+    /// logs; a run missing here is written whole, which is always correct.
+    last: HashMap<CommitId, Run>,
+}
+
+/// How many runs [`Writer::last`] keeps: more than the engine's default
+/// window of active runs.
+const KEPT_RUNS: usize = 1024;
+
+/// A run with more logs than this is not kept in [`Writer::last`]: comparing
+/// them would cost about what writing them does, and the memory is better
+/// left unspent.
+const KEPT_LOG_BYTES: usize = 64 * 1024;
+
+impl Writer {
+    /// Notes that `runs` were written (and committed).
+    fn remember(&mut self, runs: Vec<Run>) {
+        for run in runs {
+            let logs: usize = run
+                .steps
+                .iter()
+                .flat_map(|s| &s.attempts)
+                .map(|a| a.logs.len())
+                .sum();
+            if run.status.is_terminal() || logs > KEPT_LOG_BYTES {
+                self.last.remove(run.id());
+                continue;
+            }
+            if self.last.len() >= KEPT_RUNS && !self.last.contains_key(run.id()) {
+                self.last.clear();
+            }
+            self.last.insert(run.id().clone(), run);
+        }
+    }
 }
 
 impl Shared {
@@ -138,7 +180,10 @@ impl SqliteStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
-                writer: Mutex::new(writer),
+                writer: Mutex::new(Writer {
+                    conn: writer,
+                    last: HashMap::new(),
+                }),
                 readers: readers.into_iter().map(Mutex::new).collect(),
                 next_reader: AtomicUsize::new(0),
                 generation: AtomicU64::new(0),
@@ -223,11 +268,39 @@ impl SqliteStore {
                 f,
             ),
             Side::Write => {
-                let mut conn = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
-                let result = in_transaction(&mut conn, rusqlite::TransactionBehavior::Immediate, f);
+                let mut writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
+                let result = in_transaction(
+                    &mut writer.conn,
+                    rusqlite::TransactionBehavior::Immediate,
+                    f,
+                );
                 shared.written();
                 result
             }
+        })
+        .await
+        .map_err(|e| Fault::Corrupt(format!("the database task failed: {e}")))?
+    }
+
+    /// Replaces the stored state of `runs` in one transaction, writing for
+    /// each only the rows that changed since this store last wrote it.
+    async fn write_runs(&self, runs: Vec<Run>) -> Result<(), Fault> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let mut writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let Writer { conn, last } = &mut *writer;
+            let result = in_transaction(conn, rusqlite::TransactionBehavior::Immediate, |tx| {
+                runs.iter()
+                    .try_for_each(|run| rows::update_run(tx, run, last.get(run.id())))
+            });
+            match result {
+                Ok(()) => writer.remember(runs),
+                // Rolled back: what the file holds is what was last kept.
+                // Forgetting everything is the simple safe choice.
+                Err(_) => writer.last.clear(),
+            }
+            shared.written();
+            result
         })
         .await
         .map_err(|e| Fault::Corrupt(format!("the database task failed: {e}")))?
@@ -313,18 +386,13 @@ impl RunStore for SqliteStore {
     }
 
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
-        let run = run.clone();
-        self.run(Side::Write, move |c| rows::update_run(c, &run))
+        self.write_runs(vec![run.clone()])
             .await
             .map_err(|f| self.store_error(f))
     }
 
     async fn update_runs(&self, runs: Vec<Run>) -> Result<(), StoreError> {
-        self.run(Side::Write, move |c| {
-            runs.iter().try_for_each(|run| rows::update_run(c, run))
-        })
-        .await
-        .map_err(|f| self.store_error(f))
+        self.write_runs(runs).await.map_err(|f| self.store_error(f))
     }
 
     async fn get_run(&self, id_or_prefix: &str) -> Result<Run, StoreError> {

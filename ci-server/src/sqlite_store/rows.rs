@@ -98,19 +98,30 @@ pub(super) fn insert_run(conn: &Connection, run: &Run) -> Result<bool> {
 
 /// Replaces the stored state of `run`; `NotFound` if its commit has no run.
 ///
-/// Rows that did not change are left alone (a run is updated at every attempt,
-/// and rewriting every log each time would be wasted I/O); the caller makes the
-/// whole replacement one transaction.
-pub(super) fn update_run(conn: &Connection, run: &Run) -> Result<()> {
+/// `before` is the state this connection last wrote for the run, when the
+/// caller kept it: then only the rows that differ from it are written (a
+/// run changes by one attempt or one step at a time, and offering every
+/// step and attempt row to SQLite costs most of a write). Without it, every
+/// row is offered and SQLite leaves the unchanged ones alone. The caller
+/// makes the whole replacement one transaction.
+pub(super) fn update_run(conn: &Connection, run: &Run, before: Option<&Run>) -> Result<()> {
     let seq = to_i64("seq", run.seq)?;
+    let before = before.filter(|b| b.seq == run.seq && b.id() == run.id());
+    if let Some(before) = before
+        && same_head(before, run)
+    {
+        return write_changed_children(conn, seq, run, before);
+    }
     // A run's branches rarely change: their rows (and the counts their
     // triggers keep) are rewritten only when they do.
-    let before: Option<String> = conn
-        .prepare_cached("SELECT branches FROM runs WHERE id = ?1")?
-        .query_row([run.id().as_str()], |r| r.get(0))
-        .optional()?;
-    let branches_changed =
-        before.is_none_or(|b| b != json(&run.commit.branches).unwrap_or_default());
+    let branches_changed = match before {
+        Some(before) => before.commit.branches != run.commit.branches,
+        None => conn
+            .prepare_cached("SELECT branches FROM runs WHERE id = ?1")?
+            .query_row([run.id().as_str()], |r| r.get::<_, String>(0))
+            .optional()?
+            .is_none_or(|b| b != json(&run.commit.branches).unwrap_or_default()),
+    };
     let changed = execute_run_row(
         conn,
         "UPDATE runs SET seq = ?1, status = ?3, branches = ?4, parents = ?5, summary = ?6,
@@ -123,13 +134,31 @@ pub(super) fn update_run(conn: &Connection, run: &Run) -> Result<()> {
     if changed == 0 {
         return Err(Fault::NotFound(run.id().to_string()));
     }
-    write_children(conn, seq, run, branches_changed)
+    match before {
+        Some(before) => {
+            write_branches(conn, seq, run, branches_changed)?;
+            write_changed_children(conn, seq, run, before)
+        }
+        None => write_children(conn, seq, run, branches_changed),
+    }
 }
 
-/// Brings the step and attempt rows of run `seq` in line with `run`, and its
-/// branch rows when `branches` says they changed.
-fn write_children(conn: &Connection, seq: i64, run: &Run, branches: bool) -> Result<()> {
-    if branches {
+/// Whether the `runs` row of `a` and `b` is the same (steps aside).
+fn same_head(a: &Run, b: &Run) -> bool {
+    a.seq == b.seq
+        && a.status == b.status
+        && a.commit == b.commit
+        && a.failed_steps == b.failed_steps
+        && a.created_at == b.created_at
+        && a.started_at == b.started_at
+        && a.finished_at == b.finished_at
+        && a.retry_seq == b.retry_seq
+        && a.actions == b.actions
+}
+
+/// Rewrites the branch rows of run `seq` when `changed` says they differ.
+fn write_branches(conn: &Connection, seq: i64, run: &Run, changed: bool) -> Result<()> {
+    if changed {
         conn.prepare_cached("DELETE FROM run_branches WHERE seq = ?1")?
             .execute([seq])?;
         let mut add_branch = conn
@@ -138,70 +167,128 @@ fn write_children(conn: &Connection, seq: i64, run: &Run, branches: bool) -> Res
             add_branch.execute(params![seq, branch])?;
         }
     }
+    Ok(())
+}
 
-    let mut put_step = conn.prepare_cached(
-        "INSERT INTO steps (seq, position, name, status, reason, budget_from)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (seq, position) DO UPDATE SET
-             name = excluded.name, status = excluded.status, reason = excluded.reason,
-             budget_from = excluded.budget_from
-         WHERE name IS NOT excluded.name OR status IS NOT excluded.status
-            OR reason IS NOT excluded.reason OR budget_from IS NOT excluded.budget_from",
-    )?;
-    let mut put_attempt = conn.prepare_cached(
-        "INSERT INTO attempts (seq, step, position, number, outcome, reason, logs, started_at,
-                               finished_at, duration_ms, runner_duration_ms, runner)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         ON CONFLICT (seq, step, position) DO UPDATE SET
-             number = excluded.number, outcome = excluded.outcome, reason = excluded.reason,
-             logs = excluded.logs, started_at = excluded.started_at,
-             finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-             runner_duration_ms = excluded.runner_duration_ms, runner = excluded.runner
-         WHERE number IS NOT excluded.number OR outcome IS NOT excluded.outcome
-            OR reason IS NOT excluded.reason OR logs IS NOT excluded.logs
-            OR started_at IS NOT excluded.started_at OR finished_at IS NOT excluded.finished_at
-            OR duration_ms IS NOT excluded.duration_ms
-            OR runner_duration_ms IS NOT excluded.runner_duration_ms
-            OR runner IS NOT excluded.runner",
-    )?;
-    let mut trim_attempts = conn
-        .prepare_cached("DELETE FROM attempts WHERE seq = ?1 AND step = ?2 AND position >= ?3")?;
+/// The statement that writes one step row (`?1`..`?6`: seq, position, name,
+/// status, reason, budget).
+const PUT_STEP: &str = "INSERT INTO steps (seq, position, name, status, reason, budget_from)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (seq, position) DO UPDATE SET
+         name = excluded.name, status = excluded.status, reason = excluded.reason,
+         budget_from = excluded.budget_from
+     WHERE name IS NOT excluded.name OR status IS NOT excluded.status
+        OR reason IS NOT excluded.reason OR budget_from IS NOT excluded.budget_from";
+
+/// The statement that writes one attempt row (`?1`..`?12`).
+const PUT_ATTEMPT: &str = "INSERT INTO attempts (seq, step, position, number, outcome, reason,
+                           logs, started_at, finished_at, duration_ms, runner_duration_ms, runner)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+     ON CONFLICT (seq, step, position) DO UPDATE SET
+         number = excluded.number, outcome = excluded.outcome, reason = excluded.reason,
+         logs = excluded.logs, started_at = excluded.started_at,
+         finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+         runner_duration_ms = excluded.runner_duration_ms, runner = excluded.runner
+     WHERE number IS NOT excluded.number OR outcome IS NOT excluded.outcome
+        OR reason IS NOT excluded.reason OR logs IS NOT excluded.logs
+        OR started_at IS NOT excluded.started_at OR finished_at IS NOT excluded.finished_at
+        OR duration_ms IS NOT excluded.duration_ms
+        OR runner_duration_ms IS NOT excluded.runner_duration_ms
+        OR runner IS NOT excluded.runner";
+
+fn put_step(conn: &Connection, seq: i64, position: i64, step: &StepRecord) -> Result<()> {
+    conn.prepare_cached(PUT_STEP)?.execute(params![
+        seq,
+        position,
+        step.name,
+        step.status.as_str(),
+        step.reason,
+        step.budget_from
+    ])?;
+    Ok(())
+}
+
+fn put_attempt(conn: &Connection, seq: i64, step: i64, position: usize, a: &Attempt) -> Result<()> {
+    conn.prepare_cached(PUT_ATTEMPT)?.execute(params![
+        seq,
+        step,
+        to_i64("attempt position", position as u64)?,
+        a.number,
+        a.outcome.as_str(),
+        a.reason,
+        a.logs,
+        a.started_at,
+        a.finished_at,
+        opt_to_i64("duration_ms", a.duration_ms)?,
+        opt_to_i64("runner_duration_ms", a.runner_duration_ms)?,
+        a.runner,
+    ])?;
+    Ok(())
+}
+
+/// Deletes the attempts of step `step` of run `seq` from `position` on.
+fn trim_attempts(conn: &Connection, seq: i64, step: i64, position: usize) -> Result<()> {
+    conn.prepare_cached("DELETE FROM attempts WHERE seq = ?1 AND step = ?2 AND position >= ?3")?
+        .execute(params![
+            seq,
+            step,
+            to_i64("attempt count", position as u64)?
+        ])?;
+    Ok(())
+}
+
+/// Deletes the steps of run `seq` from `position` on (and, by `ON DELETE
+/// CASCADE`, their attempts).
+fn trim_steps(conn: &Connection, seq: i64, position: usize) -> Result<()> {
+    conn.prepare_cached("DELETE FROM steps WHERE seq = ?1 AND position >= ?2")?
+        .execute(params![seq, to_i64("step count", position as u64)?])?;
+    Ok(())
+}
+
+/// Writes the step and attempt rows of run `seq` that differ from
+/// `before`, the state last written.
+fn write_changed_children(conn: &Connection, seq: i64, run: &Run, before: &Run) -> Result<()> {
     for (i, step) in run.steps.iter().enumerate() {
         let position = to_i64("step position", i as u64)?;
-        put_step.execute(params![
-            seq,
-            position,
-            step.name,
-            step.status.as_str(),
-            step.reason,
-            step.budget_from
-        ])?;
-        for (j, a) in step.attempts.iter().enumerate() {
-            put_attempt.execute(params![
-                seq,
-                position,
-                to_i64("attempt position", j as u64)?,
-                a.number,
-                a.outcome.as_str(),
-                a.reason,
-                a.logs,
-                a.started_at,
-                a.finished_at,
-                opt_to_i64("duration_ms", a.duration_ms)?,
-                opt_to_i64("runner_duration_ms", a.runner_duration_ms)?,
-                a.runner,
-            ])?;
+        let old = before.steps.get(i);
+        let same_row = old.is_some_and(|o| {
+            o.name == step.name
+                && o.status == step.status
+                && o.reason == step.reason
+                && o.budget_from == step.budget_from
+        });
+        if !same_row {
+            put_step(conn, seq, position, step)?;
         }
-        trim_attempts.execute(params![
-            seq,
-            position,
-            to_i64("attempt count", step.attempts.len() as u64)?
-        ])?;
+        let old_attempts = old.map_or(&[][..], |o| &o.attempts[..]);
+        for (j, a) in step.attempts.iter().enumerate() {
+            if old_attempts.get(j) != Some(a) {
+                put_attempt(conn, seq, position, j, a)?;
+            }
+        }
+        if old_attempts.len() > step.attempts.len() {
+            trim_attempts(conn, seq, position, step.attempts.len())?;
+        }
     }
-    // Deleting a step deletes its attempts (ON DELETE CASCADE).
-    conn.prepare_cached("DELETE FROM steps WHERE seq = ?1 AND position >= ?2")?
-        .execute(params![seq, to_i64("step count", run.steps.len() as u64)?])?;
+    if before.steps.len() > run.steps.len() {
+        trim_steps(conn, seq, run.steps.len())?;
+    }
     Ok(())
+}
+
+/// Brings the step and attempt rows of run `seq` in line with `run`, and its
+/// branch rows when `branches` says they changed.
+fn write_children(conn: &Connection, seq: i64, run: &Run, branches: bool) -> Result<()> {
+    write_branches(conn, seq, run, branches)?;
+    for (i, step) in run.steps.iter().enumerate() {
+        let position = to_i64("step position", i as u64)?;
+        put_step(conn, seq, position, step)?;
+        for (j, a) in step.attempts.iter().enumerate() {
+            put_attempt(conn, seq, position, j, a)?;
+        }
+        trim_attempts(conn, seq, position, step.attempts.len())?;
+    }
+    trim_steps(conn, seq, run.steps.len())
 }
 
 /// Saves a named value, replacing the old one.
