@@ -370,6 +370,7 @@ finish_s=$(value_of finish_s "$burst")
 per_s=$(value_of commits_per_s "$burst")
 hwm=$(value_of hwm_mib "$burst")
 rss_after=$(value_of rss_after_mib "$burst")
+anon_after=$(value_of anon_after_mib "$burst")
 log "burst: first queued after $first_created ms (events: $first_ms ms); $n runs finished after $finish_s s ($per_s/s); VmHWM $hwm MiB, VmRSS after $rss_after MiB"
 
 # --- listings ----------------------------------------------------------------
@@ -437,7 +438,7 @@ add_row "commits per second end to end (SQLite, simulator answering at once)" "�
 add_row "server peak RSS (VmHWM) during the burst of $(thousands "$N") commits" "≤ 100 MB" \
     "$hwm MiB" "$(verdict at_most "$hwm" 100)"
 add_row "server RSS 1 s after all $(thousands "$N") runs finished" "≤ 50 MB" \
-    "$rss_after MiB" "$(verdict at_most "$rss_after" 50)"
+    "$rss_after MiB (anonymous: $anon_after MiB)" "$(verdict at_most "$rss_after" 50)"
 first_text="$first_created ms by the first run's \`created_at\`; $(awk -v m="$first_ms" 'BEGIN { printf "%.0f", m }') ms until \`GET /events\` showed it"
 if [[ $first_by == reset ]]; then
     first_text="$first_text (a \`reset\`: the stream lost the first events)"
@@ -453,7 +454,7 @@ add_row "the same, $(thousands "$BRANCHES") branches over $(thousands "$BRANCH_C
     "p50 $(value_of p50_ms "$many") ms (p90 $(value_of p90_ms "$many"), max $(value_of max_ms "$many") ms)" \
     "$(verdict at_most "$(value_of p50_ms "$many")" 10)"
 add_row "server RSS then ($(thousands "$BRANCHES") branches, after the samples)" "≤ 50 MB" \
-    "$(value_of rss_mib "$many") MiB (VmHWM $(value_of hwm_mib "$many") MiB)" \
+    "$(value_of rss_mib "$many") MiB (anonymous $(value_of anon_mib "$many"), VmHWM $(value_of hwm_mib "$many") MiB)" \
     "$(verdict at_most "$(value_of rss_mib "$many")" 50)"
 
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)

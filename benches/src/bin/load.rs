@@ -211,12 +211,14 @@ async fn progress(client: &reqwest::Client, base: &str) -> Outcome<(u64, u64)> {
 }
 
 /// Waits until the store holds at least `runs` runs and none is unfinished;
-/// returns how many it holds. Progress on stderr every 10 s.
+/// returns how many it holds. Progress on stderr every 10 s, with the resident
+/// set of process `pid` when given.
 async fn settle(
     client: &reqwest::Client,
     base: &str,
     runs: u64,
     timeout: Duration,
+    pid: Option<u32>,
 ) -> Outcome<u64> {
     let start = Instant::now();
     let mut said = start;
@@ -235,8 +237,12 @@ async fn settle(
         }
         if said.elapsed() >= Duration::from_secs(10) {
             said = Instant::now();
+            let rss = pid
+                .and_then(|p| memory(p).ok())
+                .map(|m| format!("; server VmRSS {:.0} MiB (anonymous {:.0})", m.rss, m.anon))
+                .unwrap_or_default();
             eprintln!(
-                "load: {finished} of {runs} runs finished after {:.0} s",
+                "load: {finished} of {runs} runs finished after {:.0} s{rss}",
                 start.elapsed().as_secs_f64()
             );
         }
@@ -321,8 +327,18 @@ fn commit_of(event: &Value) -> &str {
     event.get("commit").and_then(Value::as_str).unwrap_or("")
 }
 
-/// `VmHWM` and `VmRSS` of process `pid`, in MiB.
-fn memory(pid: u32) -> Outcome<(f64, f64)> {
+/// The resident memory of a process, in MiB, from `/proc/PID/status`.
+struct Memory {
+    /// Peak resident set (`VmHWM`).
+    hwm: f64,
+    /// Resident set now (`VmRSS`).
+    rss: f64,
+    /// Its anonymous part (`RssAnon`): heap and stacks, not mapped files.
+    anon: f64,
+}
+
+/// The resident memory of process `pid`.
+fn memory(pid: u32) -> Outcome<Memory> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).map_err(context(format!("reading {path}")))?;
     let field = |name: &str| {
@@ -333,7 +349,11 @@ fn memory(pid: u32) -> Outcome<(f64, f64)> {
             .map(|kib| kib / 1024.0)
             .ok_or_else(|| format!("no {name} in {path}"))
     };
-    Ok((field("VmHWM:")?, field("VmRSS:")?))
+    Ok(Memory {
+        hwm: field("VmHWM:")?,
+        rss: field("VmRSS:")?,
+        anon: field("RssAnon:")?,
+    })
 }
 
 /// Opens the repository at `path` (a bare repository or a work tree).
@@ -444,9 +464,10 @@ async fn burst(options: &Options) -> Outcome<()> {
         "load: first run of the burst queued after {:.1} ms; waiting for {runs} runs",
         ms(first.0)
     );
-    let held = settle(&client, base, runs, timeout.saturating_sub(moved.elapsed())).await?;
+    let left = timeout.saturating_sub(moved.elapsed());
+    let held = settle(&client, base, runs, left, Some(pid)).await?;
     let elapsed = moved.elapsed();
-    let (hwm, rss_done) = memory(pid)?;
+    let done = memory(pid)?;
     // The server's own record of the first queuing: the oldest run's creation
     // time (the store held no run before the burst).
     let url = format!("{base}/runs?limit=1&offset={}", held.saturating_sub(1));
@@ -457,16 +478,17 @@ async fn burst(options: &Options) -> Outcome<()> {
         .ok_or_else(|| format!("GET {url}: no `created_at` in {oldest}"))?;
     println!("first_created_ms={}", created - moved_wall);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (_, rss_after) = memory(pid)?;
+    let after = memory(pid)?;
     println!("runs={held}");
     println!("finish_s={:.2}", elapsed.as_secs_f64());
     println!(
         "commits_per_s={:.0}",
         f64::from(u32::try_from(runs).unwrap_or(u32::MAX)) / elapsed.as_secs_f64()
     );
-    println!("hwm_mib={hwm:.1}");
-    println!("rss_done_mib={rss_done:.1}");
-    println!("rss_after_mib={rss_after:.1}");
+    println!("hwm_mib={:.1}", after.hwm);
+    println!("rss_done_mib={:.1}", done.rss);
+    println!("rss_after_mib={:.1}", after.rss);
+    println!("anon_after_mib={:.1}", after.anon);
     Ok(())
 }
 
@@ -589,9 +611,10 @@ async fn latency(options: &Options) -> Outcome<()> {
     );
     println!("retakes={retakes}");
     if let Some(pid) = pid {
-        let (hwm, rss) = memory(pid)?;
-        println!("hwm_mib={hwm:.1}");
-        println!("rss_mib={rss:.1}");
+        let now = memory(pid)?;
+        println!("hwm_mib={:.1}", now.hwm);
+        println!("rss_mib={:.1}", now.rss);
+        println!("anon_mib={:.1}", now.anon);
     }
     Ok(())
 }
@@ -738,7 +761,7 @@ async fn settle_command(options: &Options) -> Outcome<()> {
     let runs: u64 = options.number("runs")?;
     let timeout = options.seconds("timeout")?;
     let client = client()?;
-    let held = settle(&client, base, runs, timeout).await?;
+    let held = settle(&client, base, runs, timeout, None).await?;
     println!("runs={held}");
     Ok(())
 }
