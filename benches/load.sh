@@ -36,7 +36,7 @@
 # How to run, from anywhere (as root when wrk is missing: it is installed with
 # apt-get):
 #   benches/load.sh                      # the real figures (N=100000)
-#   N=2000 BRANCHES=100 benches/load.sh  # a quick try (about 3 minutes)
+#   N=2000 BRANCHES=100 benches/load.sh  # a quick try (about 1.5 minutes)
 # The table goes to stdout, progress to stderr:
 #   benches/load.sh | tee load-results.md
 #
@@ -58,9 +58,11 @@
 #   SKIP_BUILD=1    use the release binaries already built
 #   CARGO_TARGET_DIR  where cargo builds (default: target/ of this workspace)
 #
-# How long: with N=100000 on 2 cores about 10 minutes once built (the burst of
-# 100,000 runs takes most of it; see the table's commits per second), plus the
-# release build (several minutes from scratch). N=2000: about 3 minutes built.
+# How long: with N=100000 on 2 cores about 7 minutes once built (measured
+# 2026-11-28: the burst of 100,000 runs took 5 of them, at about 330 commits
+# per second; 8 s per wrk row, 12 rows), plus the release build (about 15
+# minutes from scratch on 2 cores, seconds when up to date). N=2000: about 1.5
+# minutes once built (the 11 wrk runs of 8 s make most of it).
 #
 # Everything it starts (servers in their own process group, the driver, wrk)
 # is stopped and the temporary directory removed on exit, Ctrl-C included.

@@ -242,7 +242,7 @@ async fn settle(
                 .map(|m| format!("; server VmRSS {:.0} MiB (anonymous {:.0})", m.rss, m.anon))
                 .unwrap_or_default();
             eprintln!(
-                "load: {finished} of {runs} runs finished after {:.0} s{rss}",
+                "load: {finished} of {runs} runs finished after {:.0} s ({all} in the store){rss}",
                 start.elapsed().as_secs_f64()
             );
         }
