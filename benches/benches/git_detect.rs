@@ -24,10 +24,17 @@
 //!   update of `main` (not timed until then); timed until the first of them is
 //!   queued.
 //!
+//! - `steady`: a server that runs for a long time, compressed: five branches
+//!   (`BranchyRepo` with 1,000 commits), then 20,000 commits written one at a
+//!   time on the branches in turn, each left to be queued and finished before
+//!   the next. The resident set is read after the first 2,000 (warmed up) and
+//!   at the end: what the server's parts keep per commit ever seen (a cache
+//!   without a bound, a map that is never emptied) shows as the difference.
+//!
 //! Each scenario runs in the process it is given, so run one at a time for its
 //! memory: `cargo bench -p benches --bench git_detect -- NAME` with NAME one of
-//! `one_branch`, `branches_1000`, `branches_10000`, `burst` (all, in one
-//! process, without a name).
+//! `one_branch`, `branches_1000`, `branches_10000`, `burst`, `steady` (all, in
+//! one process, without a name).
 
 #![allow(
     clippy::print_stdout,
@@ -254,7 +261,7 @@ fn print_row(name: &str, samples: &mut [Duration], runs: u64, before: f64) {
     let (median, p90, max) = summary(samples);
     let (hwm, rss) = memory();
     println!(
-        "| {name} | {} | {median:.1?} | {p90:.1?} | {max:.1?} | {runs} | {before:.0} MiB | {hwm:.0} MiB | {rss:.0} MiB |",
+        "| {name} | {} | {median:.1?} | {p90:.1?} | {max:.1?} | {runs} | {before:.0} MiB | {hwm:.0} MiB | {rss:.1} MiB |",
         samples.len()
     );
 }
@@ -341,8 +348,44 @@ async fn burst() {
     let queued = running.queued(&first).await;
     let (hwm, rss) = memory();
     println!(
-        "| burst of {BURST} commits, one ref update: first run queued | 1 | {:.1?} | | | | {before:.0} MiB | {hwm:.0} MiB | {rss:.0} MiB |",
+        "| burst of {BURST} commits, one ref update: first run queued | 1 | {:.1?} | | | | {before:.0} MiB | {hwm:.0} MiB | {rss:.1} MiB |",
         queued - written
+    );
+    running.stop().await;
+}
+
+async fn steady() {
+    const WARM_UP: usize = 2_000;
+    const COMMITS: usize = 20_000;
+    let mut repo = BranchyRepo::cached(5, 1_000, &fixture_cache())
+        .unwrap_or_else(|e| fatal("building the repository", e));
+    let branches: Vec<String> = repo.branches().to_vec();
+    let (_, before) = memory();
+    let mut running = Running::start(repo.path()).await;
+    running.settle(5).await;
+    let mut samples = Vec::with_capacity(COMMITS);
+    let mut warm = f64::NAN;
+    for (i, branch) in branches.iter().cycle().take(COMMITS).enumerate() {
+        if i == WARM_UP {
+            warm = memory().1;
+        }
+        let new = repo
+            .add_commit(branch)
+            .unwrap_or_else(|e| fatal("adding a commit", e));
+        let written = Instant::now();
+        let id = new.to_string();
+        let queued = running.queued(&id).await;
+        samples.push(queued - written);
+        running.finished(&id).await;
+    }
+    let runs = running.runs().await;
+    print_row(
+        &format!(
+            "steady: 5 branches, {COMMITS} commits one at a time (VmRSS after {WARM_UP}: {warm:.1} MiB)"
+        ),
+        &mut samples,
+        runs,
+        before,
     );
     running.stop().await;
 }
@@ -371,6 +414,9 @@ fn main() {
         }
         if wanted("burst") {
             burst().await;
+        }
+        if wanted("steady") {
+            steady().await;
         }
     });
 }
