@@ -14,17 +14,27 @@
 //! the engine announces `RunQueued` for that commit; the run is left to finish
 //! before the next sample (not timed). After the samples the process's peak
 //! resident set (`VmHWM`) and current one (`VmRSS`) are read from
-//! `/proc/self/status`, with the number of runs in the store.
+//! `/proc/self/status`, with the number of runs in the store. The resident set
+//! just before the server's parts start (the repository built and opened by
+//! the bench itself) is printed too: `VmHWM` less that is what the server's
+//! parts added.
 //!
 //! - `burst`: a history of 1,000 commits, its tip handed out; then 100,000 new
 //!   commits written with `git fast-import` on a side ref and revealed by one
 //!   update of `main` (not timed until then); timed until the first of them is
 //!   queued.
 //!
+//! - `steady`: a server that runs for a long time, compressed: five branches
+//!   (`BranchyRepo` with 1,000 commits), then 20,000 commits written one at a
+//!   time on the branches in turn, each left to be queued and finished before
+//!   the next. The resident set is read after the first 2,000 (warmed up) and
+//!   at the end: what the server's parts keep per commit ever seen (a cache
+//!   without a bound, a map that is never emptied) shows as the difference.
+//!
 //! Each scenario runs in the process it is given, so run one at a time for its
 //! memory: `cargo bench -p benches --bench git_detect -- NAME` with NAME one of
-//! `one_branch`, `branches_1000`, `branches_10000`, `burst` (all, in one
-//! process, without a name).
+//! `one_branch`, `branches_1000`, `branches_10000`, `burst`, `steady` (all, in
+//! one process, without a name).
 
 #![allow(
     clippy::print_stdout,
@@ -39,7 +49,8 @@ use std::time::{Duration, Instant};
 use benches::git_repo::{BenchRepo, BranchyRepo, fixture_cache};
 use benches::instant_runner;
 use ci_engine::{
-    CommitSource, Engine, EngineConfig, EngineEvent, EngineHandle, Pipeline, RunStore,
+    CommitSource, Engine, EngineConfig, EngineEvent, EngineHandle, Pipeline, RunQuery, RunStatus,
+    RunStore,
 };
 use ci_server::git::{GitSource, GitSourceConfig};
 use ci_server::sqlite_store::SqliteStore;
@@ -110,12 +121,7 @@ impl Running {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let runs = self.runs().await;
-            let unfinished = self
-                .store
-                .unfinished_runs()
-                .await
-                .unwrap_or_else(|e| fatal("reading the store", e))
-                .len();
+            let unfinished = self.unfinished().await;
             if runs >= n && unfinished == 0 {
                 break;
             }
@@ -177,6 +183,31 @@ impl Running {
         }
     }
 
+    /// How many runs are queued or running, from the store's totals: no run
+    /// is read. (Reading them all with `unfinished_runs`, every 20 ms while
+    /// thousands wait, cost the process hundreds of MiB: each read ran on a
+    /// blocking thread and grew that thread's malloc arena, which kept the
+    /// memory after it was freed.)
+    async fn unfinished(&self) -> u64 {
+        let mut n = 0;
+        for status in [RunStatus::Queued, RunStatus::Running] {
+            let query = RunQuery {
+                status: Some(status),
+                limit: 0,
+                with_logs: false,
+                with_steps: false,
+                ..RunQuery::default()
+            };
+            n += self
+                .store
+                .list_runs(&query)
+                .await
+                .unwrap_or_else(|e| fatal("reading the store", e))
+                .total;
+        }
+        n
+    }
+
     async fn runs(&self) -> u64 {
         self.store
             .max_seq()
@@ -224,11 +255,13 @@ fn summary(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
     (at(50), at(90), max)
 }
 
-fn print_row(name: &str, samples: &mut [Duration], runs: u64) {
+/// Prints a row of the table; `before` is the resident set (MiB) just before
+/// the server's parts started.
+fn print_row(name: &str, samples: &mut [Duration], runs: u64, before: f64) {
     let (median, p90, max) = summary(samples);
     let (hwm, rss) = memory();
     println!(
-        "| {name} | {} | {median:.1?} | {p90:.1?} | {max:.1?} | {runs} | {hwm:.0} MiB | {rss:.0} MiB |",
+        "| {name} | {} | {median:.1?} | {p90:.1?} | {max:.1?} | {runs} | {before:.0} MiB | {hwm:.0} MiB | {rss:.1} MiB |",
         samples.len()
     );
 }
@@ -236,6 +269,7 @@ fn print_row(name: &str, samples: &mut [Duration], runs: u64) {
 async fn one_branch() {
     let mut repo =
         BenchRepo::with_history(10_000).unwrap_or_else(|e| fatal("building the repository", e));
+    let (_, before) = memory();
     let mut running = Running::start(repo.path()).await;
     running.settle(1).await;
     let mut samples = Vec::with_capacity(SAMPLES);
@@ -250,7 +284,7 @@ async fn one_branch() {
         running.finished(&id).await;
     }
     let runs = running.runs().await;
-    print_row("one branch, 10,000 commits", &mut samples, runs);
+    print_row("one branch, 10,000 commits", &mut samples, runs, before);
     running.stop().await;
 }
 
@@ -258,6 +292,7 @@ async fn many_branches(count: u64) {
     let mut repo = BranchyRepo::cached(count, 100_000, &fixture_cache())
         .unwrap_or_else(|e| fatal("building the repository", e));
     let branches: Vec<String> = repo.branches().to_vec();
+    let (_, before) = memory();
     let mut running = Running::start(repo.path()).await;
     running.settle(count).await;
     let mut samples = Vec::with_capacity(SAMPLES);
@@ -276,6 +311,7 @@ async fn many_branches(count: u64) {
         &format!("{count} branches, 100,000 commits, packed refs"),
         &mut samples,
         runs,
+        before,
     );
     running.stop().await;
 }
@@ -284,6 +320,7 @@ async fn burst() {
     const BURST: u64 = 100_000;
     let mut repo =
         BenchRepo::with_history(1_000).unwrap_or_else(|e| fatal("building the repository", e));
+    let (_, before) = memory();
     let mut running = Running::start(repo.path()).await;
     running.settle(1).await;
     let tip = repo
@@ -311,8 +348,44 @@ async fn burst() {
     let queued = running.queued(&first).await;
     let (hwm, rss) = memory();
     println!(
-        "| burst of {BURST} commits, one ref update: first run queued | 1 | {:.1?} | | | | {hwm:.0} MiB | {rss:.0} MiB |",
+        "| burst of {BURST} commits, one ref update: first run queued | 1 | {:.1?} | | | | {before:.0} MiB | {hwm:.0} MiB | {rss:.1} MiB |",
         queued - written
+    );
+    running.stop().await;
+}
+
+async fn steady() {
+    const WARM_UP: usize = 2_000;
+    const COMMITS: usize = 20_000;
+    let mut repo = BranchyRepo::cached(5, 1_000, &fixture_cache())
+        .unwrap_or_else(|e| fatal("building the repository", e));
+    let branches: Vec<String> = repo.branches().to_vec();
+    let (_, before) = memory();
+    let mut running = Running::start(repo.path()).await;
+    running.settle(5).await;
+    let mut samples = Vec::with_capacity(COMMITS);
+    let mut warm = f64::NAN;
+    for (i, branch) in branches.iter().cycle().take(COMMITS).enumerate() {
+        if i == WARM_UP {
+            warm = memory().1;
+        }
+        let new = repo
+            .add_commit(branch)
+            .unwrap_or_else(|e| fatal("adding a commit", e));
+        let written = Instant::now();
+        let id = new.to_string();
+        let queued = running.queued(&id).await;
+        samples.push(queued - written);
+        running.finished(&id).await;
+    }
+    let runs = running.runs().await;
+    print_row(
+        &format!(
+            "steady: 5 branches, {COMMITS} commits one at a time (VmRSS after {WARM_UP}: {warm:.1} MiB)"
+        ),
+        &mut samples,
+        runs,
+        before,
     );
     running.stop().await;
 }
@@ -325,9 +398,9 @@ fn main() {
         .unwrap_or_else(|e| fatal("building the tokio runtime", e));
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     println!(
-        "| repository | samples | ref update → run queued (median) | p90 | max | runs in store | VmHWM | VmRSS |"
+        "| repository | samples | ref update → run queued (median) | p90 | max | runs in store | VmRSS before start | VmHWM | VmRSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let wanted = |name: &str| only.as_deref().is_none_or(|o| name == o);
     rt.block_on(async {
         if wanted("one_branch") {
@@ -341,6 +414,9 @@ fn main() {
         }
         if wanted("burst") {
             burst().await;
+        }
+        if wanted("steady") {
+            steady().await;
         }
     });
 }

@@ -720,6 +720,33 @@ async fn known_tips_stay_few_as_history_grows() {
     assert!(tips.len() <= 2, "{} known tips: {tips:?}", tips.len());
 }
 
+#[tokio::test]
+async fn the_commits_kept_between_scans_follow_the_newest_not_the_history() {
+    // Five branches, a commit on one of them at a time, an hour apart. Painting
+    // goes a few minutes below a new commit, so it needs none of the older
+    // ones: what the source keeps between scans stays a handful however many
+    // commits went by (it used to keep every commit met, up to 50,000, which a
+    // long-running server saw as a steady climb).
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    let branches = ["main", "b1", "b2", "b3", "b4"];
+    for b in &branches[1..] {
+        repo.set_branch(b, &base);
+    }
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    record(&store, &next(&mut source).await).await;
+    for (i, branch) in branches.iter().cycle().take(100).enumerate() {
+        repo.clock.fetch_add(3_600, Ordering::SeqCst);
+        let c = repo.commit_to(branch, &format!("commit {i}"));
+        let batch = next(&mut source).await;
+        assert_eq!(ids(&batch), vec![c]);
+        record(&store, &batch).await;
+    }
+    let kept = source.cached_commits();
+    assert!(kept <= 10, "{kept} commits kept after 100 scans");
+}
+
 /// The known tips saved in the store: the shards `git-source/tips/00` to `ff`.
 async fn saved_tips(store: &MemoryStore) -> Vec<serde_json::Value> {
     let mut tips = Vec::new();

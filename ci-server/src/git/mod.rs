@@ -269,6 +269,17 @@ impl GitSource {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(repo);
     }
 
+    /// How many commits' times and parents the source keeps between scans (what
+    /// the last scan that met commits met; see the module `scan`). For
+    /// diagnostics and tests: it follows what one scan needs, not the length of
+    /// the history or how long the source has run.
+    pub fn cached_commits(&self) -> usize {
+        self.nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     /// The repository's git dir (for the server to place its database by default).
     pub fn git_dir(&self) -> &Path {
         &self.git_dir
@@ -398,7 +409,10 @@ impl GitSource {
             refs_seen: std::mem::take(&mut self.refs_seen),
             cache: Arc::clone(&self.nodes),
         };
-        let repo = self.local_repo();
+        let mut repo = self.local_repo();
+        // A new, empty object cache: the one of the last scan holds commits
+        // that were handed out and will not be read again.
+        repo.object_cache_size(scan::OBJECT_CACHE_BYTES);
         let (repo, out) = blocking(move || {
             let mut repo = repo;
             let out = scan::scan(&mut repo, input);

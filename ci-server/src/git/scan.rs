@@ -45,7 +45,10 @@ type IdSet = gix::hashtable::HashSet<ObjectId>;
 pub(crate) const CLOCK_SLOP: i64 = 300;
 
 /// The object cache of the source's repository handle: a walk reads the new
-/// commits, and handing them out reads them again to decode them.
+/// commits, and handing them out reads them again to decode them. Each scan
+/// starts with an empty one: the commits of earlier scans are not read again
+/// (painting reads [`NodeCache`]), so a cache kept across scans would only fill
+/// up to this size with commits of the past.
 pub(crate) const OBJECT_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A walk that reads more commits than this turns the object cache off for the
@@ -53,17 +56,24 @@ pub(crate) const OBJECT_CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// into it costs more than reading a batch's commits twice.
 const OBJECT_CACHE_WALK_LIMIT: usize = 2_000;
 
-/// How many commits [`NodeCache`] keeps.
+/// How many commits [`NodeCache`] keeps at most.
 const NODE_CACHE_LIMIT: usize = 50_000;
 
-/// The commit times and parents of commits met by earlier scans. Painting goes
-/// over the newest known commits at every scan; with the cache it reads them
-/// from the repository once. Bounded: when full, it is emptied at the start of
-/// the next scan (a walk fills it newest first, so it keeps the commits the
-/// next paintings need).
+/// The commit times and parents of the commits the last scan met. Painting
+/// goes over the newest known commits at every scan, mostly the ones the scan
+/// before went over; with the cache it reads them from the repository once.
+///
+/// Only what the last scan met is kept (the first [`NODE_CACHE_LIMIT`] it met,
+/// a walk meeting the newest first), so commits that painting has left behind
+/// are dropped: a source that runs for months holds what one scan needs, not
+/// every commit it has seen. A scan that meets no commit (no branch moved)
+/// leaves the cache as it is.
 #[derive(Debug, Default)]
 pub(crate) struct NodeCache {
+    /// What the last scan that met commits met.
     map: IdMap<(i64, Parents)>,
+    /// What the scan in progress has met so far.
+    next: IdMap<(i64, Parents)>,
 }
 
 impl NodeCache {
@@ -71,17 +81,28 @@ impl NodeCache {
         self.map.get(id)
     }
 
-    fn insert(&mut self, id: ObjectId, time: i64, parents: &Parents) {
-        if self.map.len() < NODE_CACHE_LIMIT {
-            self.map.insert(id, (time, parents.clone()));
+    /// Records that the scan in progress met `id`.
+    fn met(&mut self, id: ObjectId, time: i64, parents: &Parents) {
+        if self.next.len() < NODE_CACHE_LIMIT {
+            self.next.insert(id, (time, parents.clone()));
         }
     }
 
-    /// Empties the cache if it is full.
-    fn trim(&mut self) {
-        if self.map.len() >= NODE_CACHE_LIMIT {
-            self.map = IdMap::default();
+    /// Starts a scan: forgets what a scan that did not finish had met.
+    fn begin(&mut self) {
+        self.next = IdMap::default();
+    }
+
+    /// Ends a scan: what it met becomes the cache, unless it met nothing.
+    fn end(&mut self) {
+        if !self.next.is_empty() {
+            self.map = std::mem::take(&mut self.next);
         }
+    }
+
+    /// How many commits the cache holds.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
     }
 }
 
@@ -220,7 +241,7 @@ pub(crate) fn scan(repo: &mut gix::Repository, input: ScanInput) -> Result<ScanO
     }
 
     let mut cache = input.cache.lock().unwrap_or_else(PoisonError::into_inner);
-    cache.trim();
+    cache.begin();
     let mut painter = Painter::new(repo, stops, &mut cache);
     match input.first_start {
         Some(InitialPolicy::None) => {
@@ -254,6 +275,8 @@ pub(crate) fn scan(repo: &mut gix::Repository, input: ScanInput) -> Result<ScanO
         }
     }
     out.dropped_stops.append(&mut painter.missing);
+    drop(painter);
+    cache.end();
     Ok(out)
 }
 
@@ -638,7 +661,6 @@ impl<'a> Painter<'a> {
                                 flags: 0,
                             }
                         };
-                        self.cache.insert(id, node.time, &node.parents);
                         self.loaded += 1;
                         if self.loaded == OBJECT_CACHE_WALK_LIMIT {
                             self.repo.object_cache_size(None);
@@ -646,6 +668,7 @@ impl<'a> Painter<'a> {
                         node
                     }
                 };
+                self.cache.met(id, node.time, &node.parents);
                 Ok(e.insert(node))
             }
         }
