@@ -464,8 +464,7 @@ impl Api {
         offset: Query<Option<u32>>,
         /// A cursor: the `next` of the previous page (decimal digits). Only
         /// runs older than that page's last run are listed.
-        // Checked by parsing, not by a `pattern` validator: poem-openapi
-        // compiles that regex again on every request.
+        #[oai(validator(custom = "params::CURSOR"))]
         after: Query<Option<String>>,
     ) -> ListRunsResponse {
         let after = match after.0.as_deref().map(str::parse::<u64>).transpose() {

@@ -46,8 +46,16 @@ pub const STEP: Matches = Matches {
     },
 };
 
+/// A cursor of `GET /runs` (`after`): 1 to 19 decimal digits, so it
+/// always fits a `u64`.
+pub const CURSOR: Matches = Matches {
+    pattern: "^[0-9]{1,19}$",
+    check: |s| (1..=19).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()),
+};
+
 /// The pattern of each parameter, by its name in the document.
-pub const PATTERNS: [(&str, &Matches); 2] = [("commit", &COMMIT), ("step", &STEP)];
+pub const PATTERNS: [(&str, &Matches); 3] =
+    [("commit", &COMMIT), ("step", &STEP), ("after", &CURSOR)];
 
 #[cfg(test)]
 mod tests {
@@ -75,6 +83,10 @@ mod tests {
                 "12345",
                 "dead beef",
                 "de\nad",
+                "1234567890123456789",
+                "12345678901234567890",
+                "-1",
+                "+1",
             ] {
                 assert_eq!(
                     (matches.check)(value),
