@@ -78,6 +78,16 @@ struct Running {
 }
 
 impl Running {
+    /// How long after `written` (its ref update) the engine queued the run
+    /// of commit `new`; then waits for that run to finish, so the next
+    /// sample starts from an idle engine.
+    async fn time(&mut self, new: gix::ObjectId, written: Instant) -> Duration {
+        let id = new.to_string();
+        let queued = self.queued(&id).await;
+        self.finished(&id).await;
+        queued - written
+    }
+
     /// Opens a SQLite store in a temporary directory, the source over `repo`
     /// with the default configuration, and starts the engine.
     async fn start(repo: &Path) -> Self {
@@ -278,10 +288,7 @@ async fn one_branch() {
             .add_commits(1)
             .unwrap_or_else(|e| fatal("adding a commit", e));
         let written = Instant::now();
-        let id = new.to_string();
-        let queued = running.queued(&id).await;
-        samples.push(queued - written);
-        running.finished(&id).await;
+        samples.push(running.time(new, written).await);
     }
     let runs = running.runs().await;
     print_row("one branch, 10,000 commits", &mut samples, runs, before);
@@ -301,10 +308,7 @@ async fn many_branches(count: u64) {
             .add_commit(branch)
             .unwrap_or_else(|e| fatal("adding a commit", e));
         let written = Instant::now();
-        let id = new.to_string();
-        let queued = running.queued(&id).await;
-        samples.push(queued - written);
-        running.finished(&id).await;
+        samples.push(running.time(new, written).await);
     }
     let runs = running.runs().await;
     print_row(
@@ -373,10 +377,7 @@ async fn steady() {
             .add_commit(branch)
             .unwrap_or_else(|e| fatal("adding a commit", e));
         let written = Instant::now();
-        let id = new.to_string();
-        let queued = running.queued(&id).await;
-        samples.push(queued - written);
-        running.finished(&id).await;
+        samples.push(running.time(new, written).await);
     }
     let runs = running.runs().await;
     print_row(

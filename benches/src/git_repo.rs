@@ -124,24 +124,13 @@ impl BenchRepo {
         let mut parent = old_tip;
         for _ in 0..k {
             self.commits += 1;
-            let time = gix::date::Time {
-                seconds: commit_time(self.commits),
-                offset: 0,
-            };
-            let signature = gix::actor::Signature {
-                name: NAME.into(),
-                email: EMAIL.into(),
-                time,
-            };
-            let commit = gix::objs::Commit {
-                tree: ObjectId::empty_tree(gix::hash::Kind::Sha1),
-                parents: std::iter::once(parent).collect(),
-                author: signature.clone(),
-                committer: signature,
-                encoding: None,
-                message: BString::from(format!("bench commit {}\n", self.commits)),
-                extra_headers: Vec::new(),
-            };
+            let commit = empty_tree_commit(
+                parent,
+                commit_time(self.commits),
+                NAME,
+                EMAIL,
+                format!("bench commit {}", self.commits),
+            );
             parent = self.repo.write_object(&commit).map_err(gix_error)?.detach();
         }
         self.repo
@@ -361,24 +350,13 @@ impl BranchyRepo {
             .id()
             .detach();
         self.commits += 1;
-        let time = gix::date::Time {
-            seconds: commit_time(self.commits),
-            offset: 0,
-        };
-        let signature = gix::actor::Signature {
-            name: NAME.into(),
-            email: EMAIL.into(),
-            time,
-        };
-        let commit = gix::objs::Commit {
-            tree: ObjectId::empty_tree(gix::hash::Kind::Sha1),
-            parents: std::iter::once(old).collect(),
-            author: signature.clone(),
-            committer: signature,
-            encoding: None,
-            message: BString::from(format!("bench commit {} on {branch}\n", self.commits)),
-            extra_headers: Vec::new(),
-        };
+        let commit = empty_tree_commit(
+            old,
+            commit_time(self.commits),
+            NAME,
+            EMAIL,
+            format!("bench commit {} on {branch}", self.commits),
+        );
         let new = self.repo.write_object(&commit).map_err(gix_error)?.detach();
         self.repo
             .reference(
@@ -470,4 +448,29 @@ pub fn fixture_cache() -> PathBuf {
         .ok()
         .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
         .map_or_else(std::env::temp_dir, |target| target.join("bench-fixtures"))
+}
+
+/// A commit of the empty tree on `parent`, written by `name <email>` at
+/// `seconds` (Unix time, UTC), with `message` as its one line.
+pub fn empty_tree_commit(
+    parent: ObjectId,
+    seconds: i64,
+    name: &str,
+    email: &str,
+    message: String,
+) -> gix::objs::Commit {
+    let signature = gix::actor::Signature {
+        name: name.into(),
+        email: email.into(),
+        time: gix::date::Time { seconds, offset: 0 },
+    };
+    gix::objs::Commit {
+        tree: ObjectId::empty_tree(gix::hash::Kind::Sha1),
+        parents: std::iter::once(parent).collect(),
+        author: signature.clone(),
+        committer: signature,
+        encoding: None,
+        message: BString::from(format!("{message}\n")),
+        extra_headers: Vec::new(),
+    }
 }

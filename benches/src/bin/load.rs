@@ -40,7 +40,6 @@ use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gix::ObjectId;
-use gix::bstr::BString;
 use gix::refs::Target;
 use gix::refs::transaction::PreviousValue;
 use serde_json::Value;
@@ -394,20 +393,13 @@ fn commit_on(repo: &gix::Repository, branch: &str, message: &str) -> Outcome<Obj
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let signature = gix::actor::Signature {
-        name: "Load".into(),
-        email: "load@example.invalid".into(),
-        time: gix::date::Time { seconds, offset: 0 },
-    };
-    let commit = gix::objs::Commit {
-        tree: ObjectId::empty_tree(gix::hash::Kind::Sha1),
-        parents: std::iter::once(parent).collect(),
-        author: signature.clone(),
-        committer: signature,
-        encoding: None,
-        message: BString::from(format!("{message}\n")),
-        extra_headers: Vec::new(),
-    };
+    let commit = benches::git_repo::empty_tree_commit(
+        parent,
+        seconds,
+        "Load",
+        "load@example.invalid",
+        message.to_owned(),
+    );
     let id = repo
         .write_object(&commit)
         .map_err(context("writing a commit"))?

@@ -49,17 +49,13 @@ impl ListingCache {
         entries.insert(query.clone(), (generation, body));
     }
 
-    /// How many answers are kept (for tests).
-    pub fn len(&self) -> usize {
+    /// How many answers are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
-    }
-
-    /// Whether no answer is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

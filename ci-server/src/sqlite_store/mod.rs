@@ -202,16 +202,17 @@ impl SqliteStore {
     /// B-tree to sort.
     pub async fn list_query_plan(&self, query: &RunQuery) -> Result<ListPlans, SqliteStoreError> {
         let sql = rows::list_sql(query);
+        let page = sql.page_params(
+            rows::highest_listed(query.after),
+            query.limit,
+            u64::try_from(query.offset).unwrap_or(u64::MAX),
+        );
         self.run(Side::Read, move |conn| {
-            let mut buckets = sql.bucket_params.clone();
-            buckets.push(Value::Integer(i64::MAX));
-            let mut range = sql.filter_params.clone();
-            range.extend([Value::Integer(0), Value::Integer(1023)]);
             Ok(ListPlans {
-                page: rows::explain(conn, &sql.page, &sql.page_params)?,
+                page: rows::explain(conn, &sql.page, &page)?,
                 count: rows::explain(conn, &sql.count, &sql.count_params)?,
-                buckets: rows::explain(conn, &sql.buckets, &buckets)?,
-                range_count: rows::explain(conn, &sql.range_count, &range)?,
+                buckets: rows::explain(conn, &sql.buckets, &sql.bucket_params(i64::MAX))?,
+                range_count: rows::explain(conn, &sql.range_count, &sql.range_params(0, 1023))?,
             })
         })
         .await

@@ -500,27 +500,51 @@ pub(super) fn get_run(conn: &Connection, id_or_prefix: &str) -> Result<Run> {
 /// The statements behind a [`RunQuery`]: the page, the total, and the two
 /// that find where a page at an `offset` starts.
 pub(super) struct ListSql {
-    /// Selects the page: [`RUN_COLUMNS`], newest first. Its parameters are
-    /// the filters' (`filter_params`), then the highest `seq` to list, the
-    /// limit and the offset.
+    /// Selects the page: [`RUN_COLUMNS`], newest first
+    /// ([`page_params`](Self::page_params)).
     pub page: String,
-    /// Parameters of `page` for the query's own cursor, limit and offset.
-    pub page_params: Vec<Value>,
     /// Counts every match.
     pub count: String,
-    /// Parameters of `count`.
+    /// Parameters of `count`, and the first ones of `buckets`: the branch
+    /// (`''` for all), then the status when filtered.
     pub count_params: Vec<Value>,
-    /// Counts the matches in a range of `seq`: the filters' parameters, then
-    /// the lowest and the highest `seq`.
+    /// Counts the matches in a range of `seq`
+    /// ([`range_params`](Self::range_params)).
     pub range_count: String,
-    /// Sums the matches per bucket of `seq`, newest bucket first: the
-    /// branch (`''` for all), the status when filtered, then the highest
-    /// bucket.
+    /// Sums the matches per bucket of `seq`, newest bucket first
+    /// ([`bucket_params`](Self::bucket_params)).
     pub buckets: String,
-    /// Parameters of `buckets` before the highest bucket.
-    pub bucket_params: Vec<Value>,
-    /// The filters' parameters.
-    pub filter_params: Vec<Value>,
+    /// The filters' parameters, the first ones of `page` and `range_count`.
+    filter_params: Vec<Value>,
+}
+
+impl ListSql {
+    /// The filters' parameters followed by `more`.
+    fn filtered(&self, more: impl IntoIterator<Item = Value>) -> Vec<Value> {
+        self.filter_params.iter().cloned().chain(more).collect()
+    }
+
+    /// Parameters of `page`: the highest `seq` to list, at most `limit`
+    /// runs, after skipping `skip` matches.
+    pub fn page_params(&self, highest: i64, limit: usize, skip: u64) -> Vec<Value> {
+        self.filtered([
+            Value::Integer(highest),
+            Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
+            Value::Integer(i64::try_from(skip).unwrap_or(i64::MAX)),
+        ])
+    }
+
+    /// Parameters of `range_count`: the lowest and the highest `seq`.
+    pub fn range_params(&self, low: i64, high: i64) -> Vec<Value> {
+        self.filtered([Value::Integer(low), Value::Integer(high)])
+    }
+
+    /// Parameters of `buckets`: its filters, then the highest bucket.
+    pub fn bucket_params(&self, highest_bucket: i64) -> Vec<Value> {
+        let mut params = self.count_params.clone();
+        params.push(Value::Integer(highest_bucket));
+        params
+    }
 }
 
 /// Builds the SQL for `query`. Each filter has an index that yields runs newest
@@ -569,17 +593,9 @@ pub(super) fn list_sql(query: &RunQuery) -> ListSql {
         "SELECT {RUN_COLUMNS} {from} WHERE {filter}{seq} <= ? ORDER BY {seq} DESC LIMIT ? OFFSET ?"
     );
     let range_count = format!("SELECT count(*) {from} WHERE {filter}{seq} >= ? AND {seq} <= ?");
-    let mut page_params = params.clone();
-    page_params.extend([
-        Value::Integer(highest_listed(query.after)),
-        Value::Integer(i64::try_from(query.limit).unwrap_or(i64::MAX)),
-        Value::Integer(i64::try_from(query.offset).unwrap_or(i64::MAX)),
-    ]);
     ListSql {
         page,
-        page_params,
         count: count.to_owned(),
-        bucket_params: count_params.clone(),
         count_params,
         range_count,
         buckets: buckets.to_owned(),
@@ -588,7 +604,7 @@ pub(super) fn list_sql(query: &RunQuery) -> ListSql {
 }
 
 /// The highest `seq` a listing with cursor `after` shows (`-1`: none).
-fn highest_listed(after: Option<u64>) -> i64 {
+pub(super) fn highest_listed(after: Option<u64>) -> i64 {
     match after {
         None => i64::MAX,
         // Every stored seq fits an i64, so a larger cursor lists them all.
@@ -612,11 +628,11 @@ fn page_start(conn: &Connection, sql: &ListSql, query: &RunQuery) -> Result<Opti
     if query.after.is_some() {
         // The cursor's own bucket, below the cursor.
         let low = bucket_of(highest) << super::schema::BUCKET_BITS;
-        let mut params = sql.filter_params.clone();
-        params.extend([Value::Integer(low), Value::Integer(highest)]);
         let n: i64 = conn
             .prepare_cached(&sql.range_count)?
-            .query_row(params_from_iter(&params), |r| r.get(0))?;
+            .query_row(params_from_iter(&sql.range_params(low, highest)), |r| {
+                r.get(0)
+            })?;
         let n = u64::try_from(n).unwrap_or(0);
         if n > skip {
             return Ok(Some((highest, skip)));
@@ -627,10 +643,8 @@ fn page_start(conn: &Connection, sql: &ListSql, query: &RunQuery) -> Result<Opti
             return Ok(None);
         }
     }
-    let mut params = sql.bucket_params.clone();
-    params.push(Value::Integer(bucket_of(highest)));
     let mut stmt = conn.prepare_cached(&sql.buckets)?;
-    let mut rows = stmt.query(params_from_iter(&params))?;
+    let mut rows = stmt.query(params_from_iter(&sql.bucket_params(bucket_of(highest))))?;
     while let Some(row) = rows.next()? {
         let bucket: i64 = row.get(0)?;
         let n = u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
@@ -662,12 +676,7 @@ pub(super) fn list_runs(
         return Ok((total, Vec::new(), None));
     };
     // One run more than the page, to tell whether another page follows.
-    let mut params = sql.filter_params.clone();
-    params.extend([
-        Value::Integer(highest),
-        Value::Integer(i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX)),
-        Value::Integer(i64::try_from(skip).unwrap_or(i64::MAX)),
-    ]);
+    let params = sql.page_params(highest, query.limit.saturating_add(1), skip);
     let mut runs = read_heads(conn, &sql.page, &params)?;
     let more = runs.len() > query.limit;
     runs.truncate(query.limit);
