@@ -430,8 +430,25 @@ impl PoolOutcome {
                     continue;
                 }
                 let c = self.pipeline.class_of(i);
+                // While the run waited in the store behind a full memory, its
+                // steps may wait whatever the permits.
+                let room = common::memory_room_from(&self.events, &self.engine, &id, ready);
+                let out_of_memory = |t: Instant| room.is_none_or(|room| t < room);
                 let Some(limit) = classes[c].limit else {
-                    return Err(format!("{id} {} (unlimited) waited", step.name));
+                    let checkpoints = std::iter::once(ready).chain(
+                        self.events
+                            .iter()
+                            .map(|(at, _)| *at)
+                            .filter(|&at| at > ready && at < *start),
+                    );
+                    if let Some(t) = checkpoints.into_iter().find(|&t| !out_of_memory(t)) {
+                        return Err(format!(
+                            "{id} {} (unlimited) waited at {:?} while memory had room for its run",
+                            step.name,
+                            t.duration_since(self.t0)
+                        ));
+                    }
+                    continue;
                 };
                 let allowed: Vec<usize> = match self.pipeline.same_runner_as(i) {
                     Some(j) => {
@@ -456,7 +473,7 @@ impl PoolOutcome {
                         Scope::Pool => counts.iter().map(|rc| rc[c]).sum::<u32>() >= limit,
                         Scope::Runner => allowed.iter().all(|&r| counts[r][c] >= limit),
                     };
-                    if !full {
+                    if !full && !out_of_memory(t) {
                         return Err(format!(
                             "{id} {} ready at {:?} started at {:?}, but at {:?} a runner it may use had a free permit: {counts:?}",
                             step.name,
@@ -639,11 +656,14 @@ proptest! {
     #![proptest_config(common::cases(128))]
 
     /// Work conservation across the pool: a ready step waits only while every
-    /// runner it may use is full for its class.
+    /// runner it may use is full for its class, or while its run waits in the
+    /// store behind a full memory; and memory never holds more runs under way
+    /// than its ceiling.
     #[test]
     fn ready_steps_wait_only_while_their_runners_are_full(s in clean_scenario()) {
         let o = simulate(&s);
         prop_assert_eq!(o.check_work_conserving(), Ok(()));
+        prop_assert_eq!(common::check_memory_ceiling(&o.events, &o.engine), Ok(()));
     }
 
     /// Per-runner classes are limited on each runner, pool-wide classes across

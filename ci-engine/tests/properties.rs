@@ -389,3 +389,62 @@ proptest! {
         }
     }
 }
+
+/// A burst of 300 commits against a window of 4, with an instant unlimited
+/// `lint`, a quick `build` and a slower `test`: memory never holds more than 8
+/// runs under way (an unlimited first class used to take the whole burst
+/// in), every run ends, and the window still keeps every permit busy (the
+/// work-conserving check, memory ceiling included).
+#[test]
+fn a_burst_costs_memory_for_the_window_not_for_the_burst() {
+    let commits: Vec<Commit> = (0..300u32)
+        .map(|i| Commit::bare(format!("{i:08x}")))
+        .collect();
+    let scenario = Scenario {
+        pipeline: Pipeline::standard(),
+        runner: SimRunnerConfig {
+            seed: 7,
+            steps: HashMap::from([
+                ("lint".to_owned(), StepBehaviour::green(0, 0)),
+                ("build".to_owned(), StepBehaviour::green(1, 3)),
+                ("test".to_owned(), StepBehaviour::green(5, 9)),
+            ]),
+            default_step: StepBehaviour::green(0, 0),
+            downtime_ms: (0, 0),
+        },
+        engine: EngineConfig {
+            active_runs: 4,
+            max_in_flight: 1_000,
+            ..EngineConfig::default()
+        },
+        batches: vec![(Duration::ZERO, commits)],
+        outages: Vec::new(),
+        cancels: Vec::new(),
+        retries: Vec::new(),
+    };
+    let o = simulate(&scenario);
+    assert_eq!(o.runs.len(), 300);
+    assert!(
+        o.runs
+            .iter()
+            .all(|r| r.status == ci_engine::RunStatus::Success)
+    );
+    assert_eq!(o.check_always(), Ok(()));
+    assert_eq!(o.check_work_conserving(), Ok(()));
+    // The ceiling was reached: the check above was not vacuous.
+    let mut under_way = std::collections::HashSet::new();
+    let mut most = 0;
+    for (_, e) in &o.events {
+        match e {
+            ci_engine::EngineEvent::StepStarted { commit, .. } => {
+                under_way.insert(commit.clone());
+                most = most.max(under_way.len());
+            }
+            ci_engine::EngineEvent::RunFinished { commit, .. } => {
+                under_way.remove(commit);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(most, 8, "runs under way at most");
+}

@@ -175,9 +175,10 @@ pub struct Cli {
     pub max_in_flight: u32,
 
     /// Unfinished runs the engine holds in memory at once; the others wait in
-    /// the store and are taken up oldest first as runs finish (earlier when a
-    /// runner would otherwise idle). A burst of commits costs memory for this
-    /// many runs, whatever its size. At least 1.
+    /// the store and are taken up oldest first as runs finish. When a runner
+    /// would otherwise idle, runs are taken up early, up to as many again: a
+    /// burst of commits costs memory for at most twice this many runs,
+    /// whatever its size. At least 1.
     #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub active_runs: u32,
 

@@ -58,11 +58,13 @@ pub struct EngineConfig {
     /// Capacity of the event channel; a subscriber that falls further behind
     /// misses events (and is told so by `broadcast`). At least 1. Default 1024.
     pub event_capacity: usize,
-    /// Unfinished runs the engine holds in memory at once. The others wait in
-    /// the store and are taken up in queue order as runs finish; beyond this
-    /// number, a run is taken up early only when a permit would otherwise
-    /// stay idle (at most one per free permit), so a burst of any size costs
-    /// memory for this many runs, not for the burst. At least 1. Default 512.
+    /// The window: unfinished runs the engine holds in memory at once. The
+    /// others wait in the store and are taken up in queue order as runs
+    /// finish. Beyond the window, a run is taken up early only when a permit
+    /// of a first step's class would otherwise stay idle, and only up to as
+    /// many again: memory never holds more than twice this many unfinished
+    /// runs, so a burst of any size costs memory for the window, not for the
+    /// burst. At least 1. Default 512.
     pub active_runs: usize,
 }
 

@@ -61,6 +61,92 @@ pub struct Scenario {
     pub retries: Vec<(Duration, CommitId)>,
 }
 
+/// From when on `commit`'s run, ready at `from`, had room in the engine's
+/// memory: the first moment at or after `from` when fewer unfinished runs were
+/// queued ahead of it (by queue position; a retry queues a run again at a new
+/// position) than [`memory_ceiling`]. The engine takes runs up in queue order
+/// and holds at most that many in memory, so before this moment the run
+/// waited in the store and its steps could not start, whatever the permits;
+/// from it on, they may not wait for a free permit. `None`: never (the run
+/// finished or was queued again first).
+pub fn memory_room_from(
+    events: &[(Instant, EngineEvent)],
+    config: &EngineConfig,
+    commit: &CommitId,
+    from: Instant,
+) -> Option<Instant> {
+    let ceiling = memory_ceiling(config);
+    let mut positions: HashMap<&CommitId, u64> = HashMap::new();
+    let mut rest = events.iter().peekable();
+    while let Some((_, e)) = rest.next_if(|(at, _)| *at <= from) {
+        track_position(&mut positions, e);
+    }
+    let ahead = |positions: &HashMap<&CommitId, u64>| {
+        let mine = positions.get(commit)?;
+        Some(positions.values().filter(|&p| p < mine).count())
+    };
+    if ahead(&positions)? < ceiling {
+        return Some(from);
+    }
+    for (at, e) in rest {
+        track_position(&mut positions, e);
+        if ahead(&positions)? < ceiling {
+            return Some(*at);
+        }
+    }
+    None
+}
+
+/// Keeps `positions` (the queue position of every unfinished run) up to date
+/// with `e`.
+fn track_position<'a>(positions: &mut HashMap<&'a CommitId, u64>, e: &'a EngineEvent) {
+    match e {
+        EngineEvent::RunQueued { commit, seq } | EngineEvent::RunRetried { commit, seq, .. } => {
+            positions.insert(commit, *seq);
+        }
+        EngineEvent::RunFinished { commit, .. } => {
+            positions.remove(commit);
+        }
+        _ => {}
+    }
+}
+
+/// The most unfinished runs an engine with `config` holds in memory.
+pub fn memory_ceiling(config: &EngineConfig) -> usize {
+    config.active_runs.saturating_mul(2)
+}
+
+/// Memory bounded by design: at no moment are more runs under way (a step
+/// started since the run was last queued, the run not finished) than the
+/// engine may hold in memory, [`memory_ceiling`], whatever the size of the
+/// backlog. A run under way is in memory, so this bounds memory from below.
+pub fn check_memory_ceiling(
+    events: &[(Instant, EngineEvent)],
+    config: &EngineConfig,
+) -> Result<(), String> {
+    let ceiling = memory_ceiling(config);
+    let mut under_way: HashSet<&CommitId> = HashSet::new();
+    for (at, e) in events {
+        match e {
+            EngineEvent::StepStarted { commit, .. } => {
+                under_way.insert(commit);
+                if under_way.len() > ceiling {
+                    return Err(format!(
+                        "{} runs under way at {at:?}, more than the ceiling of {ceiling} (window {})",
+                        under_way.len(),
+                        config.active_runs
+                    ));
+                }
+            }
+            EngineEvent::RunFinished { commit, .. } => {
+                under_way.remove(commit);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// What a scenario left behind.
 pub struct Outcome {
     pub pipeline: Pipeline,
@@ -634,10 +720,13 @@ impl Outcome {
         }
         let (per_class, total, down) = self.timelines();
         let cap = u32::try_from(self.engine.max_in_flight).unwrap_or(u32::MAX);
+        let commits: HashMap<u64, &CommitId> = self.runs.iter().map(|r| (r.seq, r.id())).collect();
         for (seq, i, lo, hi) in self.ready_intervals() {
             if lo >= hi {
                 continue;
             }
+            // Worked out only when needed: it scans the events.
+            let mut room: Option<Option<Instant>> = None;
             let c = self.pipeline.class_of(i);
             let limit = self.pipeline.classes()[c].limit;
             let mut points: BTreeSet<Instant> = BTreeSet::new();
@@ -653,7 +742,15 @@ impl Outcome {
                 }
                 let in_class = at(&per_class[c], from);
                 let all = at(&total, from);
-                if !at(&down, from) && all < cap && limit.is_none_or(|l| in_class < l) {
+                if !at(&down, from)
+                    && all < cap
+                    && limit.is_none_or(|l| in_class < l)
+                    && room
+                        .get_or_insert_with(|| {
+                            memory_room_from(&self.events, &self.engine, commits[&seq], lo)
+                        })
+                        .is_some_and(|room| from >= room)
+                {
                     return Err(format!(
                         "step {i} of run {seq} was ready from {:?} to {:?}, but waited from {:?} to {:?} while the runner was up, {all} of {cap} requests open and its class had {in_class} of {limit:?}",
                         lo - self.t0(),
@@ -886,7 +983,8 @@ impl Outcome {
         self.check_needs_before_start()?;
         self.check_one_terminal_run_each()?;
         self.check_status_consistency()?;
-        self.check_retries()
+        self.check_retries()?;
+        check_memory_ceiling(&self.events, &self.engine)
     }
 
     /// Retries: a run has a recorded retry exactly when a retry of it

@@ -500,6 +500,15 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Whether memory holds fewer runs than the ceiling of early take-up:
+    /// twice [`EngineConfig::active_runs`]. Runs taken up early finish their
+    /// first steps and then wait for later ones; without a ceiling, an
+    /// unlimited first class (or a first class faster than a later one) would
+    /// take the whole backlog into memory.
+    fn below_ceiling(&self) -> bool {
+        self.runs.len() < self.config.active_runs.saturating_mul(2)
+    }
+
     /// Whether some runner could start a step of a class that steps needing
     /// nothing belong to, and no such step is ready: a run taken up from the
     /// backlog would make it busy.
@@ -735,8 +744,11 @@ impl Scheduler {
                 self.start(seq, step, r, false).await?;
             }
             // Work conservation beyond the window: a permit that would idle
-            // while runs wait in the store takes up the next of them.
-            if !(self.backlog && self.root_permit_idle()) || self.take_from_store(1).await? == 0 {
+            // while runs wait in the store takes up the next of them, as long
+            // as memory holds fewer than the ceiling.
+            if !(self.backlog && self.below_ceiling() && self.root_permit_idle())
+                || self.take_from_store(1).await? == 0
+            {
                 return Ok(());
             }
         }
