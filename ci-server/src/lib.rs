@@ -17,6 +17,7 @@
 //! - [`supervisor`]: starts and restarts a bundled step-runner simulator (one
 //!   supervisor per simulator).
 //! - [`sqlite_store`]: `SqliteStore`, a durable `RunStore`.
+//! - [`memory`]: gives the memory a burst freed back to the system.
 //! - [`timed_store`]: `TimedStore`, a `RunStore` that times every call of
 //!   another one for `GET /metrics`.
 
@@ -24,6 +25,7 @@ pub mod api;
 pub mod cli;
 pub mod git;
 pub mod http_runner;
+pub mod memory;
 pub mod server;
 pub mod sqlite_store;
 pub mod supervisor;

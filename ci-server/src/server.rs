@@ -310,6 +310,9 @@ impl Server {
             .ending_streams_on(stop_rx.clone());
         let app = crate::api::app(api);
 
+        let trimmer = tokio::spawn(crate::memory::give_back_freed_memory(Arc::clone(
+            &self.store,
+        )));
         let mut engine_task =
             tokio::spawn(engine.run(Box::new(self.source), stopped(stop_rx.clone())));
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(ServerError::Http)?;
@@ -367,6 +370,7 @@ impl Server {
                 Err(e) => outcome = outcome.and(Err(ServerError::Task(e.to_string()))),
             }
         }
+        trimmer.abort();
         futures::future::join_all(self.supervisors.into_iter().map(RunnerSupervisor::shutdown))
             .await;
         info!("stopped");

@@ -368,6 +368,35 @@ async fn a_burst_larger_than_a_batch_comes_out_in_consecutive_batches_and_resume
     assert_eq!(ids(&next(&mut again).await), vec![after]);
 }
 
+/// After a read long enough to open the repository again (to let go of the
+/// packs it mapped), the source goes on: the whole burst came out once, in
+/// order, and the next commit, written after the new handle was opened and
+/// into a pack it never saw, comes out too.
+#[tokio::test]
+async fn the_source_goes_on_after_opening_the_repository_again() {
+    let burst_len = ci_server::git::REOPEN_AFTER + 1;
+    let repo = TestRepo::new();
+    let base = repo.commit_to("main", "base");
+    let store = Arc::new(MemoryStore::new());
+    let mut source = open(&repo, &store, InitialPolicy::All).await;
+    record(&store, &next(&mut source).await).await;
+    let burst = repo.import_chain(&base, burst_len, "burst");
+    repo.set_branch("main", burst.last().expect("a burst"));
+    let mut out = Vec::new();
+    for _ in 0..burst_len {
+        if out.len() >= burst_len {
+            break;
+        }
+        let b = next(&mut source).await;
+        record(&store, &b).await;
+        out.extend(ids(&b));
+    }
+    assert_eq!(out, strs(&burst), "the burst, once each, in order");
+    let more = repo.import_chain(burst.last().expect("a burst"), 3, "more");
+    repo.set_branch("main", more.last().expect("more"));
+    assert_eq!(ids(&next(&mut source).await), strs(&more));
+}
+
 #[tokio::test]
 async fn a_branch_created_or_reset_at_an_old_commit_hands_out_nothing() {
     let repo = TestRepo::new();

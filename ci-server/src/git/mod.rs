@@ -50,6 +50,12 @@ use wake::Wakeup;
 /// out. A larger burst comes in several batches, parents first across them.
 pub const MAX_BATCH: usize = 1_000;
 
+/// After handing out this many commits read since the repository was opened,
+/// the source opens it again once nothing is pending (see
+/// `GitSource::reopen`): a long read maps whole packs, and a new handle lets
+/// their pages go. Opening costs about a millisecond.
+pub const REOPEN_AFTER: usize = 10_000;
+
 /// A [`CommitSource`] over the branches of a local git repository.
 ///
 /// # Behaviour
@@ -68,6 +74,10 @@ pub const MAX_BATCH: usize = 1_000;
 ///   [`SourceError`]s; the next call scans again.
 pub struct GitSource {
     repo: gix::ThreadSafeRepository,
+    /// The path `repo` was opened from, to open it again.
+    open_path: PathBuf,
+    /// Commits read since `repo` was opened; see [`REOPEN_AFTER`].
+    read_since_open: usize,
     /// A handle of `repo` for this source's blocking work (taken while in use;
     /// in a mutex only so that the source is `Sync`).
     local: std::sync::Mutex<Option<gix::Repository>>,
@@ -155,6 +165,7 @@ impl GitSource {
             path: path.to_owned(),
             source,
         };
+        let open_path = absolute.clone();
         let (repo, common_dir) = blocking(move || {
             let repo = gix::ThreadSafeRepository::open(absolute)?;
             let common_dir = repo.to_thread_local().common_dir().to_owned();
@@ -219,6 +230,8 @@ impl GitSource {
         let wakeup = Wakeup::new(&common_dir, config.poll_interval, config.watch);
         let mut source = Self {
             repo,
+            open_path,
+            read_since_open: 0,
             local: std::sync::Mutex::new(None),
             git_dir,
             store,
@@ -259,6 +272,35 @@ impl GitSource {
         // A scan that walks many commits turns the cache off (see `scan`).
         repo.object_cache_size_if_unset(scan::OBJECT_CACHE_BYTES);
         repo
+    }
+
+    /// Opens the repository again, letting go of the old handles and with
+    /// them of every pack file they mapped into memory (gix keeps a pack it
+    /// opened mapped for the life of the repository handle, so after a burst
+    /// of 100,000 commits the server's resident set would keep the pack's
+    /// pages). On failure the old handle stays in use.
+    async fn reopen(&mut self) {
+        let path = self.open_path.clone();
+        match blocking(move || gix::ThreadSafeRepository::open(path)).await {
+            Ok(Ok(repo)) => {
+                self.repo = repo;
+                *self
+                    .local
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                debug!(
+                    read = self.read_since_open,
+                    "repository opened again after a long read"
+                );
+                self.read_since_open = 0;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "opening the repository again failed; keeping the old handle")
+            }
+            Err(e) => {
+                warn!(error = %e, "opening the repository again did not finish; keeping the old handle")
+            }
+        }
     }
 
     /// Gives back a handle taken with [`local_repo`](Self::local_repo).
@@ -464,6 +506,7 @@ impl GitSource {
         self.refs_seen = out.refs_seen;
         self.labels = out.labels;
         self.refs_later = out.refs_later;
+        self.read_since_open += out.pending.len();
         self.pending = out.pending.into();
         if !self.pending.is_empty() {
             info!(commits = self.pending.len(), "new commits");
@@ -518,6 +561,9 @@ impl GitSource {
                     skipped_with_runs = ran.len(),
                     "commits that already have runs"
                 );
+            }
+            if self.pending.is_empty() && self.read_since_open >= REOPEN_AFTER {
+                self.reopen().await;
             }
             if !batch.is_empty() {
                 return Ok(batch);
