@@ -3,9 +3,11 @@
 //! glibc's allocator keeps the memory a burst freed: each thread's arena holds
 //! on to its free pages, so a server that ran 100,000 runs through its window
 //! stays at the size of the busiest moment. [`give_back_freed_memory`] runs
-//! beside the server and, at most every [`TRIM_INTERVAL`] after the store was
-//! written, asks the allocator to return its free pages (`malloc_trim`).
-//! Where the allocator is not glibc's it does nothing.
+//! beside the server and, once the store has not been written for a
+//! [`TRIM_INTERVAL`] after it was, asks the allocator to return its free
+//! pages (`malloc_trim`): never while work goes on (the pages would be taken
+//! again at once), and never twice for one quiet spell. Where the allocator
+//! is not glibc's it does nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,27 +15,43 @@ use std::time::Duration;
 use ci_engine::RunStore;
 use tracing::debug;
 
-/// How often, at most, freed memory is given back while the store is written.
-pub const TRIM_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the store must stay unwritten, after a write, before freed
+/// memory is given back; also how often the store's generation is read.
+pub const TRIM_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Gives freed memory back every [`TRIM_INTERVAL`] during which `store`'s
-/// generation moved (so an idle server costs nothing), until the task is
-/// dropped. A store without a generation is treated as always written.
+/// Gives freed memory back each time `store` falls quiet: when its generation
+/// moved during one [`TRIM_INTERVAL`] and not during the next. Runs until the
+/// task is dropped. A store without a generation is never trimmed after.
 pub async fn give_back_freed_memory(store: Arc<dyn RunStore>) {
-    let mut tick = tokio::time::interval(TRIM_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut trimmed_at: Option<u64> = None;
-    loop {
-        tick.tick().await;
-        let now = store.generation();
-        if now.is_some() && now == trimmed_at {
-            continue;
-        }
-        trimmed_at = now;
+    when_quiet(store, || async {
         // The trim walks every arena; keep it off the async workers.
         match tokio::task::spawn_blocking(trim).await {
             Ok(released) => debug!(released, "gave freed memory back"),
             Err(e) => debug!(error = %e, "the memory trim did not finish"),
+        }
+    })
+    .await;
+}
+
+/// Calls `act` each time `store` falls quiet (see [`give_back_freed_memory`]).
+async fn when_quiet<F, Fut>(store: Arc<dyn RunStore>, mut act: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(TRIM_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = store.generation();
+    let mut written = false;
+    loop {
+        tick.tick().await;
+        let now = store.generation();
+        if now != seen {
+            seen = now;
+            written = true;
+        } else if written {
+            written = false;
+            act().await;
         }
     }
 }
@@ -52,4 +70,55 @@ fn trim() -> bool {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ci_engine::{Commit, MemoryStore, Pipeline, Run};
+
+    use super::*;
+
+    /// One act per quiet spell after writes: none while the store is written
+    /// every interval, none while it stays quiet, none before any write.
+    #[tokio::test(start_paused = true)]
+    async fn acts_once_each_time_the_store_falls_quiet() {
+        let store = Arc::new(MemoryStore::new());
+        let acts = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&acts);
+        let task = tokio::spawn(when_quiet(store.clone(), move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {}
+        }));
+        let pipeline = Pipeline::standard();
+        let step = |n: u32| tokio::time::sleep(TRIM_INTERVAL * n);
+        step(4).await;
+        assert_eq!(acts.load(Ordering::SeqCst), 0, "nothing written yet");
+        // Writes half-way between ticks, so no tick shares an instant with one.
+        tokio::time::sleep(TRIM_INTERVAL / 2).await;
+        for i in 0..8u64 {
+            let run = Run::new(Commit::bare(format!("{i:08x}")), i, &pipeline);
+            store
+                .insert_run(&run)
+                .await
+                .expect("a memory store takes a run");
+            step(1).await;
+        }
+        assert_eq!(acts.load(Ordering::SeqCst), 0, "written every interval");
+        step(10).await;
+        assert_eq!(acts.load(Ordering::SeqCst), 1, "once when it fell quiet");
+        let run = Run::new(Commit::bare("ffffffff"), 99, &pipeline);
+        store
+            .insert_run(&run)
+            .await
+            .expect("a memory store takes a run");
+        step(10).await;
+        assert_eq!(
+            acts.load(Ordering::SeqCst),
+            2,
+            "once more after the next write"
+        );
+        task.abort();
+    }
 }
