@@ -31,6 +31,7 @@ struct SimCommand {
 }
 
 fn main() {
+    ci_server::memory::limit_arenas();
     let argv: Vec<OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == SIM_SUBCOMMAND) {
         run_simulator(&argv);
