@@ -17,6 +17,8 @@
 //! - [`supervisor`]: starts and restarts a bundled step-runner simulator (one
 //!   supervisor per simulator).
 //! - [`sqlite_store`]: `SqliteStore`, a durable `RunStore`.
+//! - [`pg_store`]: `PgStore`, a `RunStore` in PostgreSQL that several servers
+//!   may share.
 //! - [`timed_store`]: `TimedStore`, a `RunStore` that times every call of
 //!   another one for `GET /metrics`.
 
@@ -24,6 +26,7 @@ pub mod api;
 pub mod cli;
 pub mod git;
 pub mod http_runner;
+pub mod pg_store;
 pub mod server;
 pub mod sqlite_store;
 pub mod supervisor;
