@@ -20,7 +20,9 @@ const MASK: &str = "***";
 #[derive(Clone)]
 pub struct DatabaseUrl {
     raw: String,
-    config: tokio_postgres::Config,
+    /// Boxed: the driver's settings are large beside the other ways to name
+    /// a store.
+    config: Box<tokio_postgres::Config>,
 }
 
 /// Why a URL cannot be used. The message shows the URL redacted.
@@ -66,7 +68,8 @@ impl DatabaseUrl {
         };
         if !is_postgres_url(url) {
             return Err(bad(&format!(
-                "the scheme {scheme} is not postgres or postgresql"
+                "the scheme {scheme} is not postgres or postgresql (a SQLite database is \
+                 given by its file path)"
             )));
         }
         // The driver only knows the schemes in lower case.
@@ -79,7 +82,7 @@ impl DatabaseUrl {
         }
         Ok(Self {
             raw: url.to_owned(),
-            config,
+            config: Box::new(config),
         })
     }
 
