@@ -115,25 +115,26 @@ pub enum PgStoreError {
 /// message may carry `DETAIL` and `HINT` lines. Neither the driver nor the
 /// server puts the password in an error, so none is here.
 pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
-    let mut parts = Vec::new();
-    if let Some(db) = error.as_db_error() {
-        parts.push(format!("{}: {}", db.severity(), db.message()));
+    let text = if let Some(db) = error.as_db_error() {
+        let mut text = format!("{}: {}", db.severity(), db.message());
         if let Some(detail) = db.detail() {
-            parts.push(format!("DETAIL: {detail}"));
+            text.push_str(&format!("; DETAIL: {detail}"));
         }
         if let Some(hint) = db.hint() {
-            parts.push(format!("HINT: {hint}"));
+            text.push_str(&format!("; HINT: {hint}"));
         }
-        parts.push(format!("(SQLSTATE {})", db.code().code()));
+        text.push_str(&format!(" (SQLSTATE {})", db.code().code()));
+        text
     } else {
-        parts.push(error.to_string());
+        let mut parts = vec![error.to_string()];
         let mut cause = error.source();
         while let Some(inner) = cause {
             parts.push(inner.to_string());
             cause = inner.source();
         }
-    }
-    one_line(&parts.join(": "))
+        parts.join(": ")
+    };
+    one_line(&text)
 }
 
 /// `text` with its line breaks turned into `; `.

@@ -54,7 +54,9 @@ pub fn is_postgres_url(text: &str) -> bool {
 
 impl DatabaseUrl {
     /// Parses `url`: a `postgres://` or `postgresql://` URL (scheme in any
-    /// case) that names at least one host, with only options the driver knows.
+    /// case) that names at least one host, with only options the driver
+    /// knows, and that does not ask for TLS (`sslmode=require`), which this
+    /// build lacks.
     ///
     /// # Errors
     /// A [`DatabaseUrlError`] naming the URL without its password.
@@ -79,6 +81,12 @@ impl DatabaseUrl {
             .map_err(|e: tokio_postgres::Error| bad(&super::error::describe(&e)))?;
         if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
             return Err(bad("it names no host"));
+        }
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(bad(
+                "sslmode=require asks for TLS, which this build does not have (use \
+                 sslmode=disable or prefer on a trusted network)",
+            ));
         }
         Ok(Self {
             raw: url.to_owned(),
@@ -271,6 +279,7 @@ mod tests {
             ("postgres://ci:s3cret@h/db?colour=red", "colour"),
             ("postgres://ci:s3cret@/db", "no host"),
             ("postgres://ci:s3cret@h/db?unterminated", "unterminated"),
+            ("postgres://ci:s3cret@h/db?sslmode=require", "TLS"),
             ("mysql://ci:s3cret@h/db", "not postgres"),
             ("runs.db", "expected postgres://"),
         ] {
