@@ -23,6 +23,7 @@ use clap::Parser;
 use crate::api::token::{ApiToken, TOKEN_ENV, TokenError, TokenSource};
 use crate::git::InitialPolicy;
 use crate::http_runner::{HttpRunnerConfig, RunnerAddr, RunnerAddrError};
+use crate::pg_store::{DatabaseUrl, DatabaseUrlError, is_postgres_url};
 use crate::server::{ServerConfig, StoreChoice};
 
 pub use runners::parse_runner_spec;
@@ -61,15 +62,22 @@ Without any, retry and cancel answer 403.
   CI_API_TOKEN=$(cat /etc/ci-server/token) ci-server /path/to/repo
   ci-server /path/to/repo --api-token-file /etc/ci-server/token
 
+Runs are kept in a SQLite file unless --db or CI_DATABASE_URL names a
+PostgreSQL database, which several servers may share:
+  CI_DATABASE_URL=postgres://ci:PASSWORD@db.internal:5432/ci ci-server /path/to/repo
+
 Environment:
-  CI_API_TOKEN  the API token, when neither --api-token-file nor --api-token
-                is given (unset or empty: no token)
-  RUST_LOG      log filter for the log on stderr (default: info)
+  CI_API_TOKEN     the API token, when neither --api-token-file nor
+                   --api-token is given (unset or empty: no token)
+  CI_DATABASE_URL  the PostgreSQL database (postgres://...), when --db is not
+                   given (unset or empty: the SQLite default)
+  RUST_LOG         log filter for the log on stderr (default: info)
 
 Exit codes: 0 after Ctrl-C or SIGTERM, 1 when the server fails while running,
 2 when it cannot start (bad arguments, missing path, not a git repository,
 unparsable runner address, unusable pipeline file, unreadable or empty API
-token file, port in use, unusable database).";
+token file, port in use, unusable database, database URL or PostgreSQL
+server that refuses the connection or the password).";
 
 /// The most bundled simulators `--sims` starts.
 pub const MAX_SIMS: u32 = 64;
@@ -117,11 +125,15 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: String,
 
-    /// Where runs are stored: a SQLite file, or `:memory:` to keep them in memory
-    /// only (lost at exit). Default: `<git-dir>/ci-server/runs.db` inside the
-    /// watched repository (the folder is created).
-    #[arg(long, value_name = "PATH")]
-    pub db: Option<String>,
+    /// Where runs are stored: a SQLite file, `:memory:` to keep them in memory
+    /// only (lost at exit), or a PostgreSQL database as a URL,
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (the database must exist;
+    /// its tables are created or migrated at start). Default: CI_DATABASE_URL
+    /// when set, else `<git-dir>/ci-server/runs.db` inside the watched
+    /// repository (the folder is created). A URL shows on other users' `ps`:
+    /// prefer CI_DATABASE_URL for one with a password.
+    #[arg(long, value_name = "PATH|URL")]
+    pub db: Option<DbArg>,
 
     /// What to build the first time the server sees the repository: `tips` (the
     /// tip of each branch), `all` (every commit) or `none` (only new commits).
@@ -223,6 +235,44 @@ pub struct Cli {
     /// environment (tests set it directly).
     #[arg(skip)]
     pub api_token_env: Option<Secret>,
+
+    /// The value of the environment variable CI_DATABASE_URL, used when
+    /// `--db` is not given. Not an option: `main` reads it from the
+    /// environment (tests set it directly).
+    #[arg(skip)]
+    pub database_url_env: Option<Secret>,
+}
+
+/// The environment variable that names the PostgreSQL database when `--db`
+/// is not given.
+pub const DATABASE_URL_ENV: &str = "CI_DATABASE_URL";
+
+/// The value of `--db` as written: a path, `:memory:` or a database URL.
+/// `Debug` masks a URL's password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbArg(String);
+
+impl DbArg {
+    /// The value as written (a URL's password included).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DbArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DbArg")
+            .field(&crate::pg_store::redact(&self.0))
+            .finish()
+    }
+}
+
+impl std::str::FromStr for DbArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }
 
 /// A secret from the command line or the environment (the API token): `Debug`
@@ -311,6 +361,17 @@ pub enum CliError {
     /// token, a character a header cannot carry).
     #[error(transparent)]
     ApiToken(#[from] TokenError),
+    /// `--db` or CI_DATABASE_URL names a database that cannot be used (a
+    /// malformed URL, a URL of another scheme); the message masks the
+    /// password.
+    #[error("{origin}: {source}")]
+    Database {
+        /// Where the value came from: `--db` or `CI_DATABASE_URL`.
+        origin: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: DatabaseUrlError,
+    },
     /// The engine refuses a setting an option gave it.
     #[error("invalid {option}: {problem}")]
     Engine {
@@ -354,11 +415,7 @@ impl Cli {
             Some(path) => Pipeline::load(path)?,
             None => Pipeline::standard(),
         };
-        let store = match self.db.as_deref() {
-            None => StoreChoice::DefaultSqlite,
-            Some(MEMORY_DB) => StoreChoice::Memory,
-            Some(path) => StoreChoice::Sqlite(PathBuf::from(path)),
-        };
+        let store = self.store_choice()?;
         if self.step_timeout <= MIN_STEP_TIMEOUT {
             return Err(CliError::StepTimeoutTooShort(MIN_STEP_TIMEOUT));
         }
@@ -392,6 +449,50 @@ impl Cli {
         // sent; the HTTP client only derives its connect timeout from it.
         config.http_runner = HttpRunnerConfig::for_engine(&config.engine);
         Ok(config)
+    }
+
+    /// The store: `--db` (see [`StoreChoice::parse`]), else CI_DATABASE_URL
+    /// (unset or empty: none), which must be a PostgreSQL URL, else the
+    /// default SQLite file.
+    fn store_choice(&self) -> Result<StoreChoice, CliError> {
+        let env = self
+            .database_url_env
+            .as_ref()
+            .filter(|v| !v.expose().is_empty());
+        if let Some(db) = &self.db {
+            if env.is_some() {
+                tracing::info!("{DATABASE_URL_ENV} is set but not used: --db gives the database");
+            }
+            return StoreChoice::parse(db.expose()).map_err(|source| CliError::Database {
+                origin: "--db",
+                source,
+            });
+        }
+        let Some(env) = env else {
+            return Ok(StoreChoice::DefaultSqlite);
+        };
+        let database = |reason: &str| CliError::Database {
+            origin: DATABASE_URL_ENV,
+            source: DatabaseUrlError {
+                url: crate::pg_store::redact(&env.expose().to_string_lossy()),
+                reason: reason.to_owned(),
+            },
+        };
+        let Some(url) = env.expose().to_str() else {
+            return Err(database("it is not UTF-8"));
+        };
+        if !is_postgres_url(url) {
+            return Err(database(
+                "expected postgres://USER:PASSWORD@HOST:PORT/DATABASE (a SQLite file is given \
+                 with --db)",
+            ));
+        }
+        DatabaseUrl::parse(url)
+            .map(StoreChoice::Postgres)
+            .map_err(|source| CliError::Database {
+                origin: DATABASE_URL_ENV,
+                source,
+            })
     }
 
     /// The API token: from `--api-token-file`, else `--api-token`, else
@@ -773,6 +874,86 @@ mod tests {
         assert_eq!(c.engine.retry_backoff, Duration::from_millis(50));
         let c = config(&["/repo", "--db", "/tmp/x.db"]).expect("valid");
         assert_eq!(c.store, StoreChoice::Sqlite(PathBuf::from("/tmp/x.db")));
+    }
+
+    #[test]
+    fn store_choice_tells_memory_paths_and_urls_apart() {
+        assert_eq!(StoreChoice::parse(MEMORY_DB), Ok(StoreChoice::Memory));
+        for path in [
+            "runs.db",
+            "/var/lib/ci/runs.db",
+            "./postgres:/x",
+            "postgres",
+        ] {
+            assert_eq!(
+                StoreChoice::parse(path),
+                Ok(StoreChoice::Sqlite(PathBuf::from(path))),
+                "{path}"
+            );
+        }
+        for url in [
+            "postgres://ci:s3cret@db:5432/runs",
+            "postgresql://ci@127.0.0.1/runs?sslmode=disable",
+            "PostgreSQL://db/runs",
+        ] {
+            let Ok(StoreChoice::Postgres(parsed)) = StoreChoice::parse(url) else {
+                panic!("{url} is not a PostgreSQL choice");
+            };
+            assert_eq!(parsed.expose(), url);
+            assert!(!format!("{:?}", StoreChoice::Postgres(parsed)).contains("s3cret"));
+        }
+        // A URL is never a path: another scheme, or a malformed one, is refused.
+        for (url, reason) in [
+            ("mysql://ci:s3cret@db/runs", "not postgres"),
+            ("sqlite://runs.db", "file path"),
+            ("postgres://ci:s3cret@db:port/runs", "port"),
+            ("postgres://ci:s3cret@/runs", "no host"),
+        ] {
+            let err = StoreChoice::parse(url).expect_err(url);
+            let line = err.to_string();
+            assert!(line.contains(reason), "{url}: {line}");
+            assert!(!line.contains("s3cret"), "{url}: {line}");
+        }
+    }
+
+    #[test]
+    fn the_database_comes_from_db_else_the_environment() {
+        let with_env = |args: &[&str], env: Option<&str>| {
+            let mut cli = cli(args);
+            cli.database_url_env = env.map(Secret::new);
+            cli.into_config(PathBuf::from("/bin/self"))
+        };
+        let url = "postgres://ci:s3cret@db/runs";
+        let c = with_env(&["/repo"], Some(url)).expect("valid");
+        assert!(
+            matches!(&c.store, StoreChoice::Postgres(u) if u.expose() == url),
+            "{:?}",
+            c.store
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug shows it");
+        let c = with_env(&["/repo", "--db", "/tmp/x.db"], Some(url)).expect("valid");
+        assert_eq!(c.store, StoreChoice::Sqlite(PathBuf::from("/tmp/x.db")));
+        let c = with_env(&["/repo"], Some("")).expect("valid");
+        assert_eq!(c.store, StoreChoice::DefaultSqlite, "empty is unset");
+
+        let err = with_env(&["/repo"], Some("/tmp/runs.db")).unwrap_err();
+        let line = err.to_string();
+        assert!(line.starts_with("CI_DATABASE_URL: "), "{line}");
+        assert!(line.contains("--db"), "{line}");
+        let err = with_env(&["/repo"], Some("postgres://ci:s3cret@h/db?x=1")).unwrap_err();
+        let line = err.to_string();
+        assert!(line.contains("unknown option `x`"), "{line}");
+        assert!(!line.contains("s3cret"), "{line}");
+        let err = with_env(&["/repo", "--db", "postgres://ci:s3cret@h:x/db"], None).unwrap_err();
+        let line = err.to_string();
+        assert!(line.starts_with("--db: invalid database URL"), "{line}");
+        assert!(!line.contains("s3cret"), "{line}");
+
+        let parsed = cli(&["/repo", "--db", url]);
+        assert!(
+            !format!("{parsed:?}").contains("s3cret"),
+            "Debug of the Cli"
+        );
     }
 
     #[test]

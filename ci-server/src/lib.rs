@@ -18,6 +18,7 @@
 //!   supervisor per simulator).
 //! - [`sqlite_store`]: `SqliteStore`, a durable `RunStore`.
 //! - [`memory`]: gives the memory a burst freed back to the system.
+//! - [`pg_store`]: `PgStore`, a durable `RunStore` in PostgreSQL.
 //! - [`timed_store`]: `TimedStore`, a `RunStore` that times every call of
 //!   another one for `GET /metrics`.
 
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod git;
 pub mod http_runner;
 pub mod memory;
+pub mod pg_store;
 pub mod server;
 pub mod sqlite_store;
 pub mod supervisor;

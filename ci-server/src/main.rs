@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use ci_server::api::token::TOKEN_ENV;
-use ci_server::cli::{Cli, SIM_SUBCOMMAND, Secret, parse_listen};
+use ci_server::cli::{Cli, DATABASE_URL_ENV, SIM_SUBCOMMAND, Secret, parse_listen};
 use ci_server::server::{LISTENING_PREFIX, Server, public_url};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -46,6 +46,7 @@ fn main() {
         Err(help_or_version) => help_or_version.exit(),
     };
     cli.api_token_env = std::env::var_os(TOKEN_ENV).map(Secret::new);
+    cli.database_url_env = std::env::var_os(DATABASE_URL_ENV).map(Secret::new);
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -27,6 +27,7 @@ use crate::api::runners::RunnerInfo;
 use crate::api::token::{ApiToken, TOKEN_ENV, TokenSource};
 use crate::git::{GitSource, GitSourceConfig, GitSourceError};
 use crate::http_runner::{HttpRunnerConfig, HttpRunnerError};
+use crate::pg_store::{DatabaseUrl, DatabaseUrlError, PgStore, PgStoreError, url_scheme};
 use crate::supervisor::{RunnerSupervisor, SupervisorError};
 use crate::timed_store::{StoreMetrics, TimedStore};
 
@@ -49,6 +50,8 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
 const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Where runs are kept.
+///
+/// `Debug` never shows a database password (see [`DatabaseUrl`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreChoice {
     /// In memory: lost when the server stops.
@@ -57,6 +60,30 @@ pub enum StoreChoice {
     Sqlite(PathBuf),
     /// A SQLite file at `<git-dir>/ci-server/runs.db` of the watched repository.
     DefaultSqlite,
+    /// A PostgreSQL database ([`PgStore`](crate::pg_store::PgStore)), which
+    /// must exist; its tables are created or migrated at start.
+    Postgres(DatabaseUrl),
+}
+
+impl StoreChoice {
+    /// The store a `--db` value names: [`MEMORY_DB`](crate::cli::MEMORY_DB)
+    /// is [`Memory`](Self::Memory); a `postgres://` or `postgresql://` URL
+    /// (scheme in any case) is [`Postgres`](Self::Postgres); anything else
+    /// is a SQLite file path. A value that starts like a URL of another
+    /// scheme (`mysql://…`) is refused rather than taken as a path.
+    ///
+    /// # Errors
+    /// A [`DatabaseUrlError`] for a URL that cannot be used: another scheme,
+    /// a malformed URL, no host. Its message masks the password.
+    pub fn parse(db: &str) -> Result<Self, DatabaseUrlError> {
+        if db == crate::cli::MEMORY_DB {
+            Ok(Self::Memory)
+        } else if url_scheme(db).is_some() {
+            Ok(Self::Postgres(DatabaseUrl::parse(db)?))
+        } else {
+            Ok(Self::Sqlite(PathBuf::from(db)))
+        }
+    }
 }
 
 /// Everything the server needs to start.
@@ -125,6 +152,12 @@ pub enum StartupError {
         /// Why.
         reason: String,
     },
+    /// The PostgreSQL database could not be reached or used (refused
+    /// connection, failed authentication, a database of another program or
+    /// of a newer ci-server). The message names the database by its URL,
+    /// password masked.
+    #[error(transparent)]
+    Postgres(#[from] PgStoreError),
     /// The runners do not make a pool (none at all, or two with one id: one
     /// address given twice).
     #[error("invalid runners: {0}")]
@@ -281,7 +314,8 @@ impl Server {
         &self.repo_path
     }
 
-    /// Where runs are stored: a file path, or `:memory:`.
+    /// Where runs are stored: a file path, `:memory:`, or a PostgreSQL URL
+    /// with its password masked.
     pub fn db(&self) -> &str {
         &self.db
     }
@@ -455,6 +489,10 @@ async fn open_store(
         }
         StoreChoice::Sqlite(path) => path.clone(),
         StoreChoice::DefaultSqlite => default_db_path(repo_path).await?,
+        StoreChoice::Postgres(url) => {
+            let store = PgStore::open(url).await?;
+            return Ok((Arc::new(store), url.redacted()));
+        }
     };
     let store_error = |reason: String| StartupError::Store {
         path: path.clone(),

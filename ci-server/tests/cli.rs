@@ -3,19 +3,34 @@
 //! a valid pipeline file is used.
 
 mod e2e_support;
+mod pg_support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use e2e_support::{GitRepo, Server, get_json, run_to_end};
+use e2e_support::{
+    DATABASE_URL_ENV, GitRepo, Server, get_json, is_terminal, run_to_end, run_to_end_with,
+};
+use pg_support::PgCluster;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
 /// Runs the binary, expects exit code 2 and exactly one line on stderr
 /// containing `needle`; returns that line.
 fn expect_startup_error(args: &[&str], needle: &str) -> String {
-    let (code, stdout, stderr) = run_to_end(args, WITHIN);
+    expect_startup_error_with(args, &[], None, needle)
+}
+
+/// [`expect_startup_error`] with the environment variables `env` and, when
+/// given, in the working directory `cwd`.
+fn expect_startup_error_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: Option<&Path>,
+    needle: &str,
+) -> String {
+    let (code, stdout, stderr) = run_to_end_with(args, env, cwd, WITHIN);
     assert_eq!(code, Some(2), "{args:?}: stderr {stderr:?}");
     assert!(stdout.is_empty(), "{args:?}: printed {stdout:?}");
     let lines: Vec<&str> = stderr.lines().collect();
@@ -40,6 +55,8 @@ fn help_explains_every_option() {
         "0.0.0.0:9000",
         "--db",
         ":memory:",
+        "postgres://",
+        "CI_DATABASE_URL",
         "--initial",
         "--poll-interval",
         "--no-watch",
@@ -327,5 +344,171 @@ fn an_unusable_database_is_a_startup_error() {
             dir.path().to_str().expect("UTF-8 path"),
         ],
         "cannot open the database",
+    );
+}
+
+/// A loopback port nobody listens on (bound, then released).
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[test]
+fn a_database_url_that_does_not_parse_is_a_startup_error_never_a_path() {
+    let repo = GitRepo::new();
+    let path = repo.path().to_str().expect("UTF-8 path");
+    let cwd = tempfile::tempdir().expect("temporary directory");
+    for (url, needle) in [
+        ("postgres://ci:s3cret@127.0.0.1:notaport/runs", "port"),
+        ("postgresql://ci:s3cret@127.0.0.1/runs?colour=red", "colour"),
+        ("postgres://ci:s3cret@/runs", "no host"),
+        ("mysql://ci:s3cret@127.0.0.1/runs", "not postgres"),
+    ] {
+        let line = expect_startup_error_with(
+            &[path, ":8080", "--listen", "127.0.0.1:0", "--db", url],
+            &[],
+            Some(cwd.path()),
+            "--db: invalid database URL",
+        );
+        assert!(line.contains(needle), "{url}: {line}");
+        assert!(!line.contains("s3cret"), "the password shows: {line}");
+        let line = expect_startup_error_with(
+            &[path, ":8080", "--listen", "127.0.0.1:0"],
+            &[(DATABASE_URL_ENV, url)],
+            Some(cwd.path()),
+            "CI_DATABASE_URL: invalid database URL",
+        );
+        assert!(!line.contains("s3cret"), "the password shows: {line}");
+    }
+    // A path in the variable is refused too: it is for URLs only.
+    expect_startup_error_with(
+        &[path, ":8080", "--listen", "127.0.0.1:0"],
+        &[(DATABASE_URL_ENV, "runs.db")],
+        Some(cwd.path()),
+        "CI_DATABASE_URL: invalid database URL",
+    );
+    // No URL became a file or folder (`postgres:`, `mysql:`) anywhere.
+    let left: Vec<_> = std::fs::read_dir(cwd.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "files appeared: {left:?}");
+    assert!(!repo.path().join(".git/ci-server").exists());
+}
+
+#[test]
+fn a_refused_database_connection_is_a_startup_error() {
+    let repo = GitRepo::new();
+    let url = format!("postgres://ci:s3cret@127.0.0.1:{}/runs", unused_port());
+    let line = expect_startup_error(
+        &[
+            repo.path().to_str().expect("UTF-8 path"),
+            ":8080",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            &url,
+        ],
+        "cannot connect to the run database postgres://ci:***@127.0.0.1:",
+    );
+    assert!(line.to_lowercase().contains("refused"), "{line}");
+    assert!(!line.contains("s3cret"), "the password shows: {line}");
+    assert!(
+        !repo.path().join(".git/ci-server").exists(),
+        "fell back to SQLite"
+    );
+}
+
+#[test]
+fn a_wrong_database_password_is_a_startup_error_that_never_shows_it() {
+    let Some(cluster) = PgCluster::shared() else {
+        return;
+    };
+    let repo = GitRepo::new();
+    let path = repo.path().to_str().expect("UTF-8 path");
+    let wrong = format!(
+        "postgres://postgres:wrong-{}@127.0.0.1:{}/postgres",
+        cluster.password(),
+        cluster.port()
+    );
+    let line = expect_startup_error(
+        &[path, ":8080", "--listen", "127.0.0.1:0", "--db", &wrong],
+        "password authentication failed",
+    );
+    assert!(line.contains("postgres:***@127.0.0.1"), "{line}");
+    assert!(
+        !line.contains(cluster.password()),
+        "the password shows: {line}"
+    );
+    let line = expect_startup_error_with(
+        &[path, ":8080", "--listen", "127.0.0.1:0"],
+        &[(DATABASE_URL_ENV, &wrong)],
+        None,
+        "password authentication failed",
+    );
+    assert!(
+        !line.contains(cluster.password()),
+        "the password shows: {line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_from_the_environment_keeps_the_runs() {
+    let Some(cluster) = PgCluster::shared() else {
+        return;
+    };
+    let database = cluster.create_database("cli_runs");
+    let url = cluster.url(&database);
+    let repo = GitRepo::new();
+    let commit = repo.commit("first");
+    let server = Server::start_with_env(
+        repo.path(),
+        &[
+            "--sim-args",
+            "--no-crash --lint-ms 1 --build-ms 1 --test-ms 1",
+        ],
+        &[(DATABASE_URL_ENV, &url)],
+    );
+    assert!(
+        server.startup_line.contains(&format!(
+            "store: postgres://postgres:***@127.0.0.1:{}/{database}",
+            cluster.port()
+        )),
+        "{}",
+        server.startup_line
+    );
+    assert!(!server.startup_line.contains(cluster.password()));
+    let deadline = Instant::now() + WITHIN;
+    let status = loop {
+        let (code, run) = get_json(&server.url(&format!("/run/{commit}"))).await;
+        if code == 200
+            && let Some(status) = run["status"].as_str().filter(|s| is_terminal(s))
+        {
+            break status.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no finished run for {commit}: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        cluster.psql(
+            &database,
+            &format!("SELECT status FROM runs WHERE id = '{commit}'")
+        ),
+        status,
+        "the run is in PostgreSQL as the API shows it"
+    );
+    assert!(
+        !repo.path().join(".git/ci-server").exists(),
+        "no SQLite file was made"
+    );
+    let log = server.proc.stderr_tail();
+    assert!(
+        !log.contains(cluster.password()),
+        "the log shows the password"
     );
 }

@@ -187,8 +187,13 @@ impl Drop for Proc {
 /// environment of every process the tests start, unless a test sets it.
 pub const TOKEN_ENV: &str = "CI_API_TOKEN";
 
+/// The environment variable that names the server's PostgreSQL database;
+/// never inherited by the processes started here (a developer's own would
+/// send the tests' runs to their database).
+pub const DATABASE_URL_ENV: &str = "CI_DATABASE_URL";
+
 /// Spawns `BIN args…` with piped output, `RUST_LOG=info`, the variables of
-/// `env` and no inherited [`TOKEN_ENV`]; every line it writes on stderr is
+/// `env` and no inherited [`TOKEN_ENV`] or [`DATABASE_URL_ENV`]; every line it writes on stderr is
 /// kept in `stderr`, and lines are also sent on the returned channels.
 fn spawn(
     name: &str,
@@ -198,6 +203,7 @@ fn spawn(
     let mut child = Command::new(BIN)
         .args(args)
         .env_remove(TOKEN_ENV)
+        .env_remove(DATABASE_URL_ENV)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -323,9 +329,26 @@ pub fn start_simulator(args: &[&str]) -> (Proc, SocketAddr) {
 
 /// Runs `BIN args…` to completion (bounded) and returns (exit code, stdout, stderr).
 pub fn run_to_end(args: &[&str], within: Duration) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
+    run_to_end_with(args, &[], None, within)
+}
+
+/// [`run_to_end`] with the environment variables `env` set and, when given,
+/// in the working directory `cwd`.
+pub fn run_to_end_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: Option<&Path>,
+    within: Duration,
+) -> (Option<i32>, String, String) {
+    let mut command = Command::new(BIN);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command
         .args(args)
         .env_remove(TOKEN_ENV)
+        .env_remove(DATABASE_URL_ENV)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
