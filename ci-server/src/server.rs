@@ -204,6 +204,8 @@ pub struct Server {
     steps: Vec<String>,
     repo_path: PathBuf,
     db: String,
+    /// The lock file beside a SQLite database, held while the server lives.
+    _db_lock: Option<std::fs::File>,
     /// For `/healthz`: how long no runner may be up before the server is unhealthy.
     unreachable_limit: Duration,
     /// For `/metrics`: the times of the store's operations.
@@ -243,7 +245,7 @@ impl Server {
                 path: config.repo_path.clone(),
                 source,
             })?;
-        let (store, db) = open_store(&config.store, &repo_path).await?;
+        let (store, db, db_lock) = open_store(&config.store, &repo_path).await?;
         let store_metrics = StoreMetrics::new();
         let store: Arc<dyn RunStore> = Arc::new(TimedStore::new(store, store_metrics.clone()));
         let source = GitSource::open(&repo_path, Arc::clone(&store), config.source).await?;
@@ -277,6 +279,7 @@ impl Server {
             steps,
             repo_path,
             db,
+            _db_lock: db_lock,
             unreachable_limit,
             store_metrics,
             api_token: config.api_token,
@@ -479,19 +482,20 @@ async fn default_db_path(repo_path: &Path) -> Result<PathBuf, StartupError> {
 async fn open_store(
     choice: &StoreChoice,
     repo_path: &Path,
-) -> Result<(Arc<dyn RunStore>, String), StartupError> {
+) -> Result<(Arc<dyn RunStore>, String, Option<std::fs::File>), StartupError> {
     let path = match choice {
         StoreChoice::Memory => {
             return Ok((
                 Arc::new(MemoryStore::new()),
                 crate::cli::MEMORY_DB.to_owned(),
+                None,
             ));
         }
         StoreChoice::Sqlite(path) => path.clone(),
         StoreChoice::DefaultSqlite => default_db_path(repo_path).await?,
         StoreChoice::Postgres(url) => {
             let store = PgStore::open(url).await?;
-            return Ok((Arc::new(store), url.redacted()));
+            return Ok((Arc::new(store), url.redacted(), None));
         }
     };
     let store_error = |reason: String| StartupError::Store {
@@ -503,10 +507,57 @@ async fn open_store(
             .await
             .map_err(|e| store_error(format!("cannot create {}: {e}", parent.display())))?;
     }
+    let lock = lock_database(&path).map_err(store_error)?;
     let store = crate::sqlite_store::SqliteStore::open(&path)
         .await
         .map_err(|e| store_error(e.to_string()))?;
-    Ok((Arc::new(store), path.display().to_string()))
+    Ok((Arc::new(store), path.display().to_string(), Some(lock)))
+}
+
+/// Takes the lock file beside a SQLite database, `<file>.lock`, for as long
+/// as the returned handle lives (the system lets go of it when the process
+/// ends, however it ends), and writes this process's id into it. A second
+/// server on the same file would run the same commits and clash with the
+/// first on every write; it is refused instead, with the holder's process id.
+fn lock_database(path: &Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open its lock file {}: {e}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another ci-server".to_owned()
+            } else {
+                format!("another ci-server (pid {holder})")
+            };
+            return Err(format!(
+                "{who} is using it (it holds {}); stop that one first, or give this one its own --db",
+                lock_path.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("cannot lock {}: {e}", lock_path.display()));
+        }
+    }
+    // Who holds it, for the message above; the lock itself is what counts.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .and_then(|()| file.flush());
+    Ok(file)
 }
 
 #[cfg(test)]

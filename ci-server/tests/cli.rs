@@ -347,6 +347,54 @@ fn an_unusable_database_is_a_startup_error() {
     );
 }
 
+/// Two servers on one SQLite file would run the same commits and clash on
+/// every write: the second is refused at start, naming the first by its
+/// process id, and the first goes on. Once the first is killed with SIGKILL,
+/// the system lets go of its lock, and a new server on the file starts and
+/// serves the first one's run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_database_file_is_refused_until_the_first_is_gone() {
+    let repo = GitRepo::new();
+    let commit = repo.commit("first");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = dir.path().join("runs.db");
+    let db = db.to_str().expect("UTF-8 path");
+    let sim = [
+        "--sim-args",
+        "--no-crash --lint-ms 1 --build-ms 1 --test-ms 1",
+    ];
+    let mut first = Server::start(repo.path(), &[&["--db", db][..], &sim[..]].concat());
+    let second = [
+        repo.path().to_str().expect("UTF-8 path"),
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        db,
+    ];
+    let line = expect_startup_error(
+        &second,
+        &format!("another ci-server (pid {})", first.proc.id()),
+    );
+    assert!(line.contains("runs.db.lock"), "{line}");
+    let (code, health) = get_json(&first.url("/healthz")).await;
+    assert_eq!(code, 200, "the first server goes on: {health}");
+
+    first.proc.kill_hard();
+    let third = Server::start(repo.path(), &[&["--db", db][..], &sim[..]].concat());
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (code, run) = get_json(&third.url(&format!("/run/{commit}"))).await;
+        if code == 200 && is_terminal(run["status"].as_str().unwrap_or_default()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no finished run for {commit}: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A loopback port nobody listens on (bound, then released).
 fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
