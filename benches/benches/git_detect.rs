@@ -78,10 +78,15 @@ struct Running {
 }
 
 impl Running {
-    /// How long after `written` (its ref update) the engine queued the run
-    /// of commit `new`; then waits for that run to finish, so the next
-    /// sample starts from an idle engine.
-    async fn time(&mut self, new: gix::ObjectId, written: Instant) -> Duration {
+    /// Writes a commit with `write` (a commit and its ref update) and times
+    /// how long after the write the engine queued its run; then waits for
+    /// that run to finish, so the next sample starts from an idle engine.
+    async fn time<E: Display>(
+        &mut self,
+        write: impl FnOnce() -> Result<gix::ObjectId, E>,
+    ) -> Duration {
+        let new = write().unwrap_or_else(|e| fatal("adding a commit", e));
+        let written = Instant::now();
         let id = new.to_string();
         let queued = self.queued(&id).await;
         self.finished(&id).await;
@@ -284,11 +289,7 @@ async fn one_branch() {
     running.settle(1).await;
     let mut samples = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
-        let new = repo
-            .add_commits(1)
-            .unwrap_or_else(|e| fatal("adding a commit", e));
-        let written = Instant::now();
-        samples.push(running.time(new, written).await);
+        samples.push(running.time(|| repo.add_commits(1)).await);
     }
     let runs = running.runs().await;
     print_row("one branch, 10,000 commits", &mut samples, runs, before);
@@ -304,11 +305,7 @@ async fn many_branches(count: u64) {
     running.settle(count).await;
     let mut samples = Vec::with_capacity(SAMPLES);
     for branch in branches.iter().cycle().take(SAMPLES) {
-        let new = repo
-            .add_commit(branch)
-            .unwrap_or_else(|e| fatal("adding a commit", e));
-        let written = Instant::now();
-        samples.push(running.time(new, written).await);
+        samples.push(running.time(|| repo.add_commit(branch)).await);
     }
     let runs = running.runs().await;
     print_row(
@@ -373,11 +370,7 @@ async fn steady() {
         if i == WARM_UP {
             warm = memory().1;
         }
-        let new = repo
-            .add_commit(branch)
-            .unwrap_or_else(|e| fatal("adding a commit", e));
-        let written = Instant::now();
-        samples.push(running.time(new, written).await);
+        samples.push(running.time(|| repo.add_commit(branch)).await);
     }
     let runs = running.runs().await;
     print_row(

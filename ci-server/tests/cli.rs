@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e_support::{
-    DATABASE_URL_ENV, GitRepo, Server, get_json, is_terminal, run_to_end, run_to_end_with,
+    DATABASE_URL_ENV, GitRepo, Server, get_json, run_to_end, run_to_end_with, wait_for_terminal,
 };
 use pg_support::PgCluster;
 
@@ -381,18 +381,7 @@ async fn a_second_server_on_one_database_file_is_refused_until_the_first_is_gone
 
     first.proc.kill_hard();
     let third = Server::start(repo.path(), &[&["--db", db][..], &sim[..]].concat());
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let (code, run) = get_json(&third.url(&format!("/run/{commit}"))).await;
-        if code == 200 && is_terminal(run["status"].as_str().unwrap_or_default()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no finished run for {commit}: {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_terminal(&third, &BTreeSet::from([commit]), WITHIN).await;
 }
 
 /// A loopback port nobody listens on (bound, then released).
@@ -528,20 +517,13 @@ async fn a_postgres_database_from_the_environment_keeps_the_runs() {
         server.startup_line
     );
     assert!(!server.startup_line.contains(cluster.password()));
-    let deadline = Instant::now() + WITHIN;
-    let status = loop {
-        let (code, run) = get_json(&server.url(&format!("/run/{commit}"))).await;
-        if code == 200
-            && let Some(status) = run["status"].as_str().filter(|s| is_terminal(s))
-        {
-            break status.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no finished run for {commit}: {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let runs = wait_for_terminal(&server, &BTreeSet::from([commit.clone()]), WITHIN).await;
+    let status = runs
+        .iter()
+        .find(|r| r["id"] == commit.as_str())
+        .and_then(|r| r["status"].as_str())
+        .expect("the run is listed")
+        .to_owned();
     assert_eq!(
         cluster.psql(
             &database,

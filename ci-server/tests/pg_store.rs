@@ -14,7 +14,7 @@ mod pg_support;
 use std::sync::Arc;
 
 use ci_engine::testing::store_contract::{self, hex_id, queued_run, rich_run, run_with_status};
-use ci_engine::{MemoryStore, RunQuery, RunStatus, RunStore, StoreError};
+use ci_engine::{RunQuery, RunStatus, RunStore, StoreError};
 use ci_server::pg_store::{DatabaseUrl, PgStore, PgStoreError, SCHEMA_VERSION};
 use pg_support::PgCluster;
 
@@ -319,90 +319,7 @@ async fn kept_counts_agree_with_the_memory_store_after_every_change() {
         return;
     };
     let pg = fresh(&cluster, "kept_counts").await;
-    let memory = MemoryStore::new();
-    let branches = [&["main"][..], &["dev"], &["main", "dev"], &["topic"], &[]];
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut draw = |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
-    let mut runs: Vec<ci_engine::Run> = Vec::new();
-    let mut next_seq = 0u64;
-    for step in 0..120 {
-        let pick = draw(4);
-        if runs.is_empty() || pick == 0 {
-            let status = RunStatus::ALL[draw(6) as usize];
-            let on = branches[draw(5) as usize];
-            let run = run_with_status(&format!("{next_seq:040x}"), next_seq, on, status);
-            next_seq += 1 + draw(700);
-            assert!(pg.insert_run(&run).await.expect("insert"));
-            assert!(memory.insert_run(&run).await.expect("insert"));
-            runs.push(run);
-        } else {
-            let i = draw(runs.len() as u64) as usize;
-            let run = &mut runs[i];
-            match pick {
-                1 => run.status = RunStatus::ALL[draw(6) as usize],
-                2 => {
-                    run.commit.branches = branches[draw(5) as usize]
-                        .iter()
-                        .map(|b| (*b).to_owned())
-                        .collect();
-                }
-                _ => {
-                    run.seq = next_seq;
-                    run.status = RunStatus::ALL[draw(6) as usize];
-                    next_seq += 1 + draw(700);
-                }
-            }
-            pg.update_run(run).await.expect("update");
-            memory.update_run(run).await.expect("update");
-        }
-        for status in std::iter::once(None).chain(RunStatus::ALL.map(Some)) {
-            for branch in [None, Some("main"), Some("dev"), Some("topic"), Some("none")] {
-                let query = RunQuery {
-                    status,
-                    branch: branch.map(str::to_owned),
-                    limit: 0,
-                    offset: 0,
-                    after: None,
-                    with_logs: false,
-                    with_steps: false,
-                };
-                let kept = pg.list_runs(&query).await.expect("list").total;
-                let counted = memory.list_runs(&query).await.expect("list").total;
-                assert_eq!(
-                    kept, counted,
-                    "after change {step}: total for {status:?} on {branch:?}"
-                );
-                if step % 20 == 19 {
-                    let cursors = [None, Some(draw(next_seq + 10)), Some(runs[0].seq)];
-                    for after in cursors {
-                        for offset in [1, counted / 2, counted + 3] {
-                            let query = RunQuery {
-                                limit: 5,
-                                offset: usize::try_from(offset).expect("small"),
-                                after,
-                                ..query.clone()
-                            };
-                            let got = pg.list_runs(&query).await.expect("list");
-                            let want = memory.list_runs(&query).await.expect("list");
-                            let seqs = |p: &ci_engine::RunPage| {
-                                (p.runs.iter().map(|r| r.seq).collect::<Vec<_>>(), p.next)
-                            };
-                            assert_eq!(
-                                seqs(&got),
-                                seqs(&want),
-                                "after change {step}: page of {query:?}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
+    store_contract::listings_agree_with_the_memory_store(&pg, 120, 20).await;
 }
 
 /// Several stores on one database, as several servers would have: each sees

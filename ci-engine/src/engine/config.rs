@@ -100,6 +100,13 @@ pub struct ConfigError {
 }
 
 impl EngineConfig {
+    /// The most unfinished runs the engine holds in memory at once: the
+    /// window, [`active_runs`](Self::active_runs), and as many again taken
+    /// up early to keep permits busy.
+    pub fn memory_ceiling(&self) -> usize {
+        self.active_runs.saturating_mul(2)
+    }
+
     /// Checks every setting; the first one that is wrong is named in the error.
     ///
     /// # Errors

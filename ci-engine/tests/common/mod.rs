@@ -64,7 +64,7 @@ pub struct Scenario {
 /// From when on `commit`'s run, ready at `from`, had room in the engine's
 /// memory: the first moment at or after `from` when fewer unfinished runs were
 /// queued ahead of it (by queue position; a retry queues a run again at a new
-/// position) than [`memory_ceiling`]. The engine takes runs up in queue order
+/// position) than [`EngineConfig::memory_ceiling`]. The engine takes runs up in queue order
 /// and holds at most that many in memory, so before this moment the run
 /// waited in the store and its steps could not start, whatever the permits;
 /// from it on, they may not wait for a free permit. `None`: never (the run
@@ -75,7 +75,7 @@ pub fn memory_room_from(
     commit: &CommitId,
     from: Instant,
 ) -> Option<Instant> {
-    let ceiling = memory_ceiling(config);
+    let ceiling = config.memory_ceiling();
     let mut positions: HashMap<&CommitId, u64> = HashMap::new();
     let mut rest = events.iter().peekable();
     while let Some((_, e)) = rest.next_if(|(at, _)| *at <= from) {
@@ -111,20 +111,15 @@ fn track_position<'a>(positions: &mut HashMap<&'a CommitId, u64>, e: &'a EngineE
     }
 }
 
-/// The most unfinished runs an engine with `config` holds in memory.
-pub fn memory_ceiling(config: &EngineConfig) -> usize {
-    config.active_runs.saturating_mul(2)
-}
-
 /// Memory bounded by design: at no moment are more runs under way (a step
 /// started since the run was last queued, the run not finished) than the
-/// engine may hold in memory, [`memory_ceiling`], whatever the size of the
+/// engine may hold in memory, [`EngineConfig::memory_ceiling`], whatever the size of the
 /// backlog. A run under way is in memory, so this bounds memory from below.
 pub fn check_memory_ceiling(
     events: &[(Instant, EngineEvent)],
     config: &EngineConfig,
 ) -> Result<(), String> {
-    let ceiling = memory_ceiling(config);
+    let ceiling = config.memory_ceiling();
     let mut under_way: HashSet<&CommitId> = HashSet::new();
     for (at, e) in events {
         match e {

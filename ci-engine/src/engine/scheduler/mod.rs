@@ -500,13 +500,13 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Whether memory holds fewer runs than the ceiling of early take-up:
-    /// twice [`EngineConfig::active_runs`]. Runs taken up early finish their
+    /// Whether memory holds fewer runs than the ceiling of early take-up,
+    /// [`EngineConfig::memory_ceiling`]. Runs taken up early finish their
     /// first steps and then wait for later ones; without a ceiling, an
     /// unlimited first class (or a first class faster than a later one) would
     /// take the whole backlog into memory.
     fn below_ceiling(&self) -> bool {
-        self.runs.len() < self.config.active_runs.saturating_mul(2)
+        self.runs.len() < self.config.memory_ceiling()
     }
 
     /// Whether some runner could start a step of a class that steps needing
