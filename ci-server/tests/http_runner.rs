@@ -496,7 +496,7 @@ async fn requests_go_out_with_tcp_keepalive() {
     // ticks (USER_HZ, 100 a second), in hexadecimal.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (timer, when) = loop {
-        let found = client_socket_timer(client);
+        let found = client_socket_timer(client, fake.addr);
         if let Some((2, when)) = found {
             break (2, when);
         }
@@ -514,19 +514,22 @@ async fn requests_go_out_with_tcp_keepalive() {
     call.abort();
 }
 
-/// The `tr` and `tm->when` columns of the socket whose local address is `local`,
-/// from `/proc/net/tcp`.
+/// The `tr` and `tm->when` columns of the established connection from `local`
+/// to `remote`, from `/proc/net/tcp`. Both ends are matched: the local port
+/// may still be listed in TIME_WAIT for an earlier connection to another
+/// address (as a test running beside this one can leave it).
 #[cfg(target_os = "linux")]
-fn client_socket_timer(local: SocketAddr) -> Option<(u8, u64)> {
-    let SocketAddr::V4(v4) = local else {
-        panic!("the fake listens on IPv4, the client is {local}")
-    };
-    let ip = u32::from_le_bytes(v4.ip().octets());
-    let wanted = format!("{ip:08X}:{:04X}", v4.port());
+fn client_socket_timer(local: SocketAddr, remote: SocketAddr) -> Option<(u8, u64)> {
+    let wanted_local = proc_net_tcp_address(local);
+    let wanted_remote = proc_net_tcp_address(remote);
+    const ESTABLISHED: &str = "01";
     let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.get(1) != Some(&wanted.as_str()) {
+        if fields.get(1) != Some(&wanted_local.as_str())
+            || fields.get(2) != Some(&wanted_remote.as_str())
+            || fields.get(3) != Some(&ESTABLISHED)
+        {
             return None;
         }
         let (timer, when) = fields.get(5)?.split_once(':')?;
@@ -535,6 +538,17 @@ fn client_socket_timer(local: SocketAddr) -> Option<(u8, u64)> {
             u64::from_str_radix(when, 16).ok()?,
         ))
     })
+}
+
+/// An IPv4 socket address as `/proc/net/tcp` writes it: the address as a
+/// little-endian word and the port, both in upper-case hexadecimal.
+#[cfg(target_os = "linux")]
+fn proc_net_tcp_address(address: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = address else {
+        panic!("the test uses IPv4 loopback only, not {address}")
+    };
+    let ip = u32::from_le_bytes(v4.ip().octets());
+    format!("{ip:08X}:{:04X}", v4.port())
 }
 
 #[tokio::test]
