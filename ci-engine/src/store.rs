@@ -23,6 +23,13 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption, a full disk). Nothing was changed.
     #[error("store backend: {0}")]
     Backend(#[source] BoxError),
+    /// The write was refused because this writer no longer holds the lease
+    /// that lets one writer at a time write the store: another took it over
+    /// (a store shared by several servers fences writes by the lease's term).
+    /// Nothing was changed. The engine stops on it, as on any store error;
+    /// what to do next (stand by, exit) is its owner's choice.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 /// Filters and paging for [`RunStore::list_runs`].

@@ -16,24 +16,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ci_engine::{
-    ConfigError, Engine, EngineConfig, EngineError, MemoryStore, Pipeline, PoolError, RunStore,
+    ConfigError, Engine, EngineConfig, EngineError, EngineHandle, MemoryStore, Pipeline, PoolError,
+    RunStore, RunnerPool, StoreError,
 };
 use poem::listener::TcpAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::api::health::Role;
 use crate::api::runners::RunnerInfo;
 use crate::api::token::{ApiToken, TOKEN_ENV, TokenSource};
 use crate::git::{GitSource, GitSourceConfig, GitSourceError};
 use crate::http_runner::{HttpRunnerConfig, HttpRunnerError};
+use crate::lease::{FileLease, Lease, LeaseConfig, LeaseError, Lost, PgLease, Seen};
 use crate::pg_store::{DatabaseUrl, DatabaseUrlError, PgStore, PgStoreError, url_scheme};
+use crate::read_only_store::ReadOnlyStore;
 use crate::supervisor::{RunnerSupervisor, SupervisorError};
 use crate::timed_store::{StoreMetrics, TimedStore};
 
 mod runners;
+mod switch;
 
 pub use runners::{ExternalRunner, RunnerChoice, bundled_id};
+use switch::AppSwitch;
 
 /// What the binary's startup line starts with; the bound address follows, then a
 /// space. See [`parse_listening_line`].
@@ -192,20 +198,34 @@ pub enum ServerError {
     /// A task of the server panicked or was aborted.
     #[error("a server task failed: {0}")]
     Task(String),
+    /// This server must not take the lease (a newer ci-server migrated the
+    /// database), or its lock file cannot be locked.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// The git source could not be opened again when this server took over.
+    #[error("cannot take over: {0}")]
+    Source(#[source] GitSourceError),
 }
 
 /// A server that has opened its repository, store and runners, ready to serve.
 pub struct Server {
     store: Arc<dyn RunStore>,
-    source: GitSource,
-    engine: Engine,
+    /// The PostgreSQL store behind `store`, whose writes the lease fences.
+    pg: Option<Arc<PgStore>>,
+    lease: Lease,
+    lease_config: LeaseConfig,
+    /// The source for the first term, opened at start (which checks the
+    /// repository); later terms open it again, from the store as it is then.
+    source: Option<GitSource>,
+    source_config: GitSourceConfig,
+    pipeline: Pipeline,
+    pool: RunnerPool,
+    engine_config: EngineConfig,
     runners: Vec<runners::RunnerEntry>,
     supervisors: Vec<RunnerSupervisor>,
     steps: Vec<String>,
     repo_path: PathBuf,
     db: String,
-    /// The lock file beside a SQLite database, held while the server lives.
-    _db_lock: Option<std::fs::File>,
     /// For `/healthz`: how long no runner may be up before the server is unhealthy.
     unreachable_limit: Duration,
     /// For `/metrics`: the times of the store's operations.
@@ -225,11 +245,25 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// How one term as the active server ended.
+enum TermEnd {
+    /// The shutdown signal came.
+    Shutdown,
+    /// The lease was lost (taken over, or not renewed in time).
+    Lost(Lost),
+    /// The engine task ended.
+    Engine(Result<Result<(), EngineError>, tokio::task::JoinError>),
+    /// The HTTP server task ended.
+    Http(Result<std::io::Result<()>, tokio::task::JoinError>),
+}
+
 impl Server {
     /// Checks the engine's settings, then opens the repository, the store and
-    /// the runners (starting the bundled simulators when asked to) and builds
-    /// the engine on the pool of them. Logs the pipeline's steps and each
-    /// runner.
+    /// the runners (starting the bundled simulators when asked to). Logs the
+    /// pipeline's steps and each runner.
+    ///
+    /// With a SQLite file another server is active on, the first line logged
+    /// says that this one is a standby (see [`serve`](Self::serve)).
     ///
     /// # Errors
     /// A [`StartupError`] when the engine's settings are not usable (checked
@@ -245,10 +279,11 @@ impl Server {
                 path: config.repo_path.clone(),
                 source,
             })?;
-        let (store, db, db_lock) = open_store(&config.store, &repo_path).await?;
+        let opened = open_store(&config.store, &repo_path).await?;
         let store_metrics = StoreMetrics::new();
-        let store: Arc<dyn RunStore> = Arc::new(TimedStore::new(store, store_metrics.clone()));
-        let source = GitSource::open(&repo_path, Arc::clone(&store), config.source).await?;
+        let store: Arc<dyn RunStore> =
+            Arc::new(TimedStore::new(opened.store, store_metrics.clone()));
+        let source = GitSource::open(&repo_path, Arc::clone(&store), config.source.clone()).await?;
         // A runner is told where the repository is on its machine; unless it
         // names a path of its own, that is this path (right for the bundled
         // simulators and a runner on this machine).
@@ -263,27 +298,42 @@ impl Server {
         let started =
             runners::start_runners(config.runner, &repo_for_runners, &config.http_runner).await?;
         let unreachable_limit = config.engine.unreachable_limit;
-        let engine = Engine::with_pool(
-            config.pipeline,
-            started.pool,
+        // Checks that the pool and pipeline make an engine; each term as the
+        // active server builds its own.
+        Engine::with_pool(
+            config.pipeline.clone(),
+            started.pool.clone(),
             Arc::clone(&store),
-            config.engine,
+            config.engine.clone(),
         )?;
         log_api_token(config.api_token.as_ref());
         Ok(Self {
             store,
-            source,
-            engine,
+            pg: opened.pg,
+            lease: opened.lease,
+            lease_config: LeaseConfig::default(),
+            source: Some(source),
+            source_config: config.source,
+            pipeline: config.pipeline,
+            pool: started.pool,
+            engine_config: config.engine,
             runners: started.entries,
             supervisors: started.supervisors,
             steps,
             repo_path,
-            db,
-            _db_lock: db_lock,
+            db: opened.db,
             unreachable_limit,
             store_metrics,
             api_token: config.api_token,
         })
+    }
+
+    /// Sets the lease's timing (default [`LeaseConfig::default`]); for tests
+    /// and embedders that want faster or slower takeovers.
+    #[must_use]
+    pub fn with_lease_config(mut self, config: LeaseConfig) -> Self {
+        self.lease_config = config;
+        self
     }
 
     /// The store the server records runs in.
@@ -323,83 +373,208 @@ impl Server {
         &self.db
     }
 
-    /// Runs the engine and serves the API on `listener` until `shutdown`
-    /// completes (or the engine fails). At shutdown the engine stops taking work
-    /// and lets steps in flight finish within its grace period; the HTTP server
-    /// stops accepting connections; the bundled simulators are stopped.
-    ///
-    /// # Errors
-    /// [`ServerError::Engine`] when the engine stops because its store failed,
-    /// [`ServerError::Http`] when the listener fails.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), ServerError> {
-        let engine = self.engine;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let api = crate::api::Api::new(Arc::clone(&self.store), Some(engine.handle()))
-            .with_runners(runners::directory(self.runners))
+    /// The HTTP application of one role: with `engine`, the active server's;
+    /// without, a standby's, which reads the store (never writes it) and
+    /// points at the active server (`active`) for what only that one knows.
+    /// Its event streams end once `stop` holds `true`.
+    fn app(
+        &self,
+        engine: Option<EngineHandle>,
+        active: watch::Receiver<Option<String>>,
+        stop: watch::Receiver<bool>,
+    ) -> impl poem::Endpoint + 'static {
+        let standby = engine.is_none();
+        let store: Arc<dyn RunStore> = if standby {
+            Arc::new(ReadOnlyStore::new(Arc::clone(&self.store)))
+        } else {
+            Arc::clone(&self.store)
+        };
+        let mut api = crate::api::Api::new(store, engine)
+            .with_runners(runners::directory(self.runners.clone()))
             .with_unreachable_limit(self.unreachable_limit)
             .with_branch_tips(branch_tips(&self.repo_path))
             .with_store_metrics(&self.store_metrics)
-            .with_api_token(self.api_token)
-            .ending_streams_on(stop_rx.clone());
-        let app = crate::api::app(api);
+            .with_api_token(self.api_token.clone())
+            .with_active_server(active)
+            .ending_streams_on(stop);
+        if standby {
+            api = api.with_role(Role::Standby);
+        }
+        crate::api::app(api)
+    }
 
+    /// Runs the server on `listener` until `shutdown` completes (or the
+    /// engine or the HTTP server fails).
+    ///
+    /// The API is served at once. The server is a standby until it holds the
+    /// store's lease ([`Lease`]; at once when no other server is active): it
+    /// serves runs, logs and pages from the store and `/healthz` says
+    /// `standby`. Holding the lease, it is the active server: it opens the
+    /// git source from the store, builds the engine (which resumes as after a
+    /// restart: attempts in flight become `interrupted`) and serves the
+    /// active API. When it loses the lease (another server took it, or it
+    /// could not renew it in time), it drops the engine at once, steps down
+    /// and waits to take over again.
+    ///
+    /// At shutdown the engine stops taking work and lets steps in flight
+    /// finish within its grace period, the lease is given up (a standby
+    /// takes over at once), the HTTP server stops accepting connections and
+    /// the bundled simulators are stopped.
+    ///
+    /// # Errors
+    /// [`ServerError::Engine`] when the engine stops because its store failed,
+    /// [`ServerError::Http`] when the listener fails, [`ServerError::Lease`]
+    /// when this server must not take over (a newer ci-server migrated the
+    /// database), [`ServerError::Source`] when the git source cannot be
+    /// opened again at a takeover.
+    pub async fn serve(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let holder = holder_description(listener.local_addr().ok());
+        if let Lease::File(lease) = &mut self.lease {
+            lease.describe(&holder);
+        }
+        let seen = Seen::default();
+        let (http_stop_tx, http_stop_rx) = watch::channel(false);
+        let (standby_stop_tx, standby_stop_rx) = watch::channel(false);
+        let switch = AppSwitch::new(self.app(None, seen.active(), standby_stop_rx.clone()));
         let trimmer = tokio::spawn(crate::memory::give_back_freed_memory(Arc::clone(
             &self.store,
         )));
-        let mut engine_task =
-            tokio::spawn(engine.run(Box::new(self.source), stopped(stop_rx.clone())));
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(ServerError::Http)?;
         let http = poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
-            app,
-            stopped(stop_rx),
+            switch.clone(),
+            stopped(http_stop_rx),
             Some(HTTP_SHUTDOWN_GRACE),
         );
         let mut http_task = tokio::spawn(http);
+        let mut shutdown = std::pin::pin!(shutdown);
 
-        let mut outcome: Result<(), ServerError> = Ok(());
-        let mut engine_done = false;
         let mut http_done = false;
-        tokio::select! {
-            () = shutdown => info!("shutting down"),
-            joined = &mut engine_task => {
-                engine_done = true;
-                match joined {
-                    Ok(Ok(())) => warn!("the engine stopped by itself; shutting down"),
-                    Ok(Err(e)) => {
-                        error!(error = %e, "the engine failed; shutting down");
-                        outcome = Err(ServerError::Engine(e));
-                    }
-                    Err(e) => outcome = Err(ServerError::Task(e.to_string())),
+        let mut outcome: Result<(), ServerError> = Ok(());
+        let mut announced = false;
+        loop {
+            // A standby until the lease is ours.
+            let term = tokio::select! {
+                () = &mut shutdown => {
+                    info!("shutting down");
+                    break;
                 }
-            }
-            joined = &mut http_task => {
-                http_done = true;
-                match joined {
-                    Ok(Ok(())) => warn!("the HTTP server stopped by itself; shutting down"),
-                    Ok(Err(e)) => {
-                        error!(error = %e, "the HTTP server failed; shutting down");
-                        outcome = Err(ServerError::Http(e));
+                joined = &mut http_task => {
+                    http_done = true;
+                    outcome = http_ended(joined);
+                    break;
+                }
+                taken = self.take_lease(&holder, &seen, &mut announced) => match taken {
+                    Ok(term) => term,
+                    Err(e) => {
+                        error!(error = %e, "shutting down");
+                        outcome = Err(ServerError::Lease(e));
+                        break;
                     }
-                    Err(e) => outcome = Err(ServerError::Task(e.to_string())),
+                },
+            };
+            seen.me(&holder);
+            if let Some(pg) = &self.pg {
+                pg.fence(Some(term));
+            }
+            let source = match self.source.take() {
+                Some(source) => source,
+                None => match GitSource::open(
+                    &self.repo_path,
+                    Arc::clone(&self.store),
+                    self.source_config.clone(),
+                )
+                .await
+                {
+                    Ok(source) => source,
+                    Err(e) => {
+                        error!(error = %e, "cannot open the repository to take over; shutting down");
+                        self.step_down(term).await;
+                        outcome = Err(ServerError::Source(e));
+                        break;
+                    }
+                },
+            };
+            let engine = Engine::with_pool(
+                self.pipeline.clone(),
+                self.pool.clone(),
+                Arc::clone(&self.store),
+                self.engine_config.clone(),
+            )
+            .map_err(|e| ServerError::Task(e.to_string()))?;
+            let (term_stop_tx, term_stop_rx) = watch::channel(false);
+            switch.set(self.app(Some(engine.handle()), seen.active(), term_stop_rx.clone()));
+            let mut engine_task =
+                tokio::spawn(engine.run(Box::new(source), stopped(term_stop_rx)));
+            let ended = tokio::select! {
+                () = &mut shutdown => TermEnd::Shutdown,
+                lost = self.lease.keep(term) => TermEnd::Lost(lost),
+                joined = &mut engine_task => TermEnd::Engine(joined),
+                joined = &mut http_task => TermEnd::Http(joined),
+            };
+            match ended {
+                TermEnd::Lost(lost) => {
+                    // Drop the engine at once: whatever it would still write
+                    // may no longer be ours to write. Steps in flight end
+                    // as after a crash (the next active server interrupts them).
+                    engine_task.abort();
+                    let _ = engine_task.await;
+                    let _ = term_stop_tx.send(true);
+                    switch.set(self.app(None, seen.active(), standby_stop_rx.clone()));
+                    self.step_down(term).await;
+                    warn!(term, ?lost, "lost the lease; stepped down to standby");
+                }
+                TermEnd::Engine(Ok(Err(EngineError::Store(StoreError::Fenced(reason))))) => {
+                    let _ = term_stop_tx.send(true);
+                    switch.set(self.app(None, seen.active(), standby_stop_rx.clone()));
+                    self.step_down(term).await;
+                    warn!(term, %reason, "another server took over; stepped down to standby");
+                }
+                TermEnd::Engine(joined) => {
+                    outcome = match joined {
+                        Ok(Ok(())) => {
+                            warn!("the engine stopped by itself; shutting down");
+                            Ok(())
+                        }
+                        Ok(Err(e)) => {
+                            error!(error = %e, "the engine failed; shutting down");
+                            Err(ServerError::Engine(e))
+                        }
+                        Err(e) => Err(ServerError::Task(e.to_string())),
+                    };
+                    let _ = term_stop_tx.send(true);
+                    self.lease.release(term).await;
+                    break;
+                }
+                TermEnd::Shutdown | TermEnd::Http(_) => {
+                    if let TermEnd::Http(joined) = ended {
+                        http_done = true;
+                        outcome = http_ended(joined);
+                    } else {
+                        info!("shutting down");
+                    }
+                    // Steps in flight finish within the engine's grace period.
+                    let _ = term_stop_tx.send(true);
+                    match engine_task.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            error!(error = %e, "the engine failed while stopping");
+                            outcome = outcome.and(Err(ServerError::Engine(e)));
+                        }
+                        Err(e) => outcome = outcome.and(Err(ServerError::Task(e.to_string()))),
+                    }
+                    self.lease.release(term).await;
+                    break;
                 }
             }
         }
-        // Tell the other half to stop (the receivers may be gone: nothing to do).
-        let _ = stop_tx.send(true);
-        if !engine_done {
-            match engine_task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    error!(error = %e, "the engine failed while stopping");
-                    outcome = outcome.and(Err(ServerError::Engine(e)));
-                }
-                Err(e) => outcome = outcome.and(Err(ServerError::Task(e.to_string()))),
-            }
-        }
+        // Tell the HTTP server and the streams to stop (the receivers may be
+        // gone: nothing to do).
+        let _ = http_stop_tx.send(true);
+        let _ = standby_stop_tx.send(true);
         if !http_done {
             match http_task.await {
                 Ok(Ok(())) => {}
@@ -412,6 +587,76 @@ impl Server {
             .await;
         info!("stopped");
         outcome
+    }
+
+    /// Waits for the lease; the first time it is not free at once, says
+    /// that this server is a standby.
+    async fn take_lease(
+        &mut self,
+        holder: &str,
+        seen: &Seen,
+        announced: &mut bool,
+    ) -> Result<u64, LeaseError> {
+        if let Some(term) = self.lease.try_take(holder, seen).await? {
+            if !matches!(self.lease, Lease::Sole) {
+                info!(term, db = %self.db, "active: this server holds the lease");
+            }
+            return Ok(term);
+        }
+        if !*announced {
+            *announced = true;
+            let active = seen.active().borrow().clone();
+            info!(
+                active = active.as_deref().unwrap_or("another ci-server"),
+                db = %self.db,
+                "standby: another server is active on this database; serving reads and waiting to take over"
+            );
+        }
+        let term = self
+            .lease
+            .acquire(holder, seen, self.lease_config.poll)
+            .await?;
+        info!(term, db = %self.db, "active: took the lease over");
+        Ok(term)
+    }
+
+    /// Leaves the active role of `term`: no more writes, the lease given up
+    /// (when it is still ours).
+    async fn step_down(&mut self, term: u64) {
+        if let Some(pg) = &self.pg {
+            pg.fence(None);
+        }
+        self.lease.release(term).await;
+    }
+}
+
+/// What a standby and people are told about the server holding the lease:
+/// where it serves, its host and its process id.
+fn holder_description(addr: Option<SocketAddr>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "this host".to_owned());
+    let pid = std::process::id();
+    match addr {
+        Some(addr) => format!("{} (pid {pid} on {host})", public_url(addr)),
+        None => format!("pid {pid} on {host}"),
+    }
+}
+
+/// The server's outcome when its HTTP task ended by itself.
+fn http_ended(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServerError> {
+    match joined {
+        Ok(Ok(())) => {
+            warn!("the HTTP server stopped by itself; shutting down");
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "the HTTP server failed; shutting down");
+            Err(ServerError::Http(e))
+        }
+        Err(e) => Err(ServerError::Task(e.to_string())),
     }
 }
 
@@ -479,23 +724,36 @@ async fn default_db_path(repo_path: &Path) -> Result<PathBuf, StartupError> {
     Ok(common_dir.join("ci-server").join("runs.db"))
 }
 
-async fn open_store(
-    choice: &StoreChoice,
-    repo_path: &Path,
-) -> Result<(Arc<dyn RunStore>, String, Option<std::fs::File>), StartupError> {
+/// The store a server opened, and the lease that goes with it.
+struct Opened {
+    store: Arc<dyn RunStore>,
+    pg: Option<Arc<PgStore>>,
+    lease: Lease,
+    db: String,
+}
+
+async fn open_store(choice: &StoreChoice, repo_path: &Path) -> Result<Opened, StartupError> {
     let path = match choice {
         StoreChoice::Memory => {
-            return Ok((
-                Arc::new(MemoryStore::new()),
-                crate::cli::MEMORY_DB.to_owned(),
-                None,
-            ));
+            return Ok(Opened {
+                store: Arc::new(MemoryStore::new()),
+                pg: None,
+                lease: Lease::Sole,
+                db: crate::cli::MEMORY_DB.to_owned(),
+            });
         }
         StoreChoice::Sqlite(path) => path.clone(),
         StoreChoice::DefaultSqlite => default_db_path(repo_path).await?,
         StoreChoice::Postgres(url) => {
-            let store = PgStore::open(url).await?;
-            return Ok((Arc::new(store), url.redacted(), None));
+            let store = Arc::new(PgStore::open(url).await?);
+            // Nothing is written before the lease is held.
+            store.fence(None);
+            return Ok(Opened {
+                store: Arc::clone(&store) as Arc<dyn RunStore>,
+                pg: Some(store),
+                lease: Lease::Postgres(PgLease::new(url.clone(), LeaseConfig::default())),
+                db: url.redacted(),
+            });
         }
     };
     let store_error = |reason: String| StartupError::Store {
@@ -507,57 +765,29 @@ async fn open_store(
             .await
             .map_err(|e| store_error(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let lock = lock_database(&path).map_err(store_error)?;
+    let mut lease = FileLease::open(&path).map_err(|e| store_error(e.to_string()))?;
+    // The first thing a standby says is that it is one.
+    let holder = holder_description(None);
+    if !lease
+        .try_take(&holder)
+        .map_err(|e| store_error(e.to_string()))?
+    {
+        let active = lease.holder();
+        info!(
+            active = if active.is_empty() { "another ci-server" } else { active.as_str() },
+            lock = %lease.path().display(),
+            "standby: another server is active on this database; serving reads and waiting to take over"
+        );
+    }
     let store = crate::sqlite_store::SqliteStore::open(&path)
         .await
         .map_err(|e| store_error(e.to_string()))?;
-    Ok((Arc::new(store), path.display().to_string(), Some(lock)))
-}
-
-/// Takes the lock file beside a SQLite database, `<file>.lock`, for as long
-/// as the returned handle lives (the system lets go of it when the process
-/// ends, however it ends), and writes this process's id into it. A second
-/// server on the same file would run the same commits and clash with the
-/// first on every write; it is refused instead, with the holder's process id.
-fn lock_database(path: &Path) -> Result<std::fs::File, String> {
-    use std::io::{Read, Seek, Write};
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open its lock file {}: {e}", lock_path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() {
-                "another ci-server".to_owned()
-            } else {
-                format!("another ci-server (pid {holder})")
-            };
-            return Err(format!(
-                "{who} is using it (it holds {}); stop that one first, or give this one its own --db",
-                lock_path.display()
-            ));
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(format!("cannot lock {}: {e}", lock_path.display()));
-        }
-    }
-    // Who holds it, for the message above; the lock itself is what counts.
-    let _ = file
-        .set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| write!(file, "{}", std::process::id()))
-        .and_then(|()| file.flush());
-    Ok(file)
+    Ok(Opened {
+        store: Arc::new(store),
+        pg: None,
+        lease: Lease::File(lease),
+        db: path.display().to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e_support::{
-    DATABASE_URL_ENV, GitRepo, Server, get_json, run_to_end, run_to_end_with, wait_for_terminal,
+    DATABASE_URL_ENV, GitRepo, Server, get_json, is_terminal, run_to_end, run_to_end_with, wait_for_terminal,
 };
 use pg_support::PgCluster;
 
@@ -352,10 +352,13 @@ fn an_unusable_database_is_a_startup_error() {
 /// process id, and the first goes on. Once the first is killed with SIGKILL,
 /// the system lets go of its lock, and a new server on the file starts and
 /// serves the first one's run.
+/// A second server on one SQLite file waits as a standby: it says so first,
+/// serves reads, reports its role and the active server, points at it for
+/// what only the active one knows, and takes over once the first is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_server_on_one_database_file_is_refused_until_the_first_is_gone() {
+async fn a_second_server_on_one_database_file_waits_as_a_standby_and_takes_over() {
     let repo = GitRepo::new();
-    let commit = repo.commit("first");
+    let first_commit = repo.commit("first");
     let dir = tempfile::tempdir().expect("temporary directory");
     let db = dir.path().join("runs.db");
     let db = db.to_str().expect("UTF-8 path");
@@ -363,25 +366,58 @@ async fn a_second_server_on_one_database_file_is_refused_until_the_first_is_gone
         "--sim-args",
         "--no-crash --lint-ms 1 --build-ms 1 --test-ms 1",
     ];
-    let mut first = Server::start(repo.path(), &[&["--db", db][..], &sim[..]].concat());
-    let second = [
-        repo.path().to_str().expect("UTF-8 path"),
-        "--listen",
-        "127.0.0.1:0",
-        "--db",
-        db,
-    ];
-    let line = expect_startup_error(
-        &second,
-        &format!("another ci-server (pid {})", first.proc.id()),
+    let args = [&["--db", db][..], &sim[..]].concat();
+    let mut first = Server::start(repo.path(), &args);
+    wait_for_terminal(&first, &BTreeSet::from([first_commit.clone()]), WITHIN).await;
+    let second = Server::start(repo.path(), &args);
+
+    let said_first = second.proc.stderr_tail();
+    let first_line = said_first.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        first_line.contains("standby") && first_line.contains(&first.url("")),
+        "the standby's first log line: {first_line:?}"
     );
-    assert!(line.contains("runs.db.lock"), "{line}");
-    let (code, health) = get_json(&first.url("/healthz")).await;
-    assert_eq!(code, 200, "the first server goes on: {health}");
+    let (code, health) = get_json(&second.url("/healthz")).await;
+    assert_eq!(code, 200, "a healthy standby: {health}");
+    assert_eq!(health["role"], "standby", "{health}");
+    let active = health["active_server"].as_str().unwrap_or_default();
+    assert!(active.contains(&first.url("")), "{health}");
+    let (_, health) = get_json(&first.url("/healthz")).await;
+    assert_eq!(health["role"], "primary", "{health}");
+    // Reads come from the database.
+    let (code, run) = get_json(&second.url(&format!("/run/{first_commit}"))).await;
+    assert_eq!(code, 200, "{run}");
+    assert_eq!(run["id"], first_commit.as_str(), "{run}");
+    assert!(
+        is_terminal(run["status"].as_str().unwrap_or_default()),
+        "{run}"
+    );
+    // What only the active server knows points at it.
+    let (code, body) = get_json(&second.url("/events")).await;
+    assert_eq!(code, 503, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("standby") && message.contains(&first.url("")),
+        "{message}"
+    );
 
     first.proc.kill_hard();
-    let third = Server::start(repo.path(), &[&["--db", db][..], &sim[..]].concat());
-    wait_for_terminal(&third, &BTreeSet::from([commit]), WITHIN).await;
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(5);
+    loop {
+        let (code, health) = get_json(&second.url("/healthz")).await;
+        if code == 200 && health["role"] == "primary" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no takeover within 5 s of the kill: {health}\n{}",
+            second.proc.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let next = repo.commit("second");
+    wait_for_terminal(&second, &BTreeSet::from([next]), WITHIN).await;
 }
 
 /// A loopback port nobody listens on (bound, then released).

@@ -353,6 +353,8 @@ pub struct ActionsApi {
     store: Arc<dyn RunStore>,
     engine: Option<EngineHandle>,
     token: Option<ApiToken>,
+    role: super::health::Role,
+    active: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl ActionsApi {
@@ -367,7 +369,22 @@ impl ActionsApi {
             store,
             engine,
             token,
+            role: super::health::Role::Primary,
+            active: None,
         }
+    }
+
+    /// The server's role and the active server as last seen, for the 503
+    /// answers of a standby (which point at the active server).
+    #[must_use]
+    pub fn with_role(
+        mut self,
+        role: super::health::Role,
+        active: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    ) -> Self {
+        self.role = role;
+        self.active = active;
+        self
     }
 
     /// Checks the request's bearer token against the configured one.
@@ -394,8 +411,11 @@ impl ActionsApi {
 
     fn engine(&self, kind: RunActionKind) -> Result<&EngineHandle, Refused> {
         self.engine.as_ref().ok_or_else(|| {
-            Refused::Unavailable(format!(
-                "no engine runs behind this API, so there is nothing to {kind}"
+            let active = self.active.as_ref().and_then(|a| a.borrow().clone());
+            Refused::Unavailable(super::no_engine(
+                self.role,
+                active,
+                &format!("there is nothing to {kind}"),
             ))
         })
     }

@@ -31,14 +31,18 @@ use super::runners::{EngineQueryError, engine_runners};
 /// answer (each; they are asked at the same time).
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What part this server plays. Only `primary` exists for now; standby
-/// servers will report another role.
+/// What part this server plays among those sharing one run database.
 #[derive(Enum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[oai(rename_all = "snake_case")]
 pub enum Role {
-    /// The server that runs commits and writes the record.
+    /// The active server: it holds the lease, runs commits and writes the
+    /// record (a server alone on its database is always this).
     #[default]
     Primary,
+    /// A standby: another server holds the lease; this one serves runs,
+    /// logs and pages from the database and takes over when the lease is
+    /// free. Healthy (200) while its store answers.
+    Standby,
 }
 
 /// The overall verdict of `GET /healthz`.
@@ -92,6 +96,12 @@ pub struct Health {
     pub status: HealthStatus,
     /// What part this server plays.
     pub role: Role,
+    /// The active server as this one last saw it: where it serves, its
+    /// process id and host (on the active server, itself); `null` when
+    /// none holds the lease or it is not known yet, and on a server that
+    /// shares its database with no other.
+    #[oai(nullable)]
+    pub active_server: Option<String>,
     /// Why the server is unavailable, in one sentence; `null` when it is not.
     #[oai(nullable)]
     pub reason: Option<String>,
@@ -204,6 +214,7 @@ pub fn assess(findings: Findings, role: Role, unreachable_limit: Duration) -> He
             HealthStatus::Ok
         },
         role,
+        active_server: None,
         reason,
         store,
         runners,
@@ -230,10 +241,12 @@ fn no_runner_up(list: &[RunnerStatus], down_ms: u64, limit_ms: u64) -> String {
 
 /// Reads from `store` and asks `engine` for its runners (at the same time,
 /// each within `timeout`), then judges the answers.
+/// `active_server` is reported as it is.
 pub async fn check(
     store: &dyn RunStore,
     engine: Option<&EngineHandle>,
     role: Role,
+    active_server: Option<String>,
     unreachable_limit: Duration,
     timeout: Duration,
 ) -> Health {
@@ -247,7 +260,7 @@ pub async fn check(
         }
     };
     let (store, runners) = tokio::join!(store_read, engine_runners(engine, timeout));
-    let health = assess(
+    let mut health = assess(
         Findings {
             store,
             runners,
@@ -256,6 +269,7 @@ pub async fn check(
         role,
         unreachable_limit,
     );
+    health.active_server = active_server;
     if let Some(reason) = &health.reason {
         // Checked as often as a load balancer likes; the causes are logged
         // where they happen.

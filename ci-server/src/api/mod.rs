@@ -100,6 +100,8 @@ pub struct Api {
     stop: Option<watch::Receiver<bool>>,
     runners: Option<runners::RunnerDirectory>,
     role: health::Role,
+    /// The active server as last seen (see [`Api::with_active_server`]).
+    active: Option<watch::Receiver<Option<String>>>,
     unreachable_limit: Duration,
     check_timeout: Duration,
     tips: Option<badge::TipResolver>,
@@ -134,6 +136,7 @@ impl Api {
             stop: None,
             runners: None,
             role: health::Role::Primary,
+            active: None,
             unreachable_limit: EngineConfig::default().unreachable_limit,
             check_timeout: health::HEALTH_TIMEOUT,
             tips: None,
@@ -191,6 +194,20 @@ impl Api {
     pub fn with_role(mut self, role: health::Role) -> Self {
         self.role = role;
         self
+    }
+
+    /// Tells the API which server is active (holds the store's lease), as
+    /// the server last saw it: `GET /healthz` reports it, and a standby's
+    /// 503 answers (events, retry, cancel) point at it.
+    #[must_use]
+    pub fn with_active_server(mut self, active: watch::Receiver<Option<String>>) -> Self {
+        self.active = Some(active);
+        self
+    }
+
+    /// The active server as last seen, if the API was told.
+    fn active_server(&self) -> Option<String> {
+        self.active.as_ref().and_then(|a| a.borrow().clone())
     }
 
     /// Describes the runners (addresses, repository paths, restarts) in
@@ -627,6 +644,7 @@ impl Api {
             self.store.as_ref(),
             self.engine.as_ref(),
             self.role,
+            self.active_server(),
             self.unreachable_limit,
             self.check_timeout,
         )
@@ -713,9 +731,11 @@ impl Api {
                         .to_event(events::to_sse),
                 )
             }
-            None => EventsResponse::Unavailable(Json(ErrorBody::new(
-                "no engine runs behind this API, so there are no events",
-            ))),
+            None => EventsResponse::Unavailable(Json(ErrorBody::new(no_engine(
+                self.role,
+                self.active_server(),
+                "there are no events",
+            )))),
         }
     }
 }
@@ -741,6 +761,21 @@ fn all_attempt_logs(record: &ci_engine::StepRecord) -> String {
     out
 }
 
+/// Why a request that needs the engine cannot be answered here, ending with
+/// `what` cannot be had ("there are no events"): on a standby, which server
+/// is active (`active`), or that none is.
+pub(crate) fn no_engine(role: health::Role, active: Option<String>, what: &str) -> String {
+    match (role, active) {
+        (health::Role::Standby, Some(active)) => format!(
+            "this server is a standby, so {what} here; the active server is {active}"
+        ),
+        (health::Role::Standby, None) => format!(
+            "this server is a standby and no server is active now, so {what}; try again shortly"
+        ),
+        (health::Role::Primary, _) => format!("no engine runs behind this API, so {what}"),
+    }
+}
+
 /// The OpenAPI service of `api` and its retry and cancel
 /// ([`actions::ActionsApi`], over the same store, engine and token), titled
 /// and versioned for this crate.
@@ -749,7 +784,8 @@ pub fn openapi_service(api: Api) -> OpenApiService<(Api, actions::ActionsApi), (
         Arc::clone(&api.store),
         api.engine.clone(),
         api.token.clone(),
-    );
+    )
+    .with_role(api.role, api.active.clone());
     OpenApiService::new((api, actions), "ci-server", env!("CARGO_PKG_VERSION")).description(
         "Runs of every commit of a git repository through lint, build and test. \
          Errors are JSON objects with a `message`. Everything is readable without \

@@ -66,6 +66,21 @@ pub enum PgStoreError {
         /// What was wrong, and where.
         detail: String,
     },
+    /// A write was refused: it carried lease term `held` (0: this server
+    /// holds no lease) and the database's lease is at term `current`, so
+    /// another server is the active one (see `crate::lease`).
+    #[error(
+        "run database {url}: write refused: this server's lease (term {held}) is not the \
+         database's (term {current}); another server is active"
+    )]
+    Fenced {
+        /// The database URL, password masked.
+        url: String,
+        /// The term the write carried.
+        held: i64,
+        /// The lease's term in the database.
+        current: i64,
+    },
     /// A value does not fit PostgreSQL's 64-bit signed integers.
     #[error("run database {url}: {what} = {value} is out of range for the store")]
     OutOfRange {

@@ -20,6 +20,8 @@ mod url;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +34,7 @@ use tokio_postgres::error::SqlState;
 use tracing::{debug, info, warn};
 
 pub use error::PgStoreError;
+pub(crate) use error::describe as describe_error;
 use rows::Fault;
 pub use schema::SCHEMA_VERSION;
 pub use url::{DatabaseUrl, DatabaseUrlError, is_postgres_url, redact, url_scheme};
@@ -45,6 +48,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an operation waits for a free connection of the pool.
 const POOL_WAIT: Duration = Duration::from_secs(30);
+
+/// How long PostgreSQL lets a connection of the store sit idle inside a
+/// transaction before it ends the session. A ci-server frozen (SIGSTOP) or
+/// cut off in the middle of a write holds the write lock ([`WRITE_LOCK`]),
+/// which the standby taking over needs; this is how long it can hold it.
+/// The store's transactions send their statements back to back, so a healthy
+/// server never comes near it.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// [`PgStore::fence`] never called: writes are not checked against a lease.
+const UNFENCED: i64 = -1;
 
 /// How many times a write is tried when PostgreSQL aborts it for a deadlock
 /// or a serialization failure: it is rolled back whole, so trying again is
@@ -100,6 +114,9 @@ pub const WRITE_LOCK: i64 = 0x4349_5257;
 pub struct PgStore {
     pool: Pool,
     url: String,
+    /// The lease term writes carry: [`UNFENCED`], 0 (fenced, holding no
+    /// lease: every write refused), or the term held.
+    term: Arc<AtomicI64>,
 }
 
 impl fmt::Debug for PgStore {
@@ -134,6 +151,15 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("ci-server");
         }
+        let idle = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        );
+        let options = match config.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {idle}"),
+            _ => idle,
+        };
+        config.options(&options);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -166,7 +192,25 @@ impl PgStore {
         Ok(Self {
             pool,
             url: redacted,
+            term: Arc::new(AtomicI64::new(UNFENCED)),
         })
+    }
+
+    /// Fences this store's writes by the lease of `ci_lease` (see
+    /// `crate::lease`): from now on every write first reads the lease's term
+    /// (under the write lock, which a takeover takes too) and is refused
+    /// with [`StoreError::Fenced`], changing nothing, unless it is `term`.
+    /// `None`: this server holds no lease, and every write is refused.
+    ///
+    /// A store that is never fenced writes unchecked (one server, tests).
+    pub fn fence(&self, term: Option<u64>) {
+        let value = term.and_then(|t| i64::try_from(t).ok()).unwrap_or(0);
+        self.term.store(value, Ordering::Release);
+    }
+
+    /// The term writes carry now (see [`fence`](Self::fence)).
+    fn held_term(&self) -> i64 {
+        self.term.load(Ordering::Acquire)
     }
 
     /// The database's URL, its password masked.
@@ -280,6 +324,20 @@ impl PgStore {
                         &[&WRITE_LOCK],
                     )
                     .await?;
+                    let held = self.held_term();
+                    if held != UNFENCED {
+                        let current: i64 = tx
+                            .query_one(
+                                &tx.prepare_cached("SELECT term FROM ci_lease WHERE id = 1")
+                                    .await?,
+                                &[],
+                            )
+                            .await?
+                            .try_get(0)?;
+                        if held != current {
+                            return Err(Fault::Fenced { held, current });
+                        }
+                    }
                     f(&tx, arg).await
                 };
                 match locked.await {
@@ -327,6 +385,7 @@ impl PgStore {
                 url,
                 detail: format!("{prefix} is ambiguous ({matches} runs)"),
             },
+            Fault::Fenced { held, current } => PgStoreError::Fenced { url, held, current },
         }
     }
 
@@ -334,6 +393,15 @@ impl PgStore {
         match fault {
             Fault::NotFound(id) => StoreError::NotFound(id),
             Fault::Ambiguous { prefix, matches } => StoreError::Ambiguous { prefix, matches },
+            Fault::Fenced { held, current } => {
+                let error = PgStoreError::Fenced {
+                    url: self.url.clone(),
+                    held,
+                    current,
+                };
+                warn!(%error, "write refused");
+                StoreError::Fenced(error.to_string())
+            }
             other => {
                 let error = self.backend_error(other);
                 warn!(%error, "run database operation failed");

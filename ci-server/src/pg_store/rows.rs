@@ -35,6 +35,9 @@ pub(super) enum Fault {
     Postgres(tokio_postgres::Error),
     /// No connection could be had from the pool.
     Pool(String),
+    /// The write carries lease term `held` (0: none) and the database's
+    /// lease is at `current`: another server is the active one.
+    Fenced { held: i64, current: i64 },
 }
 
 impl From<tokio_postgres::Error> for Fault {

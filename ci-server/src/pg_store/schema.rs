@@ -21,14 +21,14 @@ use super::PgStoreError;
 use super::error::describe;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The key of the advisory lock taken while migrating ("CIRS", as the SQLite
 /// store's application id).
 pub const MIGRATION_LOCK: i64 = 0x4349_5253;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = [V1];
+const MIGRATIONS: [&str; 2] = [V1, V2];
 
 /// Version 1, the whole of what the SQLite store reached in its four.
 ///
@@ -169,6 +169,22 @@ END;
 $$;
 CREATE TRIGGER branch_counted AFTER INSERT OR DELETE ON run_branches
     FOR EACH ROW EXECUTE FUNCTION ci_branch_counted();
+"#;
+
+/// Version 2: `ci_lease`, the lease that makes one server of those sharing
+/// the database the active one (see `crate::lease`). One row: the lease's
+/// `term` (raised by one at every takeover; every write of the active server
+/// checks it), who holds it (`holder`, for people and standbys) and when it
+/// expires unless renewed, in the database's clock, so that the servers'
+/// clocks never matter.
+const V2: &str = r#"
+CREATE TABLE ci_lease (
+    id         smallint    PRIMARY KEY CHECK (id = 1),
+    term       bigint      NOT NULL,
+    holder     text        NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+INSERT INTO ci_lease (id, term, holder, expires_at) VALUES (1, 0, '', '-infinity');
 "#;
 
 /// Checks the database and brings its schema to [`SCHEMA_VERSION`], all in

@@ -154,6 +154,20 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.child.id());
+    }
+
+    /// Whether the process has ended (reaping it if so).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code.
     pub fn terminate(&mut self, within: Duration) -> Option<i32> {
         let _ = Command::new("kill")
