@@ -99,7 +99,10 @@ mod tests {
         let run = queued_run(&hex_id(1), 1, &["main"]);
         inner.insert_run(&run).await.expect("stored");
         let store = ReadOnlyStore::new(Arc::clone(&inner));
-        assert_eq!(store.get_run(&hex_id(1)).await.expect("read").id(), run.id());
+        assert_eq!(
+            store.get_run(&hex_id(1)).await.expect("read").id(),
+            run.id()
+        );
         assert_eq!(store.max_seq().await.expect("read"), Some(1));
         assert_eq!(store.generation(), None);
         let other = queued_run(&hex_id(2), 2, &["main"]);

@@ -507,8 +507,7 @@ impl Server {
             .map_err(|e| ServerError::Task(e.to_string()))?;
             let (term_stop_tx, term_stop_rx) = watch::channel(false);
             switch.set(self.app(Some(engine.handle()), seen.active(), term_stop_rx.clone()));
-            let mut engine_task =
-                tokio::spawn(engine.run(Box::new(source), stopped(term_stop_rx)));
+            let mut engine_task = tokio::spawn(engine.run(Box::new(source), stopped(term_stop_rx)));
             let ended = tokio::select! {
                 () = &mut shutdown => TermEnd::Shutdown,
                 lost = self.lease.keep(term) => TermEnd::Lost(lost),
@@ -646,7 +645,9 @@ fn holder_description(addr: Option<SocketAddr>) -> String {
 }
 
 /// The server's outcome when its HTTP task ended by itself.
-fn http_ended(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServerError> {
+fn http_ended(
+    joined: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), ServerError> {
     match joined {
         Ok(Ok(())) => {
             warn!("the HTTP server stopped by itself; shutting down");

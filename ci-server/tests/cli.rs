@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e_support::{
-    DATABASE_URL_ENV, GitRepo, Server, get_json, is_terminal, run_to_end, run_to_end_with, wait_for_terminal,
+    DATABASE_URL_ENV, GitRepo, Server, get_json, is_terminal, run_to_end, run_to_end_with,
+    wait_for_terminal,
 };
 use pg_support::PgCluster;
 

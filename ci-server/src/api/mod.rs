@@ -766,9 +766,9 @@ fn all_attempt_logs(record: &ci_engine::StepRecord) -> String {
 /// is active (`active`), or that none is.
 pub(crate) fn no_engine(role: health::Role, active: Option<String>, what: &str) -> String {
     match (role, active) {
-        (health::Role::Standby, Some(active)) => format!(
-            "this server is a standby, so {what} here; the active server is {active}"
-        ),
+        (health::Role::Standby, Some(active)) => {
+            format!("this server is a standby, so {what} here; the active server is {active}")
+        }
         (health::Role::Standby, None) => format!(
             "this server is a standby and no server is active now, so {what}; try again shortly"
         ),

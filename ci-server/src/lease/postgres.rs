@@ -5,6 +5,8 @@
 //! never matter; only the local monotonic clock measures how long the holder
 //! may go on without a renewal.
 
+use std::time::Duration;
+
 use tokio::time::{Instant, timeout};
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, warn};
@@ -86,14 +88,13 @@ impl PgLease {
             let mut config = self.url.config().clone();
             config.connect_timeout(self.config.statement_timeout);
             config.keepalives(true);
-            config.keepalives_idle(self.config.ttl);
+            // Whole seconds: the system refuses a keepalive time of zero.
+            config.keepalives_idle(self.config.ttl.max(Duration::from_secs(1)));
             config.application_name("ci-server lease");
-            let (client, connection) = timeout(
-                self.config.statement_timeout,
-                config.connect(NoTls),
-            )
-            .await
-            .map_err(|_| Failed("connecting timed out".to_owned()))??;
+            let (client, connection) =
+                timeout(self.config.statement_timeout, config.connect(NoTls))
+                    .await
+                    .map_err(|_| Failed("connecting timed out".to_owned()))??;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     debug!(error = %e, "the lease's connection ended");

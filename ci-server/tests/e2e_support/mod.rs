@@ -160,7 +160,11 @@ impl Proc {
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -{signal} {} failed", self.child.id());
+        assert!(
+            status.success(),
+            "kill -{signal} {} failed",
+            self.child.id()
+        );
     }
 
     /// Whether the process has ended (reaping it if so).
