@@ -63,8 +63,12 @@ Without any, retry and cancel answer 403.
   ci-server /path/to/repo --api-token-file /etc/ci-server/token
 
 Runs are kept in a SQLite file unless --db or CI_DATABASE_URL names a
-PostgreSQL database, which several servers may share:
+PostgreSQL database:
   CI_DATABASE_URL=postgres://ci:PASSWORD@db.internal:5432/ci ci-server /path/to/repo
+Several servers may share one database (PostgreSQL, or one SQLite file on
+one machine): one is active and runs commits; the others wait as standbys,
+serve runs and pages, and take over within seconds when it dies. /healthz
+tells each one's role.
 
 Environment:
   CI_API_TOKEN     the API token, when neither --api-token-file nor

@@ -437,6 +437,9 @@ impl Server {
             lease.describe(&holder);
         }
         let seen = Seen::default();
+        // One try before the API answers, so that `/healthz` tells the role
+        // (and a standby the active server) from the first request on.
+        let mut first_try = Some(self.lease.try_take(&holder, &seen).await);
         let (http_stop_tx, http_stop_rx) = watch::channel(false);
         let (standby_stop_tx, standby_stop_rx) = watch::channel(false);
         let switch = AppSwitch::new(self.app(None, seen.active(), standby_stop_rx.clone()));
@@ -454,27 +457,58 @@ impl Server {
 
         let mut http_done = false;
         let mut outcome: Result<(), ServerError> = Ok(());
-        let mut announced = false;
         loop {
-            // A standby until the lease is ours.
-            let term = tokio::select! {
-                () = &mut shutdown => {
-                    info!("shutting down");
-                    break;
-                }
-                joined = &mut http_task => {
-                    http_done = true;
-                    outcome = http_ended(joined);
-                    break;
-                }
-                taken = self.take_lease(&holder, &seen, &mut announced) => match taken {
-                    Ok(term) => term,
-                    Err(e) => {
-                        error!(error = %e, "shutting down");
-                        outcome = Err(ServerError::Lease(e));
-                        break;
+            let term = match first_try.take() {
+                Some(Ok(Some(term))) => {
+                    if !matches!(self.lease, Lease::Sole) {
+                        info!(term, db = %self.db, "active: this server holds the lease");
                     }
-                },
+                    term
+                }
+                Some(Err(e)) => {
+                    error!(error = %e, "shutting down");
+                    outcome = Err(ServerError::Lease(e));
+                    break;
+                }
+                waiting => {
+                    // A SQLite standby said so when it opened the file.
+                    if waiting.is_some() && !matches!(self.lease, Lease::File(_)) {
+                        let active = seen.active().borrow().clone();
+                        info!(
+                            active = active.as_deref().unwrap_or("another ci-server"),
+                            db = %self.db,
+                            "standby: another server is active on this database; serving reads and waiting to take over"
+                        );
+                    }
+                    // A standby until the lease is ours.
+                    let poll = self.lease_config.poll;
+                    let taken = tokio::select! {
+                        () = &mut shutdown => {
+                            info!("shutting down");
+                            break;
+                        }
+                        joined = &mut http_task => {
+                            http_done = true;
+                            outcome = http_ended(joined);
+                            break;
+                        }
+                        taken = self.lease.acquire(&holder, &seen, poll) => taken,
+                    };
+                    match taken {
+                        Ok(term) => {
+                            info!(term, db = %self.db, "active: took the lease over");
+                            // The source opened at start knows the store as
+                            // it was then; the one taking over reads it now.
+                            self.source = None;
+                            term
+                        }
+                        Err(e) => {
+                            error!(error = %e, "shutting down");
+                            outcome = Err(ServerError::Lease(e));
+                            break;
+                        }
+                    }
+                }
             };
             seen.me(&holder);
             if let Some(pg) = &self.pg {
@@ -498,13 +532,20 @@ impl Server {
                     }
                 },
             };
-            let engine = Engine::with_pool(
+            let engine = match Engine::with_pool(
                 self.pipeline.clone(),
                 self.pool.clone(),
                 Arc::clone(&self.store),
                 self.engine_config.clone(),
-            )
-            .map_err(|e| ServerError::Task(e.to_string()))?;
+            ) {
+                Ok(engine) => engine,
+                // Checked at start with the same parts; kept for honesty.
+                Err(e) => {
+                    self.step_down(term).await;
+                    outcome = Err(ServerError::Task(e.to_string()));
+                    break;
+                }
+            };
             let (term_stop_tx, term_stop_rx) = watch::channel(false);
             switch.set(self.app(Some(engine.handle()), seen.active(), term_stop_rx.clone()));
             let mut engine_task = tokio::spawn(engine.run(Box::new(source), stopped(term_stop_rx)));
@@ -586,37 +627,6 @@ impl Server {
             .await;
         info!("stopped");
         outcome
-    }
-
-    /// Waits for the lease; the first time it is not free at once, says
-    /// that this server is a standby.
-    async fn take_lease(
-        &mut self,
-        holder: &str,
-        seen: &Seen,
-        announced: &mut bool,
-    ) -> Result<u64, LeaseError> {
-        if let Some(term) = self.lease.try_take(holder, seen).await? {
-            if !matches!(self.lease, Lease::Sole) {
-                info!(term, db = %self.db, "active: this server holds the lease");
-            }
-            return Ok(term);
-        }
-        if !*announced {
-            *announced = true;
-            let active = seen.active().borrow().clone();
-            info!(
-                active = active.as_deref().unwrap_or("another ci-server"),
-                db = %self.db,
-                "standby: another server is active on this database; serving reads and waiting to take over"
-            );
-        }
-        let term = self
-            .lease
-            .acquire(holder, seen, self.lease_config.poll)
-            .await?;
-        info!(term, db = %self.db, "active: took the lease over");
-        Ok(term)
     }
 
     /// Leaves the active role of `term`: no more writes, the lease given up
