@@ -333,6 +333,9 @@ impl Server {
     #[must_use]
     pub fn with_lease_config(mut self, config: LeaseConfig) -> Self {
         self.lease_config = config;
+        if let Lease::Postgres(lease) = &mut self.lease {
+            lease.set_config(config);
+        }
         self
     }
 
@@ -557,9 +560,13 @@ impl Server {
             };
             match ended {
                 TermEnd::Lost(lost) => {
-                    // Drop the engine at once: whatever it would still write
-                    // may no longer be ours to write. Steps in flight end
-                    // as after a crash (the next active server interrupts them).
+                    // Refuse every write from now on, then drop the engine
+                    // at once: whatever it would still write may no longer
+                    // be ours to write. Steps in flight end as after a crash
+                    // (the next active server interrupts them).
+                    if let Some(pg) = &self.pg {
+                        pg.fence(None);
+                    }
                     engine_task.abort();
                     let _ = engine_task.await;
                     let _ = term_stop_tx.send(true);
@@ -762,7 +769,7 @@ async fn open_store(choice: &StoreChoice, repo_path: &Path) -> Result<Opened, St
             return Ok(Opened {
                 store: Arc::clone(&store) as Arc<dyn RunStore>,
                 pg: Some(store),
-                lease: Lease::Postgres(PgLease::new(url.clone(), LeaseConfig::default())),
+                lease: Lease::Postgres(Box::new(PgLease::new(url.clone(), LeaseConfig::default()))),
                 db: url.redacted(),
             });
         }

@@ -401,6 +401,10 @@ async fn a_second_server_on_one_database_file_waits_as_a_standby_and_takes_over(
         message.contains("standby") && message.contains(&first.url("")),
         "{message}"
     );
+    let (code, body) = get_json(&second.url("/runners")).await;
+    assert_eq!(code, 503, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&first.url("")), "{message}");
 
     first.proc.kill_hard();
     let killed = Instant::now();

@@ -38,7 +38,14 @@ async fn one_holder_at_a_time_and_a_takeover_fences_the_old_holder_out() {
     let old = PgStore::open(&url).await.expect("open");
     let new = PgStore::open(&url).await.expect("open");
     let mut old_lease = PgLease::new(url.clone(), quick());
-    let mut new_lease = PgLease::new(url.clone(), quick());
+    // Long-lived, so that its heartbeat, not its deadline, finds a takeover.
+    let mut new_lease = PgLease::new(
+        url.clone(),
+        LeaseConfig {
+            ttl: Duration::from_secs(5),
+            ..quick()
+        },
+    );
     let seen = Seen::default();
 
     let first = old_lease
@@ -99,11 +106,12 @@ async fn one_holder_at_a_time_and_a_takeover_fences_the_old_holder_out() {
         "the new holder writes"
     );
 
-    // The old holder's heartbeat finds the term moved on.
+    // The old holder never renewed: by now its deadline has passed, and it
+    // says so at once.
     let lost = tokio::time::timeout(Duration::from_secs(10), old_lease.keep(first))
         .await
         .expect("the old holder notices within 10 s");
-    assert_eq!(lost, Lost::TakenOver);
+    assert_eq!(lost, Lost::NotRenewed);
     // The new one renews and keeps it past several lifetimes.
     let kept = tokio::time::timeout(Duration::from_secs(2), new_lease.keep(second)).await;
     assert!(kept.is_err(), "the holder lost a lease it renews: {kept:?}");
@@ -118,6 +126,11 @@ async fn one_holder_at_a_time_and_a_takeover_fences_the_old_holder_out() {
         .expect("no error")
         .expect("a released lease is free");
     assert_eq!(third, second + 1);
+    // The one that gave it up finds the term moved on at its next heartbeat.
+    let lost = tokio::time::timeout(Duration::from_secs(10), new_lease.keep(second))
+        .await
+        .expect("noticed within 10 s");
+    assert_eq!(lost, Lost::TakenOver);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

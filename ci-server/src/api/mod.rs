@@ -623,6 +623,13 @@ impl Api {
     /// has no address for that id). 503 when no engine runs behind the API.
     #[oai(path = "/runners", method = "get", operation_id = "list_runners")]
     async fn list_runners(&self) -> runners::RunnersResponse {
+        if self.engine.is_none() && self.role == health::Role::Standby {
+            return runners::RunnersResponse::Unavailable(Json(ErrorBody::new(no_engine(
+                self.role,
+                self.active_server(),
+                "the runners' state is not known",
+            ))));
+        }
         runners::list(
             self.engine.as_ref(),
             self.runners.as_ref(),

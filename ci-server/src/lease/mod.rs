@@ -160,7 +160,7 @@ pub enum Lease {
     /// A lock on a file beside a SQLite database.
     File(FileLease),
     /// The lease row of a PostgreSQL database.
-    Postgres(PgLease),
+    Postgres(Box<PgLease>),
 }
 
 impl Lease {

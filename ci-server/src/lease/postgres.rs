@@ -48,6 +48,9 @@ pub struct PgLease {
     url: DatabaseUrl,
     config: LeaseConfig,
     client: Option<Client>,
+    /// When the statement that last took or renewed the lease was sent: the
+    /// lease lasts at least `ttl` from then, in the database's clock.
+    sent_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for PgLease {
@@ -77,7 +80,13 @@ impl PgLease {
             url,
             config,
             client: None,
+            sent_at: None,
         }
+    }
+
+    /// Sets the lease's timing from now on.
+    pub fn set_config(&mut self, config: LeaseConfig) {
+        self.config = config;
     }
 
     /// The lease's own connection, made when there is none. Every statement
@@ -139,6 +148,7 @@ impl PgLease {
             "SET LOCAL lock_timeout = {}",
             self.config.statement_timeout.as_millis() / 2
         );
+        let sent = Instant::now();
         let taken = self
             .bounded(async |client| {
                 let tx = client.transaction().await?;
@@ -154,7 +164,10 @@ impl PgLease {
             })
             .await;
         match taken {
-            Ok(Some(term)) => return Ok(Some(u64::try_from(term).unwrap_or(0))),
+            Ok(Some(term)) => {
+                self.sent_at = Some(sent);
+                return Ok(Some(u64::try_from(term).unwrap_or(0)));
+            }
             Ok(None) => {}
             Err(Failed(reason)) => {
                 debug!(%reason, "could not try the lease");
@@ -199,8 +212,10 @@ impl PgLease {
     pub async fn keep(&mut self, term: u64) -> Lost {
         let ttl = self.config.ttl.as_secs_f64();
         let held = i64::try_from(term).unwrap_or(i64::MAX);
-        // The lease was taken (or last renewed) no earlier than now.
-        let mut valid_until = Instant::now() + self.config.ttl - self.config.margin;
+        // Counted from when the statement that took it was sent (it cannot
+        // have expired earlier than `ttl` after that).
+        let taken = self.sent_at.unwrap_or_else(Instant::now);
+        let mut valid_until = taken + self.config.ttl - self.config.margin;
         loop {
             let next = (Instant::now() + self.config.renew_every).min(valid_until);
             tokio::time::sleep_until(next).await;
@@ -209,13 +224,24 @@ impl PgLease {
                 return Lost::NotRenewed;
             }
             let sent = Instant::now();
-            let renewed = self
-                .bounded(async |client| {
+            // A renewal that has not answered by the deadline is too late.
+            let renewed = tokio::time::timeout_at(
+                valid_until,
+                self.bounded(async |client| {
                     Ok(client.query_opt(RENEW, &[&held, &ttl]).await?.is_some())
-                })
-                .await;
+                }),
+            )
+            .await;
+            let Ok(renewed) = renewed else {
+                self.client = None;
+                warn!(term, "the lease could not be renewed in time");
+                return Lost::NotRenewed;
+            };
             match renewed {
-                Ok(true) => valid_until = sent + self.config.ttl - self.config.margin,
+                Ok(true) => {
+                    self.sent_at = Some(sent);
+                    valid_until = sent + self.config.ttl - self.config.margin;
+                }
                 Ok(false) => return Lost::TakenOver,
                 Err(Failed(reason)) => {
                     warn!(term, %reason, "the lease's heartbeat failed; trying again");
