@@ -19,6 +19,8 @@
 //!
 //! The crate has no HTTP, git or SQL in it; `ci-server` brings those.
 
+#![warn(missing_debug_implementations)]
+
 pub mod engine;
 pub mod memory_store;
 pub mod model;
@@ -30,6 +32,9 @@ pub mod store;
 pub mod testing;
 pub mod waiting;
 
+/// The attribute the three traits are implemented with (`#[async_trait]`),
+/// re-exported so that an implementer needs no dependency of its own.
+pub use async_trait::async_trait;
 pub use engine::{
     CancelOutcome, ConfigError, Engine, EngineConfig, EngineError, EngineEvent, EngineHandle,
     RetryOutcome,
@@ -45,3 +50,8 @@ pub use runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVe
 pub use source::{BoxError, CommitSource, SourceError};
 pub use store::{RunPage, RunQuery, RunStore, StoreError};
 pub use waiting::{Holder, StepWait, Waiting};
+
+/// The README's code, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -39,6 +39,22 @@ pub struct RunnerPool {
     members: Vec<PoolMember>,
 }
 
+impl std::fmt::Debug for PoolMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolMember")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RunnerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.members.iter().map(|m| &m.id))
+            .finish()
+    }
+}
+
 /// Why a list of runners is not a pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

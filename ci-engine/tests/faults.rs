@@ -486,8 +486,7 @@ fn the_engine_refuses_a_configuration_it_cannot_work_with() {
             Arc::new(MemoryStore::new()),
             config,
         )
-        .err()
-        .expect("refused");
+        .expect_err("refused");
         assert_eq!(e.field, field);
         assert!(e.to_string().contains(field));
     }

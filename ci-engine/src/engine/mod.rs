@@ -99,6 +99,15 @@ pub struct EngineHandle {
     events: broadcast::Sender<EngineEvent>,
 }
 
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("engine_running", &!self.commands.is_closed())
+            .field("subscribers", &self.events.receiver_count())
+            .finish()
+    }
+}
+
 impl EngineHandle {
     /// A receiver of every event sent from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
@@ -229,6 +238,22 @@ pub struct Engine {
     config: EngineConfig,
     handle: EngineHandle,
     commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps: Vec<&str> = self
+            .pipeline
+            .steps()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        f.debug_struct("Engine")
+            .field("steps", &steps)
+            .field("runners", &self.runners)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {

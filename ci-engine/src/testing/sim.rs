@@ -175,6 +175,14 @@ pub struct SimRunner {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for SimRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimRunner")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SimRunner {
     /// A runner with `config`, up and idle.
     pub fn new(config: SimRunnerConfig) -> Arc<Self> {
@@ -364,6 +372,7 @@ impl Work {
 
 /// A source that hands out scripted batches at given offsets from its first
 /// call, then finishes.
+#[derive(Debug)]
 pub struct ScriptedSource {
     batches: std::collections::VecDeque<(Duration, Vec<Commit>)>,
     start: Option<Instant>,
