@@ -65,6 +65,8 @@ Without any, retry and cancel answer 403.
 Runs are kept in a SQLite file unless --db or CI_DATABASE_URL names a
 PostgreSQL database, which several servers may share:
   CI_DATABASE_URL=postgres://ci:PASSWORD@db.internal:5432/ci ci-server /path/to/repo
+To move the runs of a SQLite file into PostgreSQL (server stopped), see
+`ci-server migrate-store --help`.
 
 Environment:
   CI_API_TOKEN     the API token, when neither --api-token-file nor

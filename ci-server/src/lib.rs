@@ -21,12 +21,15 @@
 //! - [`pg_store`]: `PgStore`, a durable `RunStore` in PostgreSQL.
 //! - [`timed_store`]: `TimedStore`, a `RunStore` that times every call of
 //!   another one for `GET /metrics`.
+//! - [`migrate`]: `ci-server migrate-store`, which copies a SQLite run
+//!   database into PostgreSQL.
 
 pub mod api;
 pub mod cli;
 pub mod git;
 pub mod http_runner;
 pub mod memory;
+pub mod migrate;
 pub mod pg_store;
 pub mod server;
 pub mod sqlite_store;
