@@ -538,3 +538,88 @@ fn help_tells_what_is_copied_and_refused() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("ci-server migrate-store: "), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_an_older_schema_is_upgraded_then_copied() {
+    let Some(cluster) = PgCluster::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (path, runs) = sqlite_fixture(dir.path()).await;
+    // Back to version 3, which had no `run_buckets` (version 4 fills it from
+    // the runs).
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "DROP TRIGGER run_bucketed; DROP TRIGGER run_rebucketed; DROP TRIGGER run_unbucketed;
+             DROP TRIGGER branch_bucketed; DROP TRIGGER branch_unbucketed;
+             DROP TABLE run_buckets; PRAGMA user_version = 3;",
+        )
+        .expect("downgrade");
+    }
+    let url = new_database(&cluster, "migrate_old");
+    let from = path.to_str().expect("UTF-8 path");
+    let (code, _, stderr) = migrate(&["--from", from, "--to", &url], &[]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("from an older ci-server"), "{stderr}");
+    let version: i64 = rusqlite::Connection::open(&path)
+        .expect("open")
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(version, ci_server::sqlite_store::SCHEMA_VERSION, "upgraded");
+
+    let sqlite = SqliteStore::open(&path).await.expect("reopen SQLite");
+    let pg = open_pg(&url).await;
+    assert_same(&sqlite, &pg, &runs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_postgresql_cannot_hold_fails_the_copy_with_exit_1() {
+    let Some(cluster) = PgCluster::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("runs.db");
+    {
+        let store = SqliteStore::open(&path).await.expect("open");
+        for seq in 0..5 {
+            let branch = if seq == 1 { "bad\u{0}branch" } else { "main" };
+            let run = run_with_status(&hex_id(seq), seq, &[branch], RunStatus::Success);
+            store.insert_run(&run).await.expect("insert");
+        }
+    }
+    let database = cluster.create_database("migrate_nul");
+    let url = cluster.url(&database);
+    let (code, stdout, stderr) = migrate(
+        &[
+            "--from",
+            path.to_str().expect("UTF-8"),
+            "--to",
+            &url,
+            "--batch",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("ci-server migrate-store: "))
+        .collect();
+    assert_eq!(ours.len(), 1, "{stderr}");
+    // Newest first, two at a time: 4 and 3 are written, then the batch of
+    // 2 and 1 fails whole.
+    assert!(
+        ours[0].contains("failed after 2 runs were copied") && ours[0].contains("NUL"),
+        "{}",
+        ours[0]
+    );
+    assert_eq!(
+        cluster.psql(
+            &database,
+            "SELECT string_agg(seq::text, ',' ORDER BY seq) FROM runs"
+        ),
+        "3,4"
+    );
+}
