@@ -95,7 +95,7 @@ another program or of a newer ci-server, a destination that holds runs).";
 #[command(name = "ci-server migrate-store", version, after_help = AFTER_HELP)]
 pub struct MigrateArgs {
     /// The SQLite run database to copy from: the server's --db, by default
-    /// <git-dir>/ci-server/runs.db inside the watched repository. It must
+    /// `<git-dir>/ci-server/runs.db` inside the watched repository. It must
     /// exist.
     #[arg(long, value_name = "FILE")]
     pub from: PathBuf,
