@@ -69,6 +69,8 @@ Several servers may share one database (PostgreSQL, or one SQLite file on
 one machine): one is active and runs commits; the others wait as standbys,
 serve runs and pages, and take over within seconds when it dies. /healthz
 tells each one's role.
+To move the runs of a SQLite file into PostgreSQL (server stopped), see
+`ci-server migrate-store --help`.
 
 Environment:
   CI_API_TOKEN     the API token, when neither --api-token-file nor

@@ -21,6 +21,8 @@
 //! - [`pg_store`]: `PgStore`, a durable `RunStore` in PostgreSQL.
 //! - [`timed_store`]: `TimedStore`, a `RunStore` that times every call of
 //!   another one for `GET /metrics`.
+//! - [`migrate`]: `ci-server migrate-store`, which copies a SQLite run
+//!   database into PostgreSQL.
 
 pub mod api;
 pub mod cli;
@@ -28,6 +30,7 @@ pub mod git;
 pub mod http_runner;
 pub mod lease;
 pub mod memory;
+pub mod migrate;
 pub mod pg_store;
 pub mod read_only_store;
 pub mod server;

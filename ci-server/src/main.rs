@@ -4,12 +4,17 @@
 //! With the hidden first argument `__step-runner-sim` it runs the bundled
 //! step-runner simulator instead (`step_runner_sim::cli`), which is how the server
 //! starts its own runner as a child process with a single binary.
+//!
+//! With the first argument `migrate-store` it copies a SQLite run database
+//! into PostgreSQL instead ([`ci_server::migrate`]), with a parser and a
+//! `--help` of its own.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use ci_server::api::token::TOKEN_ENV;
 use ci_server::cli::{Cli, DATABASE_URL_ENV, SIM_SUBCOMMAND, Secret, parse_listen};
+use ci_server::migrate::{self, MigrateArgs};
 use ci_server::server::{LISTENING_PREFIX, Server, public_url};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -35,6 +40,9 @@ fn main() {
     let argv: Vec<OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == SIM_SUBCOMMAND) {
         run_simulator(&argv);
+    }
+    if argv.get(1).is_some_and(|a| a == migrate::SUBCOMMAND) {
+        run_migration(&argv);
     }
     let mut cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
@@ -92,6 +100,53 @@ fn run_simulator(argv: &[OsString]) -> ! {
         }
     };
     std::process::exit(code);
+}
+
+/// Runs `migrate-store` with the arguments after it and exits with its code.
+fn run_migration(argv: &[OsString]) -> ! {
+    const NAME: &str = "ci-server migrate-store";
+    let args = std::iter::once(OsString::from(NAME)).chain(argv.iter().skip(2).cloned());
+    let mut args = match MigrateArgs::try_parse_from(args) {
+        Ok(args) => args,
+        Err(error) if error.use_stderr() => {
+            eprintln!("{NAME}: {} (see --help)", one_line(&error));
+            std::process::exit(migrate::EXIT_USAGE);
+        }
+        Err(help_or_version) => help_or_version.exit(),
+    };
+    args.database_url_env = std::env::var_os(DATABASE_URL_ENV).map(Secret::new);
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{NAME}: cannot start the async runtime: {error}");
+            std::process::exit(migrate::EXIT_FAILED);
+        }
+    };
+    let code = match runtime.block_on(migrate::run(args)) {
+        Ok(summary) => {
+            print_summary(&summary);
+            0
+        }
+        Err(error) => {
+            eprintln!("{NAME}: {error}");
+            error.exit_code()
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+/// The line a migration ends with.
+#[allow(
+    clippy::print_stdout,
+    reason = "the summary is the subcommand's output"
+)]
+fn print_summary(summary: &migrate::Summary) {
+    println!("{summary}");
 }
 
 /// Watches standard input on a thread of its own and exits the process at its

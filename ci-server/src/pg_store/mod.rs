@@ -12,6 +12,7 @@
 //! query) with a `deadpool-postgres` pool of connections; each connection
 //! prepares a statement once and keeps it.
 
+mod bulk;
 mod error;
 mod rows;
 pub mod schema;

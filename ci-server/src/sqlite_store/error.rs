@@ -17,6 +17,22 @@ pub enum SqliteStoreError {
         /// Its parent directory, which is missing.
         dir: PathBuf,
     },
+    /// There is no file at the path (and none was created): reported by
+    /// [`SqliteStore::inspect`](super::SqliteStore::inspect), which only
+    /// looks at existing databases.
+    #[error("run database {path} does not exist")]
+    NotFound {
+        /// The database path asked for.
+        path: PathBuf,
+    },
+    /// The file is an SQLite database without a ci-server schema and
+    /// without any table (an empty file, or one SQLite made but nothing
+    /// wrote): reported by [`SqliteStore::inspect`](super::SqliteStore::inspect).
+    #[error("{path} is not a ci-server run database: it is empty")]
+    Empty {
+        /// The database path asked for.
+        path: PathBuf,
+    },
     /// The path names a directory, not a file.
     #[error("cannot open run database {path}: it is a directory")]
     IsADirectory {

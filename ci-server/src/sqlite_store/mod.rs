@@ -191,6 +191,39 @@ impl SqliteStore {
         })
     }
 
+    /// Checks, without writing anything, that `path` is an existing ci-server
+    /// run database this build can [`open`](Self::open), and returns its
+    /// schema version (lower than [`SCHEMA_VERSION`]: `open` will upgrade
+    /// it). For tools that must not create a database where none was:
+    /// `open` would make a new one at a missing path or in an empty file.
+    ///
+    /// # Errors
+    /// [`NotFound`](SqliteStoreError::NotFound) for a path with no file,
+    /// [`Empty`](SqliteStoreError::Empty) for an empty database, and the
+    /// refusals of `open` that need no writing (a directory, not SQLite,
+    /// another program's database, a newer schema).
+    pub async fn inspect(path: &Path) -> Result<i64, SqliteStoreError> {
+        let owned = path.to_owned();
+        tokio::task::spawn_blocking(move || schema::inspect(&owned))
+            .await
+            .map_err(|e| SqliteStoreError::TaskFailed {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })?
+    }
+
+    /// The keys of every value saved with [`save_state`](RunStore::save_state),
+    /// in byte order (the values are read with
+    /// [`load_state`](RunStore::load_state)).
+    ///
+    /// # Errors
+    /// A [`SqliteStoreError`] when the database cannot be read.
+    pub async fn state_keys(&self) -> Result<Vec<String>, SqliteStoreError> {
+        self.run(Side::Read, rows::state_keys)
+            .await
+            .map_err(|f| self.backend_error(f))
+    }
+
     /// The database file's path, as given to [`open`](Self::open).
     pub fn path(&self) -> &Path {
         &self.shared.path

@@ -761,6 +761,15 @@ pub(super) fn load_state(conn: &Connection, key: &str) -> Result<Option<String>>
         .optional()?)
 }
 
+/// The keys of every saved value, in byte order.
+pub(super) fn state_keys(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT key FROM engine_state ORDER BY key")?;
+    let keys = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(keys)
+}
+
 /// The lines of SQLite's `EXPLAIN QUERY PLAN` for `sql`.
 pub(super) fn explain(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<String>> {
     let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;

@@ -278,6 +278,54 @@ pub(super) fn open(path: &Path) -> Result<(Connection, Vec<Connection>), SqliteS
     Ok((writer, readers))
 }
 
+/// Checks that `path` is an existing ci-server run database this build can
+/// open, writing nothing (no file is created, no schema applied), and
+/// returns its schema version: lower than [`SCHEMA_VERSION`] means
+/// [`open`] would upgrade it.
+///
+/// Refuses a path with no file, a directory, a file that is not SQLite, an
+/// SQLite file that holds no ci-server schema (one of another program, or an
+/// empty one) and a schema newer than this build's.
+pub(super) fn inspect(path: &Path) -> Result<i64, SqliteStoreError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(SqliteStoreError::IsADirectory {
+                path: path.to_owned(),
+            });
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SqliteStoreError::NotFound {
+                path: path.to_owned(),
+            });
+        }
+        Err(source) => {
+            return Err(SqliteStoreError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    // Without SQLITE_OPEN_CREATE: a file removed since the check above is
+    // not made again.
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| classify(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .and_then(|()| conn.pragma_update(None, "query_only", true))
+        .map_err(|e| classify(path, e))?;
+    let header = read_header(&conn).map_err(|e| classify(path, e))?;
+    check_header(path, &header)?;
+    if header.application_id != APPLICATION_ID {
+        return Err(SqliteStoreError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(header.version)
+}
+
 /// Reading connections of a store: WAL lets each read its own snapshot
 /// while the writer writes, so this many reads run at once.
 pub(super) const READERS: usize = 4;
