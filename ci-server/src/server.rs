@@ -66,7 +66,7 @@ pub enum StoreChoice {
     Sqlite(PathBuf),
     /// A SQLite file at `<git-dir>/ci-server/runs.db` of the watched repository.
     DefaultSqlite,
-    /// A PostgreSQL database ([`PgStore`](crate::pg_store::PgStore)), which
+    /// A PostgreSQL database ([`PgStore`]), which
     /// must exist; its tables are created or migrated at start.
     Postgres(DatabaseUrl),
 }

@@ -4,17 +4,17 @@
 //! each once, and resumes from the [`RunStore`] after a restart.
 //!
 //! - How it notices: file-system notifications on `refs/` and `packed-refs`
-//!   ([`wake`]), gathered while they keep coming, with polling as fallback and
+//!   (`wake`), gathered while they keep coming, with polling as fallback and
 //!   safety net ([`GitSourceConfig`]).
 //! - How it finds what is new: it compares the branch values with the ones it
-//!   knows ([`known`]) and walks only from the branches that moved, stopping at
-//!   known commits ([`stops`], [`scan`]). So a scan costs what changed, not the
+//!   knows (`known`) and walks only from the branches that moved, stopping at
+//!   known commits (`stops`, `scan`). So a scan costs what changed, not the
 //!   number of branches or the length of the history.
 //! - How it hands out a large burst: the new commits are put parents first, then
 //!   handed out in batches of at most [`MAX_BATCH`], each decoded when its turn
 //!   comes, so the first runs start while the rest waits.
 //! - How it resumes: what it knows is saved in the store in shards, and a scan
-//!   rewrites only the shards it changed ([`known`]). On start, a known tip hides
+//!   rewrites only the shards it changed (`known`). On start, a known tip hides
 //!   its history only if it was left out on purpose (the *baseline* of the
 //!   [`InitialPolicy`]) or has a run in the store; tips handed out but never
 //!   recorded (the process died in between) are walked again, and commits that

@@ -3,7 +3,7 @@
 //!
 //! The versions applied are rows of the table `schema_version` (one per
 //! migration, with when it was applied); the schema's version is the highest.
-//! [`migrate`] takes a transaction-scoped advisory lock
+//! `migrate` takes a transaction-scoped advisory lock
 //! ([`MIGRATION_LOCK`]) so that several servers starting at once against one
 //! database migrate it once, refuses a database of another program or of a
 //! newer ci-server, and applies the missing migrations in the same

@@ -47,7 +47,7 @@ pub fn url_scheme(text: &str) -> Option<&str> {
     .then_some(scheme)
 }
 
-/// Whether `text` is a URL of one of the PostgreSQL [`SCHEMES`].
+/// Whether `text` is a URL of one of the PostgreSQL `SCHEMES`.
 pub fn is_postgres_url(text: &str) -> bool {
     url_scheme(text).is_some_and(|s| SCHEMES.iter().any(|p| s.eq_ignore_ascii_case(p)))
 }

@@ -5,7 +5,7 @@
 //! - [`SqliteStoreError`]: what can go wrong, each message naming the file.
 //!
 //! The store keeps one connection that writes and a few that only read
-//! ([`schema::READERS`]), so the API's reads neither wait for the engine's
+//! (`schema::READERS`), so the API's reads neither wait for the engine's
 //! writes nor for each other (WAL lets each reader see the last committed
 //! state while a write is in progress). Each sits behind a `std::sync::Mutex`
 //! and is only used inside `tokio::task::spawn_blocking`, so no SQLite call

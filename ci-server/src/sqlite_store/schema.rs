@@ -2,7 +2,7 @@
 //! written to a file that is opened.
 //!
 //! The schema version lives in `PRAGMA user_version` and the file is marked as
-//! ours with `PRAGMA application_id`. [`open`] refuses (and leaves untouched) a
+//! ours with `PRAGMA application_id`. `open` refuses (and leaves untouched) a
 //! file that is not SQLite, belongs to another program, comes from a newer
 //! ci-server or cannot be written; otherwise it turns WAL on and applies the
 //! missing migrations in one transaction.

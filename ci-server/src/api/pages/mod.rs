@@ -12,7 +12,7 @@
 //! - [`view`]: what the templates print, built from the API's JSON shapes.
 //! - [`templates`]: the askama templates.
 //! - [`ansi`]: removing terminal escapes from logs.
-//! - [`format`]: times and durations as the pages show them.
+//! - [`format`](mod@format): times and durations as the pages show them.
 
 pub mod ansi;
 pub mod format;
