@@ -1,5 +1,6 @@
 //! `step-runner-sim`: a wire-compatible simulator of the flaky step runner that
-//! `ci-server` drives (see `spec/step-runner-protocol.md`), crash included.
+//! `ci-server` drives (the protocol is summed up in `docs/step-runner-sim.md`,
+//! "Behaviour"), crash included.
 //!
 //! Map of the crate:
 //! - [`serve`] (in `server`): the accept loop; one tracked task per connection so
