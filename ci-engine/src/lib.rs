@@ -21,6 +21,7 @@
 
 #![warn(missing_debug_implementations)]
 
+pub mod backoff;
 pub mod engine;
 pub mod memory_store;
 pub mod model;
@@ -35,6 +36,7 @@ pub mod waiting;
 /// The attribute the three traits are implemented with (`#[async_trait]`),
 /// re-exported so that an implementer needs no dependency of its own.
 pub use async_trait::async_trait;
+pub use backoff::doubling_backoff;
 pub use engine::{
     CancelOutcome, ConfigError, Engine, EngineConfig, EngineError, EngineEvent, EngineHandle,
     RetryOutcome,

@@ -570,27 +570,22 @@ pub fn clap_error_line(rendered: &str) -> String {
     }
 }
 
-/// Parses a duration: `500ms`, `2s`, `1.5s`, `3m`, `1h`, or a bare number of
-/// seconds.
+/// Parses a duration: `500ms`, `2s`, `1.5s`, `3m`, `1h`, `1h 30m` (what
+/// `humantime` reads), or a bare number of seconds.
 ///
 /// # Errors
 /// A message naming the input when it is not one of those forms.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let s = input.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let bad = || format!("{input:?} is not a duration (examples: 500ms, 2s, 1.5s, 3m, 1h)");
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds_per_unit = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(bad()),
+    let bad = |why: String| {
+        format!("{input:?} is not a duration ({why}; examples: 500ms, 2s, 1.5s, 3m, 1h)")
     };
-    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())
+    // A bare number is seconds, as `--help` says.
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let seconds: f64 = s.parse().map_err(|_| bad("not a number".to_owned()))?;
+        return Duration::try_from_secs_f64(seconds).map_err(|e| bad(e.to_string()));
+    }
+    humantime::parse_duration(s).map_err(|e| bad(e.to_string()))
 }
 
 /// Parses a listen address: `IP:PORT`, `localhost:PORT`, or `:PORT` for every
@@ -638,6 +633,8 @@ mod tests {
         assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         for bad in ["", "s", "fast", "2x", "-1s", "1..2s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }

@@ -175,11 +175,7 @@ impl EngineConfig {
     /// The wait before retry number `retry` (1 for the first retry), before
     /// jitter: `retry_backoff · 2^(retry−1)`, capped at `retry_backoff_max`.
     pub fn backoff_for(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
-        self.retry_backoff
-            .checked_mul(factor)
-            .unwrap_or(self.retry_backoff_max)
-            .min(self.retry_backoff_max)
+        crate::backoff::doubling_backoff(self.retry_backoff, retry.max(1), self.retry_backoff_max)
     }
 
     /// [`backoff_for`](Self::backoff_for) with jitter: shortened by up to

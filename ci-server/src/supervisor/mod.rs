@@ -326,6 +326,7 @@ impl Monitor {
     /// Starts children until one is up (`Some`) or the supervisor stops (`None`).
     async fn restart(&mut self, mut port: u16) -> Option<ReadyChild> {
         let mut backoff = Duration::ZERO;
+        let mut failures = 0;
         loop {
             if !backoff.is_zero() {
                 tokio::select! {
@@ -362,9 +363,12 @@ impl Monitor {
                     return Some(ready);
                 }
                 Err(failure) => {
-                    backoff = (backoff * 2)
-                        .max(self.config.restart_backoff_min)
-                        .min(self.config.restart_backoff_max);
+                    failures += 1;
+                    backoff = ci_engine::doubling_backoff(
+                        self.config.restart_backoff_min,
+                        failures,
+                        self.config.restart_backoff_max,
+                    );
                     let taken = port != 0 && port_taken(port);
                     if taken && self.config.port.is_none() {
                         warn!(
@@ -372,6 +376,7 @@ impl Monitor {
                             "port {port} is taken by another process; moving the step runner to a new port"
                         );
                         port = 0;
+                        failures = 0;
                         backoff = Duration::ZERO;
                     } else if taken {
                         error!(
