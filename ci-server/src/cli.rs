@@ -33,7 +33,7 @@ pub use runners::parse_runner_spec;
 pub const SIM_SUBCOMMAND: &str = crate::supervisor::BUNDLED_SIM_ARG;
 
 /// The `--db` value that selects the in-memory store.
-pub const MEMORY_DB: &str = ":memory:";
+pub use crate::server::MEMORY_DB;
 
 /// Default listen address: every interface, port 9000 (as the original server).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9000";

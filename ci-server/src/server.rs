@@ -52,6 +52,9 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// The `--db` value (and [`Server::db`] answer) of the in-memory store.
+pub const MEMORY_DB: &str = ":memory:";
+
 /// How long open HTTP connections get to finish at shutdown.
 const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -72,7 +75,7 @@ pub enum StoreChoice {
 }
 
 impl StoreChoice {
-    /// The store a `--db` value names: [`MEMORY_DB`](crate::cli::MEMORY_DB)
+    /// The store a `--db` value names: [`MEMORY_DB`]
     /// is [`Memory`](Self::Memory); a `postgres://` or `postgresql://` URL
     /// (scheme in any case) is [`Postgres`](Self::Postgres); anything else
     /// is a SQLite file path. A value that starts like a URL of another
@@ -82,7 +85,7 @@ impl StoreChoice {
     /// A [`DatabaseUrlError`] for a URL that cannot be used: another scheme,
     /// a malformed URL, no host. Its message masks the password.
     pub fn parse(db: &str) -> Result<Self, DatabaseUrlError> {
-        if db == crate::cli::MEMORY_DB {
+        if db == MEMORY_DB {
             Ok(Self::Memory)
         } else if url_scheme(db).is_some() {
             Ok(Self::Postgres(DatabaseUrl::parse(db)?))
@@ -757,7 +760,7 @@ async fn open_store(choice: &StoreChoice, repo_path: &Path) -> Result<Opened, St
                 store: Arc::new(MemoryStore::new()),
                 pg: None,
                 lease: Lease::Sole,
-                db: crate::cli::MEMORY_DB.to_owned(),
+                db: MEMORY_DB.to_owned(),
             });
         }
         StoreChoice::Sqlite(path) => path.clone(),

@@ -174,8 +174,48 @@ fn exited(status: std::io::Result<ExitStatus>, tail: &[String]) -> StartFailure 
     }
 }
 
-/// Logs every line the child prints (target `ci_server::runner_process`) and
-/// hands it to the start-up watcher while that one still listens.
+/// Logs one line of the child's log again, at its level; a line that is not
+/// a log line (no level) is logged at `info`.
+fn relay(line: &str, pid: Option<u32>) {
+    const TARGET: &str = "ci_server::runner_process";
+    let (level, message) = split_log_line(line);
+    match level {
+        Some("ERROR") => tracing::error!(target: TARGET, pid, "{message}"),
+        Some("WARN") => tracing::warn!(target: TARGET, pid, "{message}"),
+        Some("DEBUG") => tracing::debug!(target: TARGET, pid, "{message}"),
+        Some("TRACE") => tracing::trace!(target: TARGET, pid, "{message}"),
+        _ => info!(target: TARGET, pid, "{message}"),
+    }
+}
+
+/// Splits a line of `tracing`'s default format (`TIMESTAMP  LEVEL rest`, as
+/// the simulator writes it) into its level and the rest; the timestamp is
+/// dropped. A line of another shape comes back whole, with no level.
+fn split_log_line(line: &str) -> (Option<&str>, &str) {
+    let mut rest = line.trim_start();
+    if let Some((first, after)) = rest.split_once(' ') {
+        let looks_like_time = first.len() >= 20
+            && first.ends_with('Z')
+            && first.as_bytes().get(4) == Some(&b'-')
+            && first.contains('T');
+        if looks_like_time {
+            rest = after.trim_start();
+        }
+    }
+    for level in ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"] {
+        if let Some(after) = rest.strip_prefix(level)
+            && after.starts_with(' ')
+        {
+            return (Some(level), after.trim_start());
+        }
+    }
+    (None, line)
+}
+
+/// Logs every line the child prints (target `ci_server::runner_process`) at
+/// the level it was logged with, without its own timestamp and level (this
+/// log adds them again), and hands the raw line to the start-up watcher while
+/// that one still listens.
 async fn forward_output(
     stream: impl AsyncRead + Unpin,
     pid: Option<u32>,
@@ -190,7 +230,7 @@ async fn forward_output(
             Ok(_) => {
                 let line = String::from_utf8_lossy(&buf);
                 let line = line.trim_end();
-                info!(target: "ci_server::runner_process", pid, "{line}");
+                relay(line, pid);
                 // After start-up nobody listens any more; that is fine.
                 let _ = lines.send(line.to_owned());
             }
@@ -230,6 +270,28 @@ fn strip_ansi(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_line_of_the_child_loses_its_timestamp_and_keeps_its_level() {
+        assert_eq!(
+            split_log_line(
+                "2026-11-29T01:02:03.456789Z  WARN step_runner_sim::server: crashing as asked"
+            ),
+            (Some("WARN"), "step_runner_sim::server: crashing as asked")
+        );
+        assert_eq!(
+            split_log_line("2026-11-29T01:02:03.456789Z  INFO listening"),
+            (Some("INFO"), "listening")
+        );
+        // Not a log line: kept whole, with no level.
+        for line in [
+            "step-runner-sim listening on 127.0.0.1:4000",
+            "INFOMERCIAL break",
+            "",
+        ] {
+            assert_eq!(split_log_line(line), (None, line));
+        }
+    }
 
     #[test]
     fn parses_the_listening_line() {
