@@ -56,20 +56,26 @@ fn main() {
     cli.api_token_env = std::env::var_os(TOKEN_ENV).map(Secret::new);
     cli.database_url_env = std::env::var_os(DATABASE_URL_ENV).map(Secret::new);
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = runtime_or_exit("ci-server", EXIT_STARTUP);
+    let code = runtime.block_on(serve(cli));
+    // Do not wait for blocking tasks (a git scan, a file watcher) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+/// The multi-threaded runtime, or (when the system refuses one) a line
+/// naming `program` on stderr and exit with `code`.
+fn runtime_or_exit(program: &str, code: i32) -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("ci-server: cannot start the async runtime: {error}");
-            std::process::exit(EXIT_STARTUP);
+            eprintln!("{program}: cannot start the async runtime: {error}");
+            std::process::exit(code);
         }
-    };
-    let code = runtime.block_on(serve(cli));
-    // Do not wait for blocking tasks (a git scan, a file watcher) at exit.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    std::process::exit(code);
+    }
 }
 
 /// Runs the bundled simulator with the arguments after the hidden subcommand and
@@ -89,17 +95,8 @@ fn run_simulator(argv: &[OsString]) -> ! {
     if exit_with_parent {
         exit_when_parent_is_gone();
     }
-    let code = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(step_runner_sim::cli::run(sim)),
-        Err(error) => {
-            eprintln!("step-runner-sim: cannot start the async runtime: {error}");
-            step_runner_sim::cli::EXIT_BAD_CONFIG
-        }
-    };
-    std::process::exit(code);
+    let runtime = runtime_or_exit("step-runner-sim", step_runner_sim::cli::EXIT_BAD_CONFIG);
+    std::process::exit(runtime.block_on(step_runner_sim::cli::run(sim)));
 }
 
 /// Runs `migrate-store` with the arguments after it and exits with its code.
@@ -116,16 +113,7 @@ fn run_migration(argv: &[OsString]) -> ! {
     };
     args.database_url_env = std::env::var_os(DATABASE_URL_ENV).map(Secret::new);
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("{NAME}: cannot start the async runtime: {error}");
-            std::process::exit(migrate::EXIT_FAILED);
-        }
-    };
+    let runtime = runtime_or_exit(NAME, migrate::EXIT_FAILED);
     let code = match runtime.block_on(migrate::run(args)) {
         Ok(summary) => {
             print_summary(&summary);
