@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 /// The environment variable that holds the API token when neither
 /// `--api-token-file` nor `--api-token` is given.
-pub const TOKEN_ENV: &str = "CI_API_TOKEN";
+pub const TOKEN_ENV: &str = crate::API_TOKEN_ENV;
 
 /// Where the token came from (for the startup log; never the token itself).
 #[derive(Clone, Debug, PartialEq, Eq)]

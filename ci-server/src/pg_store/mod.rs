@@ -35,6 +35,7 @@ use tokio_postgres::error::SqlState;
 use tracing::{debug, info, warn};
 
 pub use error::PgStoreError;
+#[cfg(feature = "server")]
 pub(crate) use error::describe as describe_error;
 use rows::Fault;
 pub use schema::SCHEMA_VERSION;

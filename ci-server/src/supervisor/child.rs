@@ -80,7 +80,7 @@ pub(super) async fn start_child(
         .arg("--addr")
         .arg(addr.to_string())
         // The simulator has no use for the server's API token.
-        .env_remove(crate::api::token::TOKEN_ENV)
+        .env_remove(crate::API_TOKEN_ENV)
         // A pipe that stays open as long as this process holds the child: the
         // bundled simulator exits at its end-of-file (see EXIT_WITH_PARENT_FLAG).
         .stdin(Stdio::piped())
