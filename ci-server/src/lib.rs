@@ -28,6 +28,8 @@
 //! - `migrate` (`server`): `ci-server migrate-store`, which copies a SQLite
 //!   run database into PostgreSQL.
 
+#![warn(missing_debug_implementations)]
+
 /// The environment variable that holds the API token when neither
 /// `--api-token-file` nor `--api-token` is given; never passed on to a
 /// bundled simulator.

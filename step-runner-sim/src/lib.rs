@@ -17,6 +17,8 @@
 //! - [`cli`]: the program itself (flags, environment, signals, exit codes), for
 //!   the `step-runner-sim` binary and for other binaries that embed it.
 
+#![warn(missing_debug_implementations)]
+
 mod addr;
 pub mod cli;
 mod config;

@@ -179,7 +179,7 @@ pub struct CancelResult {
 }
 
 /// Answers of `POST /run/{commit}/retry`.
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 #[oai(bad_request_handler = "retry_bad_request")]
 pub enum RetryResponse {
     /// The run is queued again; `steps` run again as new attempts.
@@ -217,7 +217,7 @@ pub enum RetryResponse {
 }
 
 /// Answers of `POST /run/{commit}/cancel`.
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 #[oai(bad_request_handler = "cancel_bad_request")]
 pub enum CancelResponse {
     /// The run was queued or running and is now `cancelled`.
@@ -355,6 +355,16 @@ pub struct ActionsApi {
     token: Option<ApiToken>,
     role: super::health::Role,
     active: Option<tokio::sync::watch::Receiver<Option<String>>>,
+}
+
+impl std::fmt::Debug for ActionsApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActionsApi")
+            .field("engine", &self.engine)
+            .field("token", &self.token.is_some())
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ActionsApi {

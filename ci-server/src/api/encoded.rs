@@ -24,6 +24,14 @@ pub struct EncodedJson<T> {
     encodes: PhantomData<fn() -> T>,
 }
 
+impl<T> std::fmt::Debug for EncodedJson<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedJson")
+            .field("bytes", &self.body.len())
+            .finish()
+    }
+}
+
 impl<T: ToJSON> EncodedJson<T> {
     /// Encodes `value`.
     pub fn encode(value: &T) -> Self {

@@ -115,7 +115,7 @@ pub struct Health {
 }
 
 /// Answers of `GET /healthz`.
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 pub enum HealthResponse {
     /// The server can do its job.
     #[oai(status = 200)]

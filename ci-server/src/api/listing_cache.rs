@@ -21,7 +21,7 @@ pub const CAPACITY: usize = 64;
 
 /// Encoded listings by query, each with the generation it was read at.
 /// Cloning shares the cache.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct ListingCache {
     entries: Arc<Mutex<HashMap<RunQuery, (u64, Bytes)>>>,
 }

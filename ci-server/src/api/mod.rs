@@ -110,6 +110,17 @@ pub struct Api {
     listings: listing_cache::ListingCache,
 }
 
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("engine", &self.engine)
+            .field("role", &self.role)
+            .field("active_server", &self.active_server())
+            .field("token", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Api {
     /// An API that answers from `store`; `/events` streams `engine`'s events
     /// (and answers 503 without an engine).
@@ -241,7 +252,7 @@ impl Api {
 }
 
 /// Answers of `GET /badge.svg`.
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 pub enum BadgeResponse {
     /// The badge, always: an unknown branch gets a grey `unknown` badge, since
     /// image proxies drop error answers. `Cache-Control` keeps caches short.
@@ -272,8 +283,17 @@ pub enum EventsResponse {
     Unavailable(Json<ErrorBody>),
 }
 
+impl std::fmt::Debug for EventsResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ok(_) => f.write_str("EventsResponse::Ok(event stream)"),
+            Self::Unavailable(body) => f.debug_tuple("Unavailable").field(body).finish(),
+        }
+    }
+}
+
 /// Answers of `GET /metrics`.
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 pub enum MetricsResponse {
     /// Every metric, in the OpenMetrics text format.
     #[oai(
@@ -287,7 +307,7 @@ pub enum MetricsResponse {
 }
 
 /// Answers of `GET /runs`.
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 #[oai(bad_request_handler = "list_bad_request")]
 pub enum ListRunsResponse {
     /// A page of runs, newest first.
@@ -302,7 +322,7 @@ pub enum ListRunsResponse {
 }
 
 /// Answers of `GET /run/{commit}`.
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 #[oai(bad_request_handler = "run_bad_request")]
 pub enum GetRunResponse {
     /// The run, its steps and their attempts.
@@ -323,7 +343,7 @@ pub enum GetRunResponse {
 }
 
 /// Answers of `GET /run/{commit}/steps/{step}/log`.
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 #[oai(bad_request_handler = "log_bad_request")]
 pub enum StepLogResponse {
     /// The step's logs as plain text (empty when no attempt was made yet).

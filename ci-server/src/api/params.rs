@@ -12,6 +12,7 @@ use std::fmt;
 use poem_openapi::validation::Validator;
 
 /// A check of a string parameter that a regular expression describes.
+#[derive(Debug)]
 pub struct Matches {
     /// The regular expression the document states.
     pub pattern: &'static str,

@@ -173,7 +173,7 @@ pub async fn engine_runners(
 }
 
 /// Answers of `GET /runners`.
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 pub enum RunnersResponse {
     /// Every runner of the engine's pool, in pool order.
     #[oai(status = 200)]

@@ -47,7 +47,7 @@ pub enum PageError {
 }
 
 /// Answers of the HTML pages (`text/html; charset=utf-8`, errors included).
-#[derive(ApiResponse)]
+#[derive(ApiResponse, Debug)]
 pub enum PageResponse {
     /// The page.
     #[oai(status = 200)]

@@ -6,7 +6,7 @@ use askama::Template;
 use super::view::{RunRow, RunView};
 
 /// `GET /`: the list of runs with its filters and paging links.
-#[derive(Template)]
+#[derive(Template, Debug)]
 #[template(path = "runs.html")]
 pub struct RunsPage {
     /// The page's title.
@@ -30,7 +30,7 @@ pub struct RunsPage {
 }
 
 /// `GET /commit/{commit}`: one run, its steps, attempts and logs.
-#[derive(Template)]
+#[derive(Template, Debug)]
 #[template(path = "run.html")]
 pub struct RunPage {
     /// The page's title.
@@ -40,7 +40,7 @@ pub struct RunPage {
 }
 
 /// Any page that could not be shown: 400, 404, 409, 500.
-#[derive(Template)]
+#[derive(Template, Debug)]
 #[template(path = "error.html")]
 pub struct ErrorPage {
     /// The page's title.
