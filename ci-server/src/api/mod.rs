@@ -14,18 +14,18 @@
 //! - [`model`]: the JSON shapes of runs, steps and attempts.
 //! - [`actions`]: `POST /run/{commit}/retry` and `POST /run/{commit}/cancel`,
 //!   the only operations that change a run, behind the [`token`].
-//! - [`document`]: the OpenAPI document as served (what poem-openapi cannot
+//! - `document`: the OpenAPI document as served (what poem-openapi cannot
 //!   say by itself added), and the routes the `Allow` header of a 405 is
 //!   made from.
 //! - [`runners`]: `GET /runners`, the engine's runners joined with their addresses.
 //! - [`health`]: `GET /healthz`.
 //! - [`metrics`]: `GET /metrics`, in the OpenMetrics text format.
-//! - [`params`]: checks of path parameters (and the patterns the document
+//! - `params`: checks of path parameters (and the patterns the document
 //!   states for them).
-//! - [`listing_cache`] and [`encoded`]: answers of `GET /runs` kept, encoded,
+//! - `listing_cache` and `encoded`: answers of `GET /runs` kept, encoded,
 //!   until the runs change.
 //! - [`events`]: `GET /events`, the engine's events as server-sent events,
-//!   and their description for the document ([`events::schema`]).
+//!   and their description for the document (`events::schema`).
 //! - [`pages`]: the pages for people, `/` (the runs) and `/commit/{commit}`
 //!   (one run), server-rendered HTML kept live by `/events`.
 //!
@@ -34,18 +34,18 @@
 
 pub mod actions;
 pub mod badge;
-pub mod document;
-pub mod encoded;
+mod document;
+mod encoded;
 pub mod events;
 pub mod health;
-pub mod listing_cache;
+mod listing_cache;
 pub mod metrics;
 pub mod model;
 pub mod pages;
-pub mod params;
+mod params;
 pub mod runners;
 pub mod token;
-pub mod waiting;
+mod waiting;
 
 use std::sync::Arc;
 
@@ -821,7 +821,7 @@ pub fn openapi_service(api: Api) -> OpenApiService<(Api, actions::ActionsApi), (
 }
 
 /// The whole HTTP application: the API, the OpenAPI document at
-/// `/openapi.json` (see [`document`]), Swagger UI (embedded, no network
+/// `/openapi.json` (see `document`), Swagger UI (embedded, no network
 /// needed) at `/docs`, the pages for people at `/` and `/commit/{commit}`,
 /// and the event stream that keeps them live at `/events` (503 when `api` has
 /// no engine).

@@ -240,7 +240,7 @@ impl Drop for CloseOnDrop {
 }
 
 /// The engine's events, numbered and kept for clients that resume; see the
-/// [module documentation](self).
+/// documentation of the `journal` module.
 ///
 /// Dropping the journal stops its task and ends its clients' streams.
 pub struct Journal {

@@ -5,11 +5,11 @@
 //! `/runs` or `/run/{commit}`. Every event has an id `EPOCH-N`; a client that
 //! reconnects with the `Last-Event-ID` header gets the events it missed, or a
 //! `reset` event (re-read everything) when they are no longer known. The
-//! [`journal`] numbers, keeps and replays them; [`schema`] describes them for
+//! `journal` numbers, keeps and replays them; `schema` describes them for
 //! the OpenAPI document.
 
-pub mod journal;
-pub mod schema;
+mod journal;
+pub(super) mod schema;
 
 use ci_engine::EngineEvent;
 use poem::web::sse::Event;

@@ -9,15 +9,15 @@
 //! every value from a commit or a log is escaped by the templates.
 //! `docs/pages.md` describes the pages and the DOM the scripts keep up to date.
 //!
-//! - [`view`]: what the templates print, built from the API's JSON shapes.
-//! - [`templates`]: the askama templates.
-//! - [`ansi`]: removing terminal escapes from logs.
-//! - [`format`](mod@format): times and durations as the pages show them.
+//! - `view`: what the templates print, built from the API's JSON shapes.
+//! - `templates`: the askama templates.
+//! - `ansi`: removing terminal escapes from logs.
+//! - `format`: times and durations as the pages show them.
 
-pub mod ansi;
-pub mod format;
-pub mod templates;
-pub mod view;
+mod ansi;
+mod format;
+mod templates;
+mod view;
 
 use askama::Template;
 use ci_engine::{RunQuery, RunStatus, RunStore};
