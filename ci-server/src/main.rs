@@ -81,7 +81,7 @@ fn runtime_or_exit(program: &str, code: i32) -> tokio::runtime::Runtime {
 /// Runs the bundled simulator with the arguments after the hidden subcommand and
 /// exits with its code.
 fn run_simulator(argv: &[OsString]) -> ! {
-    let args = std::iter::once(OsString::from("ci-server __step-runner-sim"))
+    let args = std::iter::once(OsString::from(format!("ci-server {SIM_SUBCOMMAND}")))
         .chain(argv.iter().skip(2).cloned());
     let (sim, exit_with_parent) = match SimCommand::try_parse_from(args) {
         Ok(cmd) => (cmd.sim, cmd.exit_with_parent),

@@ -12,10 +12,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::{CliError, SIM_SUBCOMMAND, clap_error_line};
+use super::{CliError, clap_error_line};
 use crate::http_runner::RunnerAddr;
 use crate::server::{ExternalRunner, RunnerChoice};
-use crate::supervisor::EXIT_WITH_PARENT_FLAG;
 
 /// The option of a runner that names its repository path.
 const REPO_OPTION: &str = "repo";
@@ -78,8 +77,7 @@ pub(super) fn runner_choice(
         Some(s) => check_sim_args(s)?,
         None => Vec::new(),
     };
-    let mut sim_args = vec![SIM_SUBCOMMAND.to_owned(), EXIT_WITH_PARENT_FLAG.to_owned()];
-    sim_args.extend(extra);
+    let sim_args = crate::supervisor::bundled_sim_args(extra);
     // clap has checked that --sims is at least 1.
     let count = args
         .sims

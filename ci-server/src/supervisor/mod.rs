@@ -58,6 +58,18 @@ pub const BUNDLED_SIM_ARG: &str = "__step-runner-sim";
 /// supervisor gives every child a pipe as standard input and keeps it open.
 pub const EXIT_WITH_PARENT_FLAG: &str = "--exit-with-parent";
 
+/// The arguments that make the `ci-server` binary run as a bundled
+/// simulator under a supervisor: [`BUNDLED_SIM_ARG`], [`EXIT_WITH_PARENT_FLAG`],
+/// then `sim_args` (simulator flags such as `--no-crash`). The one place they
+/// are put together.
+pub fn bundled_sim_args(sim_args: impl IntoIterator<Item = String>) -> Vec<String> {
+    [BUNDLED_SIM_ARG, EXIT_WITH_PARENT_FLAG]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(sim_args)
+        .collect()
+}
+
 /// How to start the runner process and how to restart it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SupervisorConfig {
@@ -96,19 +108,17 @@ impl SupervisorConfig {
         }
     }
 
-    /// The bundled simulator: this very executable with the hidden first argument
-    /// [`BUNDLED_SIM_ARG`] followed by `sim_args` (simulator flags such as
+    /// The bundled simulator: this very executable with the arguments of
+    /// [`bundled_sim_args`] (`sim_args` are simulator flags such as
     /// `--no-crash`). Only meaningful in the `ci-server` binary, whose `main`
-    /// handles that argument.
+    /// handles them.
     ///
     /// # Errors
     ///
     /// When the path of the current executable cannot be found.
     pub fn bundled(sim_args: Vec<String>) -> std::io::Result<Self> {
         let program = std::env::current_exe()?;
-        let mut args = vec![BUNDLED_SIM_ARG.to_owned()];
-        args.extend(sim_args);
-        Ok(Self::new(program, args))
+        Ok(Self::new(program, bundled_sim_args(sim_args)))
     }
 
     /// The same, with `name` in logs.
