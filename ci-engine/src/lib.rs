@@ -43,9 +43,9 @@ pub use engine::{
 };
 pub use memory_store::MemoryStore;
 pub use model::{
-    Attempt, AttemptOutcome, Commit, CommitId, Concurrency, Pipeline, PipelineError,
+    Attempt, AttemptOutcome, ClassSpec, Commit, CommitId, Concurrency, Pipeline, PipelineError,
     PipelineFileError, Run, RunAction, RunActionKind, RunStatus, Scope, StepRecord, StepSpec,
-    StepStatus,
+    StepStatus, UnixMillis, now_millis,
 };
 pub use pool::{ClassStatus, PoolError, PoolMember, RunnerPool, RunnerState, RunnerStatus};
 pub use runner::{Probe, RunnerError, StepOutput, StepRequest, StepRunner, StepVerdict};
