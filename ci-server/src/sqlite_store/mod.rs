@@ -62,7 +62,9 @@ pub use schema::SCHEMA_VERSION;
 ///
 /// [`generation`](RunStore::generation) counts the writes this store made
 /// (the API keeps listings while it stays the same). It does not see a
-/// second process writing the same file: one server per database file.
+/// second process writing the same file: one process writes a database file
+/// at a time (the active server, which holds the file's lease); a standby
+/// reads it through a store that reports no generation.
 ///
 /// # `:memory:`
 ///
