@@ -253,6 +253,58 @@ pub struct Cli {
 /// is not given.
 pub const DATABASE_URL_ENV: &str = "CI_DATABASE_URL";
 
+/// What names the database: an option's value, or [`DATABASE_URL_ENV`].
+#[derive(Debug)]
+pub(crate) enum DatabaseSource<'a> {
+    /// The option's value, as written.
+    Option(&'a str),
+    /// The variable's value (set, not empty).
+    Env(&'a Secret),
+    /// Neither.
+    Neither,
+}
+
+/// The option `name`'s value when it is given (then [`DATABASE_URL_ENV`],
+/// if set, is not used, and a log line says so), else the variable's value
+/// when it is set and not empty. Shared by `--db` and `migrate-store --to`.
+pub(crate) fn database_source<'a>(
+    name: &str,
+    option: Option<&'a DbArg>,
+    env: Option<&'a Secret>,
+) -> DatabaseSource<'a> {
+    let env = env.filter(|v| !v.expose().is_empty());
+    match (option, env) {
+        (Some(option), env) => {
+            if env.is_some() {
+                tracing::info!("{DATABASE_URL_ENV} is set but not used: {name} gives the database");
+            }
+            DatabaseSource::Option(option.expose())
+        }
+        (None, Some(env)) => DatabaseSource::Env(env),
+        (None, None) => DatabaseSource::Neither,
+    }
+}
+
+/// The PostgreSQL URL in `env` (the value of [`DATABASE_URL_ENV`]), checked:
+/// UTF-8, a `postgres://` or `postgresql://` URL (else `not_postgres` is the
+/// reason given), and parsable. Every message masks the password.
+pub(crate) fn database_url_in_env(
+    env: &Secret,
+    not_postgres: &str,
+) -> Result<DatabaseUrl, DatabaseUrlError> {
+    let refused = |reason: &str| DatabaseUrlError {
+        url: crate::pg_store::redact(&env.expose().to_string_lossy()),
+        reason: reason.to_owned(),
+    };
+    let Some(url) = env.expose().to_str() else {
+        return Err(refused("it is not UTF-8"));
+    };
+    if !is_postgres_url(url) {
+        return Err(refused(not_postgres));
+    }
+    DatabaseUrl::parse(url)
+}
+
 /// The value of `--db` as written: a path, `:memory:` or a database URL.
 /// `Debug` masks a URL's password.
 #[derive(Clone, PartialEq, Eq)]
@@ -461,44 +513,25 @@ impl Cli {
     /// (unset or empty: none), which must be a PostgreSQL URL, else the
     /// default SQLite file.
     fn store_choice(&self) -> Result<StoreChoice, CliError> {
-        let env = self
-            .database_url_env
-            .as_ref()
-            .filter(|v| !v.expose().is_empty());
-        if let Some(db) = &self.db {
-            if env.is_some() {
-                tracing::info!("{DATABASE_URL_ENV} is set but not used: --db gives the database");
+        match database_source("--db", self.db.as_ref(), self.database_url_env.as_ref()) {
+            DatabaseSource::Option(db) => {
+                StoreChoice::parse(db).map_err(|source| CliError::Database {
+                    origin: "--db",
+                    source,
+                })
             }
-            return StoreChoice::parse(db.expose()).map_err(|source| CliError::Database {
-                origin: "--db",
-                source,
-            });
-        }
-        let Some(env) = env else {
-            return Ok(StoreChoice::DefaultSqlite);
-        };
-        let database = |reason: &str| CliError::Database {
-            origin: DATABASE_URL_ENV,
-            source: DatabaseUrlError {
-                url: crate::pg_store::redact(&env.expose().to_string_lossy()),
-                reason: reason.to_owned(),
-            },
-        };
-        let Some(url) = env.expose().to_str() else {
-            return Err(database("it is not UTF-8"));
-        };
-        if !is_postgres_url(url) {
-            return Err(database(
+            DatabaseSource::Env(env) => database_url_in_env(
+                env,
                 "expected postgres://USER:PASSWORD@HOST:PORT/DATABASE (a SQLite file is given \
                  with --db)",
-            ));
-        }
-        DatabaseUrl::parse(url)
+            )
             .map(StoreChoice::Postgres)
             .map_err(|source| CliError::Database {
                 origin: DATABASE_URL_ENV,
                 source,
-            })
+            }),
+            DatabaseSource::Neither => Ok(StoreChoice::DefaultSqlite),
+        }
     }
 
     /// The API token: from `--api-token-file`, else `--api-token`, else

@@ -25,7 +25,9 @@ use ci_engine::{Run, RunQuery, RunStatus, RunStore, StoreError};
 use clap::Parser;
 use tracing::{info, warn};
 
-use crate::cli::{DATABASE_URL_ENV, DbArg, Secret};
+use crate::cli::{
+    DATABASE_URL_ENV, DatabaseSource, DbArg, Secret, database_source, database_url_in_env,
+};
 use crate::lease::{FileLease, LeaseError};
 use crate::pg_store::{DatabaseUrl, DatabaseUrlError, PgStore, PgStoreError, url_scheme};
 use crate::sqlite_store::{SCHEMA_VERSION, SqliteStore, SqliteStoreError};
@@ -129,31 +131,22 @@ impl MigrateArgs {
     /// [`MigrateError::NoDestination`] or [`MigrateError::DestinationUrl`],
     /// whose message masks the password.
     pub fn destination(&self) -> Result<DatabaseUrl, MigrateError> {
-        let env = self
-            .database_url_env
-            .as_ref()
-            .filter(|v| !v.expose().is_empty());
-        let (origin, url) = match (&self.to, env) {
-            (Some(to), env) => {
-                if env.is_some() {
-                    info!("{DATABASE_URL_ENV} is set but not used: --to gives the database");
-                }
-                ("--to", to.expose())
+        let url = match database_source("--to", self.to.as_ref(), self.database_url_env.as_ref()) {
+            DatabaseSource::Option(url) => url,
+            DatabaseSource::Env(env) => {
+                return database_url_in_env(
+                    env,
+                    "expected postgres://USER:PASSWORD@HOST:PORT/DATABASE: the runs are copied \
+                     into PostgreSQL",
+                )
+                .map_err(|source| MigrateError::DestinationUrl {
+                    origin: DATABASE_URL_ENV,
+                    source,
+                });
             }
-            (None, Some(env)) => match env.expose().to_str() {
-                Some(url) => (DATABASE_URL_ENV, url),
-                None => {
-                    return Err(MigrateError::DestinationUrl {
-                        origin: DATABASE_URL_ENV,
-                        source: DatabaseUrlError {
-                            url: crate::pg_store::redact(&env.expose().to_string_lossy()),
-                            reason: "it is not UTF-8".to_owned(),
-                        },
-                    });
-                }
-            },
-            (None, None) => return Err(MigrateError::NoDestination),
+            DatabaseSource::Neither => return Err(MigrateError::NoDestination),
         };
+        let origin = "--to";
         if let Some(scheme) = url_scheme(url)
             && !crate::pg_store::is_postgres_url(url)
         {

@@ -220,6 +220,9 @@ pub struct Server {
     /// The source for the first term, opened at start (which checks the
     /// repository); later terms open it again, from the store as it is then.
     source: Option<GitSource>,
+    /// The engine for the first term, built at start; later terms build
+    /// their own on the same pool.
+    engine: Option<Engine>,
     source_config: GitSourceConfig,
     pipeline: Pipeline,
     pool: RunnerPool,
@@ -301,9 +304,9 @@ impl Server {
         let started =
             runners::start_runners(config.runner, &repo_for_runners, &config.http_runner).await?;
         let unreachable_limit = config.engine.unreachable_limit;
-        // Checks that the pool and pipeline make an engine; each term as the
-        // active server builds its own.
-        Engine::with_pool(
+        // The engine of the first term (which checks that the pool and the
+        // pipeline make one); each later term builds its own.
+        let engine = Engine::with_pool(
             config.pipeline.clone(),
             started.pool.clone(),
             Arc::clone(&store),
@@ -316,6 +319,7 @@ impl Server {
             lease: opened.lease,
             lease_config: LeaseConfig::default(),
             source: Some(source),
+            engine: Some(engine),
             source_config: config.source,
             pipeline: config.pipeline,
             pool: started.pool,
@@ -495,7 +499,7 @@ impl Server {
                         }
                         joined = &mut http_task => {
                             http_done = true;
-                            outcome = http_ended(joined);
+                            outcome = ended_by_itself("the HTTP server", joined, ServerError::Http);
                             break;
                         }
                         taken = self.lease.acquire(&holder, &seen, poll) => taken,
@@ -538,19 +542,22 @@ impl Server {
                     }
                 },
             };
-            let engine = match Engine::with_pool(
-                self.pipeline.clone(),
-                self.pool.clone(),
-                Arc::clone(&self.store),
-                self.engine_config.clone(),
-            ) {
-                Ok(engine) => engine,
-                // Checked at start with the same parts; kept for honesty.
-                Err(e) => {
-                    self.step_down(term).await;
-                    outcome = Err(ServerError::Task(e.to_string()));
-                    break;
-                }
+            let engine = match self.engine.take() {
+                Some(engine) => engine,
+                None => match Engine::with_pool(
+                    self.pipeline.clone(),
+                    self.pool.clone(),
+                    Arc::clone(&self.store),
+                    self.engine_config.clone(),
+                ) {
+                    Ok(engine) => engine,
+                    // The same parts made the first term's engine.
+                    Err(e) => {
+                        self.step_down(term).await;
+                        outcome = Err(ServerError::Task(e.to_string()));
+                        break;
+                    }
+                },
             };
             let (term_stop_tx, term_stop_rx) = watch::channel(false);
             switch.set(self.app(Some(engine.handle()), seen.active(), term_stop_rx.clone()));
@@ -562,39 +569,32 @@ impl Server {
                 joined = &mut http_task => TermEnd::Http(joined),
             };
             match ended {
-                TermEnd::Lost(lost) => {
+                TermEnd::Lost(_)
+                | TermEnd::Engine(Ok(Err(EngineError::Store(StoreError::Fenced(_))))) => {
                     // Refuse every write from now on, then drop the engine
-                    // at once: whatever it would still write may no longer
-                    // be ours to write. Steps in flight end as after a crash
-                    // (the next active server interrupts them).
+                    // at once (when it has not stopped by itself): whatever
+                    // it would still write may no longer be ours to write.
+                    // Steps in flight end as after a crash (the next active
+                    // server interrupts them).
                     if let Some(pg) = &self.pg {
                         pg.fence(None);
                     }
-                    engine_task.abort();
-                    let _ = engine_task.await;
+                    let why = match ended {
+                        TermEnd::Lost(lost) => {
+                            engine_task.abort();
+                            let _ = engine_task.await;
+                            format!("lost the lease ({lost:?})")
+                        }
+                        TermEnd::Engine(Ok(Err(e))) => format!("another server took over: {e}"),
+                        _ => String::new(),
+                    };
                     let _ = term_stop_tx.send(true);
                     switch.set(self.app(None, seen.active(), standby_stop_rx.clone()));
                     self.step_down(term).await;
-                    warn!(term, ?lost, "lost the lease; stepped down to standby");
-                }
-                TermEnd::Engine(Ok(Err(EngineError::Store(StoreError::Fenced(reason))))) => {
-                    let _ = term_stop_tx.send(true);
-                    switch.set(self.app(None, seen.active(), standby_stop_rx.clone()));
-                    self.step_down(term).await;
-                    warn!(term, %reason, "another server took over; stepped down to standby");
+                    warn!(term, %why, "stepped down to standby");
                 }
                 TermEnd::Engine(joined) => {
-                    outcome = match joined {
-                        Ok(Ok(())) => {
-                            warn!("the engine stopped by itself; shutting down");
-                            Ok(())
-                        }
-                        Ok(Err(e)) => {
-                            error!(error = %e, "the engine failed; shutting down");
-                            Err(ServerError::Engine(e))
-                        }
-                        Err(e) => Err(ServerError::Task(e.to_string())),
-                    };
+                    outcome = ended_by_itself("the engine", joined, ServerError::Engine);
                     let _ = term_stop_tx.send(true);
                     self.lease.release(term).await;
                     break;
@@ -602,7 +602,7 @@ impl Server {
                 TermEnd::Shutdown | TermEnd::Http(_) => {
                     if let TermEnd::Http(joined) = ended {
                         http_done = true;
-                        outcome = http_ended(joined);
+                        outcome = ended_by_itself("the HTTP server", joined, ServerError::Http);
                     } else {
                         info!("shutting down");
                     }
@@ -664,18 +664,21 @@ fn holder_description(addr: Option<SocketAddr>) -> String {
     }
 }
 
-/// The server's outcome when its HTTP task ended by itself.
-fn http_ended(
-    joined: Result<std::io::Result<()>, tokio::task::JoinError>,
+/// The server's outcome when its task `what` ended by itself (`wrap` turns
+/// the task's error into the server's), logged.
+fn ended_by_itself<E: std::fmt::Display>(
+    what: &str,
+    joined: Result<Result<(), E>, tokio::task::JoinError>,
+    wrap: fn(E) -> ServerError,
 ) -> Result<(), ServerError> {
     match joined {
         Ok(Ok(())) => {
-            warn!("the HTTP server stopped by itself; shutting down");
+            warn!("{what} stopped by itself; shutting down");
             Ok(())
         }
         Ok(Err(e)) => {
-            error!(error = %e, "the HTTP server failed; shutting down");
-            Err(ServerError::Http(e))
+            error!(error = %e, "{what} failed; shutting down");
+            Err(wrap(e))
         }
         Err(e) => Err(ServerError::Task(e.to_string())),
     }

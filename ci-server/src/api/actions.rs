@@ -421,10 +421,9 @@ impl ActionsApi {
 
     fn engine(&self, kind: RunActionKind) -> Result<&EngineHandle, Refused> {
         self.engine.as_ref().ok_or_else(|| {
-            let active = self.active.as_ref().and_then(|a| a.borrow().clone());
             Refused::Unavailable(super::no_engine(
                 self.role,
-                active,
+                super::last_seen(self.active.as_ref()),
                 &format!("there is nothing to {kind}"),
             ))
         })

@@ -218,7 +218,7 @@ impl Api {
 
     /// The active server as last seen, if the API was told.
     fn active_server(&self) -> Option<String> {
-        self.active.as_ref().and_then(|a| a.borrow().clone())
+        last_seen(self.active.as_ref())
     }
 
     /// Describes the runners (addresses, repository paths, restarts) in
@@ -786,6 +786,11 @@ fn all_attempt_logs(record: &ci_engine::StepRecord) -> String {
         }
     }
     out
+}
+
+/// The active server as `active` last saw it (`None` when not told).
+pub(crate) fn last_seen(active: Option<&watch::Receiver<Option<String>>>) -> Option<String> {
+    active.and_then(|a| a.borrow().clone())
 }
 
 /// Why a request that needs the engine cannot be answered here, ending with
