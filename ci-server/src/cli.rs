@@ -77,7 +77,9 @@ Environment:
                    --api-token is given (unset or empty: no token)
   CI_DATABASE_URL  the PostgreSQL database (postgres://...), when --db is not
                    given (unset or empty: the SQLite default)
-  RUST_LOG         log filter for the log on stderr (default: info)
+  RUST_LOG         log filter for the log on stderr (default: info; the
+                   bundled simulators' lines default to warn, so their
+                   per-request lines show only with RUST_LOG=info or finer)
 
 Exit codes: 0 after Ctrl-C or SIGTERM, 1 when the server fails while running,
 2 when it cannot start (bad arguments, missing path, not a git repository,

@@ -78,6 +78,14 @@ fn runtime_or_exit(program: &str, code: i32) -> tokio::runtime::Runtime {
     }
 }
 
+/// The bundled simulator's log filter when `RUST_LOG` is unset: its warnings
+/// (a lock taken while busy) and errors (a simulated crash) reach the server's
+/// log; its four lines per request (received, step started, step finished,
+/// answered) do not: the server logs each run's end, and each dispatch at
+/// `debug`, itself.
+/// `RUST_LOG=info` (read by both processes) brings them back.
+const BUNDLED_SIM_LOG: &str = "warn";
+
 /// Runs the bundled simulator with the arguments after the hidden subcommand and
 /// exits with its code.
 fn run_simulator(argv: &[OsString]) -> ! {
@@ -91,7 +99,7 @@ fn run_simulator(argv: &[OsString]) -> ! {
         }
         Err(help) => help.exit(),
     };
-    init_tracing();
+    step_runner_sim::cli::init_tracing_with_default(BUNDLED_SIM_LOG);
     if exit_with_parent {
         exit_when_parent_is_gone();
     }

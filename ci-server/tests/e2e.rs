@@ -459,3 +459,47 @@ async fn a_killed_server_leaves_no_simulator_behind() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// With `RUST_LOG` unset, the server's log has a line per run, not the
+/// bundled simulator's four lines per request; the simulator's errors (its
+/// crash) still come through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_log_keeps_the_simulators_errors_and_drops_its_chatter() {
+    let repo = GitRepo::new();
+    let commits: BTreeSet<String> = (0..3).map(|i| repo.commit(&format!("c{i}"))).collect();
+    let server = Server::start_with_default_log(
+        repo.path(),
+        &[
+            "--db",
+            ":memory:",
+            "--initial",
+            "all",
+            "--max-attempts",
+            "1",
+            "--sim-args",
+            "--lint-ms 0 --build-ms 0 --test-ms 0 --fail-rate 0 --crash-rate 1",
+        ],
+    );
+    wait_for_terminal(&server, &commits, FINISH_WITHIN).await;
+    // Each run's end is logged once it is stored, so it is in the log by now
+    // or very soon after; poll for all three.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = server.proc.stderr_all();
+        if log.matches("run finished").count() >= commits.len() || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        log.matches("run finished").count() >= commits.len(),
+        "a line per run:\n{log}"
+    );
+    assert!(
+        log.contains("Oh no! The tests caused a server crash!"),
+        "the simulator's crash reaches the log:\n{log}"
+    );
+    for chatter in ["Received request", "step started", "step finished"] {
+        assert!(!log.contains(chatter), "{chatter:?} is in the log:\n{log}");
+    }
+}

@@ -274,6 +274,14 @@ async fn start(args: SimArgs) -> Result<i32, StartError> {
 /// panicking. Call it once, before anything logs; it panics if a global
 /// subscriber is already set.
 pub fn init_tracing() {
+    init_tracing_with_default("info");
+}
+
+/// [`init_tracing`] with another filter for when `RUST_LOG` is unset or
+/// unparsable: `default` is an `EnvFilter` directive such as `warn`. A server
+/// that bundles the simulator uses it to keep the per-request lines out of
+/// its own log unless asked for.
+pub fn init_tracing_with_default(default: &str) {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -281,7 +289,7 @@ pub fn init_tracing() {
         .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .init();
 }

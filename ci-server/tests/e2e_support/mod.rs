@@ -136,7 +136,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// What the process wrote on stderr so far (for failure messages).
+    /// Everything the process wrote on stderr so far.
+    pub fn stderr_all(&self) -> String {
+        self.stderr.lock().expect("stderr buffer").clone()
+    }
+
+    /// The last 40 lines of what the process wrote on stderr so far.
     pub fn stderr_tail(&self) -> String {
         let all = self.stderr.lock().expect("stderr buffer").clone();
         let lines: Vec<&str> = all.lines().collect();
@@ -218,11 +223,26 @@ fn spawn(
     args: &[String],
     env: &[(&str, &str)],
 ) -> (Proc, mpsc::Receiver<String>, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
+    spawn_with_log(name, args, env, Some("info"))
+}
+
+/// [`spawn`] with `RUST_LOG` set to `log`, or unset when it is `None` (the
+/// programs' own defaults).
+fn spawn_with_log(
+    name: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+    log: Option<&str>,
+) -> (Proc, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let mut command = Command::new(BIN);
+    match log {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command
         .args(args)
         .env_remove(TOKEN_ENV)
         .env_remove(DATABASE_URL_ENV)
-        .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -301,6 +321,16 @@ impl Server {
 
     /// [`start`](Self::start) with the environment variables `env` set.
     pub fn start_with_env(repo: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with_log(repo, args, env, Some("info"))
+    }
+
+    /// [`start`](Self::start) with `RUST_LOG` unset: the log a user gets
+    /// without asking for one.
+    pub fn start_with_default_log(repo: &Path, args: &[&str]) -> Self {
+        Self::start_with_log(repo, args, &[], None)
+    }
+
+    fn start_with_log(repo: &Path, args: &[&str], env: &[(&str, &str)], log: Option<&str>) -> Self {
         let mut argv = vec![
             repo.display().to_string(),
             "--listen".to_owned(),
@@ -309,7 +339,7 @@ impl Server {
             "1s".to_owned(),
         ];
         argv.extend(args.iter().map(|s| (*s).to_owned()));
-        let (proc, stdout, _stderr) = spawn("ci-server", &argv, env);
+        let (proc, stdout, _stderr) = spawn_with_log("ci-server", &argv, env, log);
         let (addr, line) = wait_line(&proc, &stdout, Duration::from_secs(30), |line| {
             ci_server::server::parse_listening_line(line).map(|a| (a, line.to_owned()))
         });
