@@ -3,7 +3,7 @@
 //! It is what the engine's tests run against and what the SQLite store is
 //! checked against. It forgets everything when dropped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -122,6 +122,28 @@ impl RunStore for MemoryStore {
         }
         inner.put(run.clone(), None);
         Ok(true)
+    }
+
+    async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, StoreError> {
+        let mut inner = self.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Everything is checked before anything is stored: all or nothing.
+        let mut ids = HashSet::new();
+        let mut seqs = HashSet::new();
+        let mut stored = Vec::with_capacity(runs.len());
+        for run in runs {
+            let new = !inner.ids.contains_key(run.id()) && ids.insert(run.id());
+            if new && (inner.runs.contains_key(&run.seq) || !seqs.insert(run.seq)) {
+                return Err(duplicate_seq(run.seq));
+            }
+            stored.push(new);
+        }
+        for (run, &new) in runs.iter().zip(&stored) {
+            if new {
+                inner.put(run.clone(), None);
+            }
+        }
+        Ok(stored)
     }
 
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {

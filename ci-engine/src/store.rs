@@ -106,6 +106,20 @@ pub trait RunStore: Send + Sync {
     /// Stores a new run; `Ok(false)` (and no change) if the commit already has one.
     async fn insert_run(&self, run: &Run) -> Result<bool, StoreError>;
 
+    /// Stores several new runs, each as [`insert_run`](Self::insert_run)
+    /// does, in order: for each run, `true` if it was stored, `false` if its
+    /// commit already had a run (a commit twice in `runs` is stored once).
+    /// The engine stores each batch of new commits with it. A store that has
+    /// transactions writes the batch in one, so an error stores none of it;
+    /// the default inserts one by one and stops at the first error.
+    async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, StoreError> {
+        let mut stored = Vec::with_capacity(runs.len());
+        for run in runs {
+            stored.push(self.insert_run(run).await?);
+        }
+        Ok(stored)
+    }
+
     /// Replaces the stored state of an existing run; `NotFound` if it has none.
     async fn update_run(&self, run: &Run) -> Result<(), StoreError>;
 

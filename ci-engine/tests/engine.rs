@@ -307,7 +307,13 @@ async fn a_restart_resumes_interrupted_steps_and_reruns_nothing_finished() {
     );
     assert_eq!(store.get_run("bbbb").await.unwrap(), done);
     let c = store.get_run("cccc").await.unwrap();
-    assert_eq!(c.seq, 8, "a new run gets a seq after every stored one");
+    // Numbers are unique and increasing, not dense: `bbbb`, handed out again
+    // in the same batch, used up a number although its run was kept.
+    assert!(
+        c.seq > 7,
+        "a new run gets a seq after every stored one: {}",
+        c.seq
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -436,7 +442,7 @@ async fn a_failing_store_stops_the_engine_with_its_error() {
         .expect_unfinished_after()
         .returning(|_, _| Ok(Vec::new()));
     store
-        .expect_insert_run()
+        .expect_insert_runs()
         .returning(|_| Err(StoreError::Backend("disk full".into())));
     let mut runner = MockStepRunner::new();
     runner.expect_run().never();

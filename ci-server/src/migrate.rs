@@ -4,7 +4,7 @@
 //! The copy goes through the two stores' own code: runs are read a batch at
 //! a time with [`RunStore::list_runs`] (a cursor, newest first, steps and
 //! logs included) and each batch is written in one transaction with
-//! [`PgStore::insert_runs`], which writes each run as
+//! [`PgStore::copy_runs`], which writes each run as
 //! [`RunStore::insert_run`] does: its `seq`, retry position and every other
 //! field kept, the destination's triggers keeping its counts (`run_counts`)
 //! as a server's writes would. Saved state values (the git source's
@@ -487,7 +487,7 @@ impl Migration<'_> {
     async fn write(&self, runs: &[Run], copied: u64) -> Result<(), MigrateError> {
         let already = self
             .dest
-            .insert_runs(runs)
+            .copy_runs(runs)
             .await
             .map_err(|source| MigrateError::Write {
                 url: self.to.to_owned(),

@@ -42,6 +42,10 @@ impl RunStore for ReadOnlyStore {
         Err(Self::refused())
     }
 
+    async fn insert_runs(&self, _runs: &[Run]) -> Result<Vec<bool>, StoreError> {
+        Err(Self::refused())
+    }
+
     async fn update_run(&self, _run: &Run) -> Result<(), StoreError> {
         Err(Self::refused())
     }

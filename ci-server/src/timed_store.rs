@@ -123,6 +123,12 @@ impl RunStore for TimedStore {
             .await
     }
 
+    async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, StoreError> {
+        self.metrics
+            .time("insert_runs", self.inner.insert_runs(runs))
+            .await
+    }
+
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
         self.metrics
             .time("update_run", self.inner.update_run(run))

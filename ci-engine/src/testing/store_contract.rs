@@ -38,6 +38,7 @@ where
     Fut: Future<Output = SharedStore>,
 {
     insert_once(make().await).await;
+    insert_runs_stores_each_new_commit_once(make().await).await;
     update_replaces_the_whole_run(make().await).await;
     update_can_shrink_a_run(make().await).await;
     update_of_unknown_run_is_not_found(make().await).await;
@@ -272,6 +273,63 @@ fn query(status: Option<RunStatus>, branch: Option<&str>) -> RunQuery {
 }
 
 // ----- cases ------------------------------------------------------------------
+
+/// A batch stores the runs of new commits and skips the others, saying which
+/// it stored; a `seq` another run has is an error.
+pub async fn insert_runs_stores_each_new_commit_once(store: SharedStore) {
+    const CASE: &str = "insert_runs_stores_each_new_commit_once";
+    let known = queued_run(&hex_id(1), 0, &["main"]);
+    insert(&*store, &known).await;
+    let batch = [
+        queued_run(&hex_id(2), 1, &["main"]),
+        queued_run(&hex_id(1), 2, &["other"]),
+        rich_run(&hex_id(3), 3),
+        queued_run(&hex_id(2), 4, &["main"]),
+    ];
+    let stored = store
+        .insert_runs(&batch)
+        .await
+        .unwrap_or_else(|e| panic!("{CASE}: insert_runs failed: {e}"));
+    assert_eq!(
+        stored,
+        [true, false, true, false],
+        "{CASE}: which runs were stored"
+    );
+    assert_eq!(
+        get(&*store, &hex_id(1)).await,
+        known,
+        "{CASE}: a known run changed"
+    );
+    assert_eq!(
+        get(&*store, &hex_id(2)).await,
+        batch[0],
+        "{CASE}: the first of a commit twice"
+    );
+    assert_eq!(
+        get(&*store, &hex_id(3)).await,
+        batch[2],
+        "{CASE}: a new run"
+    );
+    let (total, _) = list(&*store, RunQuery::default()).await;
+    assert_eq!(total, 3, "{CASE}: runs stored");
+    assert_eq!(
+        store.insert_runs(&[]).await.ok(),
+        Some(Vec::new()),
+        "{CASE}: an empty batch"
+    );
+    let taken_seq = [queued_run(&hex_id(9), 3, &["main"])];
+    assert!(
+        store.insert_runs(&taken_seq).await.is_err(),
+        "{CASE}: a seq another run has was accepted"
+    );
+    assert!(
+        !store
+            .has_run(&CommitId::new(hex_id(9)))
+            .await
+            .expect("has_run"),
+        "{CASE}: the refused run is stored"
+    );
+}
 
 /// The first insert of a commit stores it; a second insert of the same commit,
 /// even with other contents, returns `false` and changes nothing.

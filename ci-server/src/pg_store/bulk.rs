@@ -19,12 +19,12 @@ impl PgStore {
     /// [`StoreError::Backend`] as for `insert_run` (a `seq` another run
     /// has, a NUL where PostgreSQL text cannot hold it, a failed
     /// connection); nothing is written.
-    pub async fn insert_runs(&self, runs: &[Run]) -> Result<Option<CommitId>, StoreError> {
+    pub async fn copy_runs(&self, runs: &[Run]) -> Result<Option<CommitId>, StoreError> {
         if runs.is_empty() {
             return Ok(None);
         }
         let written = self
-            .write("insert_runs", runs, |tx, runs| {
+            .write("copy_runs", runs, |tx, runs| {
                 Box::pin(async move {
                     for run in runs {
                         if !rows::insert_run(tx, run).await? {

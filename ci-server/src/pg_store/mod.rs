@@ -436,6 +436,22 @@ impl RunStore for PgStore {
         .await
     }
 
+    async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, StoreError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write("insert_runs", runs, |tx, runs| {
+            Box::pin(async move {
+                let mut stored = Vec::with_capacity(runs.len());
+                for run in runs {
+                    stored.push(rows::insert_run(tx, run).await?);
+                }
+                Ok(stored)
+            })
+        })
+        .await
+    }
+
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
         self.write("update_run", run, |tx, run| {
             Box::pin(rows::update_run(tx, run))

@@ -421,6 +421,20 @@ impl RunStore for SqliteStore {
             .map_err(|f| self.store_error(f))
     }
 
+    async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, StoreError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs = runs.to_vec();
+        self.run(Side::Write, move |c| {
+            runs.iter()
+                .map(|run| rows::insert_run(c, run))
+                .collect::<Result<Vec<bool>, _>>()
+        })
+        .await
+        .map_err(|f| self.store_error(f))
+    }
+
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
         self.write_runs(vec![run.clone()])
             .await

@@ -119,17 +119,38 @@ impl Scheduler {
 
     // ----- new commits ------------------------------------------------------
 
+    /// Stores a run for each commit of `commits` that has none, in one
+    /// write, and admits them in order while the window has room. A commit
+    /// the store already knows uses up its `seq` (numbers are unique and
+    /// increasing, not dense).
     pub(super) async fn on_commits(&mut self, commits: Vec<Commit>) -> Result<(), EngineError> {
+        let mut runs = Vec::with_capacity(commits.len());
         for commit in commits {
             if self.by_commit.contains_key(&commit.id) {
                 continue;
             }
-            let run = Run::new(commit, self.next_seq, &self.pipeline);
-            if !self.store.insert_run(&run).await? {
+            runs.push(Run::new(commit, self.next_seq, &self.pipeline));
+            self.next_seq += 1;
+        }
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let stored = self.store.insert_runs(&runs).await?;
+        if stored.len() != runs.len() {
+            return Err(EngineError::Store(crate::store::StoreError::Backend(
+                format!(
+                    "the store answered {} of {} inserts",
+                    stored.len(),
+                    runs.len()
+                )
+                .into(),
+            )));
+        }
+        for (run, stored) in runs.into_iter().zip(stored) {
+            if !stored {
                 debug!(commit = %run.id(), "commit already has a run");
                 continue;
             }
-            self.next_seq += 1;
             self.emit(EngineEvent::RunQueued {
                 commit: run.id().clone(),
                 seq: run.seq,
