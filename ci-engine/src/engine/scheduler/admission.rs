@@ -10,6 +10,7 @@ impl Scheduler {
     pub(super) async fn recover(&mut self) -> Result<(), EngineError> {
         self.next_seq = self.store.max_seq().await?.map_or(0, |m| m + 1);
         self.frontier = 0;
+        self.forget_read_ahead();
         self.backlog = true;
         Ok(())
     }
@@ -43,12 +44,13 @@ impl Scheduler {
     /// the frontier on. Returns how many; fewer than `n` means the store
     /// holds no more (the engine is its only writer), and the backlog is gone.
     pub(super) async fn take_from_store(&mut self, n: usize) -> Result<usize, EngineError> {
-        let page = self.store.unfinished_after(self.frontier, n).await?;
-        let taken = page.len();
-        if taken < n {
-            self.backlog = false;
-        }
-        for run in page {
+        let mut taken = 0;
+        while taken < n {
+            let Some(run) = self.next_in_backlog(n - taken).await? else {
+                self.backlog = false;
+                break;
+            };
+            taken += 1;
             self.frontier = self.frontier.max(run.queue_position() + 1);
             if self.by_commit.contains_key(run.id()) {
                 continue;
@@ -56,6 +58,32 @@ impl Scheduler {
             self.take_up(run).await?;
         }
         Ok(taken)
+    }
+
+    /// The next run of the backlog in queue order, from the runs read ahead;
+    /// when none is left, reads at least `want` (and at least
+    /// [`READ_AHEAD`]) more from the frontier on. `None`: the store holds no
+    /// unfinished run at or past the frontier.
+    async fn next_in_backlog(&mut self, want: usize) -> Result<Option<Run>, EngineError> {
+        if self.read_ahead.is_empty() && !self.read_ahead_all {
+            let ask = want.max(READ_AHEAD);
+            let page = self.store.unfinished_after(self.frontier, ask).await?;
+            self.read_ahead_all = page.len() < ask;
+            self.read_ahead.extend(page);
+        }
+        Ok(self.read_ahead.pop_front())
+    }
+
+    /// A run joined the backlog in the store, past every run read ahead.
+    pub(super) fn joined_backlog(&mut self) {
+        self.backlog = true;
+        self.read_ahead_all = false;
+    }
+
+    /// A run waiting in the store was written: what was read ahead is stale.
+    pub(super) fn forget_read_ahead(&mut self) {
+        self.read_ahead.clear();
+        self.read_ahead_all = false;
     }
 
     /// Fills the window of active runs from the store's backlog.
@@ -160,7 +188,7 @@ impl Scheduler {
                 self.admit(run, Vec::new()).await?;
             } else {
                 // It waits in the store; `refill` takes it up in its turn.
-                self.backlog = true;
+                self.joined_backlog();
             }
         }
         Ok(())

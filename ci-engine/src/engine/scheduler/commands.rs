@@ -143,6 +143,7 @@ impl Scheduler {
             by: by.clone(),
         });
         run.settle();
+        self.forget_read_ahead();
         self.store.update_run(&run).await?;
         info!(%commit, by = by.as_deref().unwrap_or("-"), "run cancelled while it waited in the store");
         self.emit(EngineEvent::RunFinished {
@@ -208,7 +209,7 @@ impl Scheduler {
             // Runs wait in the store ahead of it: it waits there too, in its
             // place, and is taken up in its turn.
             self.store.update_run(&run).await?;
-            self.backlog = true;
+            self.joined_backlog();
             self.emit(retried);
         }
         Ok(RetryOutcome::Retried { steps })

@@ -43,7 +43,7 @@ mod readiness;
 mod records;
 mod waiting;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -236,6 +236,15 @@ pub(crate) struct Scheduler {
     /// Whether the store may hold unfinished runs at or past `frontier` that
     /// are not in `runs` (see [`EngineConfig::active_runs`]).
     backlog: bool,
+    /// Runs of the backlog read ahead from the store, in queue order, all at
+    /// or past `frontier` and not taken up yet: the next ones
+    /// [`take_from_store`](Self::take_from_store) takes, so that taking runs
+    /// up one at a time does not cost a read each. Only this engine writes
+    /// them, and a write to a run waiting in the store (a cancel) empties it.
+    read_ahead: VecDeque<Run>,
+    /// Whether the read that filled `read_ahead` found every run the backlog
+    /// held then (it returned fewer than it asked for).
+    read_ahead_all: bool,
     /// Classes of the steps that need nothing: the ones a run taken up from
     /// the store can make busy at once.
     root_classes: Vec<usize>,
@@ -313,6 +322,8 @@ impl Scheduler {
             flushed: watch::Sender::new(0),
             frontier: 0,
             backlog: false,
+            read_ahead: VecDeque::new(),
+            read_ahead_all: false,
             root_classes,
             stopping: false,
         }
@@ -516,6 +527,10 @@ impl Drop for AbortOnDrop {
 
 /// Most runs read from the store at once when the window refills.
 const REFILL_PAGE: usize = 256;
+
+/// How many runs of the backlog one read of the store fetches at least, for
+/// [`Scheduler::take_from_store`].
+const READ_AHEAD: usize = 64;
 
 /// How long the feeder waits after a source returned an empty batch.
 const EMPTY_BATCH_PAUSE: Duration = Duration::from_millis(50);
