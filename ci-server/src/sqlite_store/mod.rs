@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use async_trait::async_trait;
 use ci_engine::{CommitId, Run, RunPage, RunQuery, RunStore, StoreError};
@@ -319,24 +319,26 @@ impl SqliteStore {
     }
 
     /// Replaces the stored state of `runs` in one transaction, writing for
-    /// each only the rows that changed since this store last wrote it.
+    /// each only the rows that changed since this store last wrote it. A
+    /// batch of at most [`INLINE_WRITE`] runs that finds the writer free is
+    /// written at once on the calling thread, as a short read is: the
+    /// engine writes a turn's changes this way, a few rows that cost less
+    /// than handing them to a blocking thread and back. Larger batches, and
+    /// any write that would wait for the writer, go to a blocking thread.
     async fn write_runs(&self, runs: Vec<Run>) -> Result<(), Fault> {
+        if runs.len() <= INLINE_WRITE {
+            match self.shared.writer.try_lock() {
+                Ok(mut writer) => return write_kept(&self.shared, &mut writer, runs),
+                Err(TryLockError::Poisoned(poisoned)) => {
+                    return write_kept(&self.shared, &mut poisoned.into_inner(), runs);
+                }
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
             let mut writer = shared.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let Writer { conn, last } = &mut *writer;
-            let result = in_transaction(conn, rusqlite::TransactionBehavior::Immediate, |tx| {
-                runs.iter()
-                    .try_for_each(|run| rows::update_run(tx, run, last.get(run.id())))
-            });
-            match result {
-                Ok(()) => writer.remember(runs),
-                // Rolled back: what the file holds is what was last kept.
-                // Forgetting everything is the simple safe choice.
-                Err(_) => writer.last.clear(),
-            }
-            shared.written();
-            result
+            write_kept(&shared, &mut writer, runs)
         })
         .await
         .map_err(|e| Fault::Corrupt(format!("the database task failed: {e}")))?
@@ -384,6 +386,28 @@ pub struct ListPlans {
     pub buckets: Vec<String>,
     /// The count of matches in the bucket a cursor cuts.
     pub range_count: Vec<String>,
+}
+
+/// The most runs [`SqliteStore::write_runs`] writes on the calling thread.
+const INLINE_WRITE: usize = 8;
+
+/// Writes `runs` in one transaction with the writer held by the caller,
+/// only the rows that changed since the writer last kept each run; keeps
+/// what it wrote, or forgets everything kept if the transaction failed.
+fn write_kept(shared: &Shared, writer: &mut Writer, runs: Vec<Run>) -> Result<(), Fault> {
+    let Writer { conn, last } = writer;
+    let result = in_transaction(conn, rusqlite::TransactionBehavior::Immediate, |tx| {
+        runs.iter()
+            .try_for_each(|run| rows::update_run(tx, run, last.get(run.id())))
+    });
+    match result {
+        Ok(()) => writer.remember(runs),
+        // Rolled back: what the file holds is what was last kept.
+        // Forgetting everything is the simple safe choice.
+        Err(_) => writer.last.clear(),
+    }
+    shared.written();
+    result
 }
 
 /// Which connection an operation takes, and where it runs.
