@@ -132,7 +132,7 @@ impl<'a> ApiExtractor<'a> for BearerToken {
 /// A retry or a cancel asked of a run, as `GET /run/{commit}` lists them in
 /// `actions`: `kind` is `retry` or `cancel`, `at` when the server took it,
 /// `by` who asked.
-#[derive(Object, Clone, Debug, PartialEq, Eq)]
+#[derive(Object, serde::Serialize, Clone, Debug, PartialEq, Eq)]
 #[oai(rename = "RunAction")]
 pub struct RunActionInfo {
     /// What was asked: `retry` or `cancel`.

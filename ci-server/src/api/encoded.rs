@@ -2,8 +2,10 @@
 //! document as the type it encodes.
 //!
 //! poem-openapi's `Json<T>` builds a tree of JSON values and writes it out
-//! on every answer. An answer that is served many times (a cached listing)
-//! is encoded once, the same way, and then sent as bytes.
+//! on every answer. [`EncodedJson`] writes the answer's bytes straight from
+//! the value with `serde` (its types derive `Serialize` with the names of
+//! their API schema), and an answer that is served many times (a cached
+//! listing) is encoded once and then sent as bytes.
 
 use std::marker::PhantomData;
 
@@ -12,13 +14,14 @@ use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry};
-use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::types::Type;
 
 /// The content type of every JSON answer, as poem-openapi's `Json` sends it.
 const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
-/// The JSON encoding of a `T`, made by [`EncodedJson::encode`] exactly as
-/// poem-openapi's `Json<T>` would write it.
+/// The JSON encoding of a `T`, made by [`EncodedJson::encode`]: the same
+/// JSON value as poem-openapi's `Json<T>` would write (the API model's tests
+/// compare the two).
 pub struct EncodedJson<T> {
     body: Bytes,
     encodes: PhantomData<fn() -> T>,
@@ -32,11 +35,16 @@ impl<T> std::fmt::Debug for EncodedJson<T> {
     }
 }
 
-impl<T: ToJSON> EncodedJson<T> {
-    /// Encodes `value`.
+impl<T: serde::Serialize> EncodedJson<T> {
+    /// Encodes `value`. The API's types have string keys and no custom
+    /// serializers, so this cannot fail; if it ever did, the answer would be
+    /// `null` and the error logged.
     pub fn encode(value: &T) -> Self {
-        let json = value.to_json().unwrap_or_default();
-        Self::from_bytes(Bytes::from(json.to_string()))
+        let body = serde_json::to_vec(value).unwrap_or_else(|error| {
+            tracing::error!(%error, "an answer could not be encoded");
+            b"null".to_vec()
+        });
+        Self::from_bytes(Bytes::from(body))
     }
 }
 

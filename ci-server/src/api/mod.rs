@@ -327,7 +327,7 @@ pub enum ListRunsResponse {
 pub enum GetRunResponse {
     /// The run, its steps and their attempts.
     #[oai(status = 200)]
-    Ok(Json<Box<RunDetail>>),
+    Ok(EncodedJson<RunDetail>),
     /// The commit is not 4 to 40 hexadecimal digits.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
@@ -556,9 +556,9 @@ impl Api {
         commit: Path<String>,
     ) -> GetRunResponse {
         match self.lookup(&commit.0).await {
-            Ok(run) => GetRunResponse::Ok(Json(Box::new(
-                waiting::detail(&run, self.engine.as_ref()).await,
-            ))),
+            Ok(run) => GetRunResponse::Ok(EncodedJson::encode(
+                &waiting::detail(&run, self.engine.as_ref()).await,
+            )),
             Err(e) => e.into(),
         }
     }

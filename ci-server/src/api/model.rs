@@ -1,15 +1,21 @@
 //! The JSON shapes of the API, as poem-openapi objects.
 //!
+//! Each also derives `serde::Serialize`, with the same names, so that an
+//! answer can be encoded straight to bytes ([`super::encoded::EncodedJson`]);
+//! a test checks that both encodings agree.
+//!
 //! They are separate from the engine's model so that the wire format is stated in
 //! one place, documented in the OpenAPI document, and can stay stable while the
 //! engine's types change.
 
 use ci_engine::{Attempt, AttemptOutcome, Run, RunStatus, StepRecord, StepStatus};
 use poem_openapi::{Enum, Object};
+use serde::Serialize;
 
 /// Status of a run, as shown by the API.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Enum, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[oai(rename_all = "snake_case", rename = "RunStatus")]
+#[serde(rename_all = "snake_case")]
 pub enum RunStatusDto {
     /// Created; no step has started yet.
     Queued,
@@ -53,8 +59,9 @@ impl From<RunStatus> for RunStatusDto {
 }
 
 /// Status of one step of a run.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Enum, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[oai(rename_all = "snake_case", rename = "StepStatus")]
+#[serde(rename_all = "snake_case")]
 pub enum StepStatusDto {
     /// Not started (waiting for its needs, a permit, a retry or the runner).
     Pending,
@@ -88,8 +95,9 @@ impl From<StepStatus> for StepStatusDto {
 }
 
 /// How one attempt at a step ended.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Enum, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[oai(rename_all = "snake_case", rename = "AttemptOutcome")]
+#[serde(rename_all = "snake_case")]
 pub enum AttemptOutcomeDto {
     /// Still in flight.
     Running,
@@ -142,7 +150,7 @@ impl ErrorBody {
 }
 
 /// One run in the list of runs.
-#[derive(Object, Clone, Debug, PartialEq, Eq)]
+#[derive(Object, Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct RunSummary {
     /// The commit's full hash; also the run's id.
     pub id: String,
@@ -185,7 +193,7 @@ impl From<&Run> for RunSummary {
 }
 
 /// A page of runs: `GET /runs`.
-#[derive(Object, Clone, Debug, PartialEq, Eq)]
+#[derive(Object, Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct RunList {
     /// How many runs match the filters in all (not just on this page).
     pub total: u64,
@@ -199,7 +207,7 @@ pub struct RunList {
 }
 
 /// The commit a run is about.
-#[derive(Object, Clone, Debug, PartialEq, Eq)]
+#[derive(Object, Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct CommitInfo {
     /// Full hash.
     pub id: String,
@@ -216,7 +224,7 @@ pub struct CommitInfo {
 }
 
 /// One request of a step to the runner, whatever became of it.
-#[derive(Object, Clone, Debug, PartialEq, Eq)]
+#[derive(Object, Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct AttemptInfo {
     /// 1 for the first attempt, then 2, 3, ...
     pub number: u32,
@@ -258,7 +266,7 @@ impl From<&Attempt> for AttemptInfo {
 }
 
 /// One step of a run.
-#[derive(Object, Clone, Debug, PartialEq, Eq)]
+#[derive(Object, Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct StepInfo {
     /// Step name (`lint`, `build`, `test`).
     pub name: String,
@@ -302,7 +310,7 @@ impl StepInfo {
 }
 
 /// Everything about one run: `GET /run/{commit}`.
-#[derive(Object, Clone, Debug, PartialEq, Eq)]
+#[derive(Object, Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct RunDetail {
     /// The commit's full hash; also the run's id.
     pub id: String,
@@ -372,4 +380,88 @@ impl From<&Run> for RunDetail {
 
 fn span(start: Option<i64>, end: Option<i64>) -> Option<i64> {
     Some(end?.saturating_sub(start?).max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use ci_engine::testing::store_contract::{hex_id, queued_run, rich_run};
+    use poem_openapi::types::ToJSON;
+
+    use super::super::waiting::{HolderInfo, WaitingInfo};
+    use super::*;
+
+    /// `value` encoded with `serde` and with poem-openapi, as JSON values.
+    fn both<T: Serialize + ToJSON>(value: &T) -> (serde_json::Value, serde_json::Value) {
+        let with_serde = serde_json::to_value(value).expect("serde encodes it");
+        let with_poem = value.to_json().expect("poem-openapi encodes it");
+        (with_serde, with_poem)
+    }
+
+    #[test]
+    fn serde_writes_what_poem_openapi_writes() {
+        let rich = rich_run(&hex_id(7), 3);
+        let queued = queued_run(&hex_id(8), 4, &["main"]);
+        for run in [&rich, &queued] {
+            let (a, b) = both(&RunDetail::from(run));
+            assert_eq!(a, b, "RunDetail of {}", run.id());
+            let (a, b) = both(&RunSummary::from(run));
+            assert_eq!(a, b, "RunSummary of {}", run.id());
+        }
+        for next in [None, Some("42".to_owned())] {
+            let list = RunList {
+                total: 2,
+                data: vec![RunSummary::from(&rich), RunSummary::from(&queued)],
+                next,
+            };
+            let (a, b) = both(&list);
+            assert_eq!(a, b, "RunList");
+        }
+
+        // Waiting reasons, with every field set and with none.
+        let full = WaitingInfo {
+            kind: "permit".into(),
+            sentence: "waits for a permit".into(),
+            need: Some("build".into()),
+            need_status: Some(StepStatusDto::Failure),
+            class: Some("build".into()),
+            scope: Some("runner".into()),
+            limit: Some(1),
+            holders: vec![HolderInfo {
+                commit: hex_id(9),
+                step: "build".into(),
+                attempt: 2,
+                runner: "sim-1".into(),
+                given_up: true,
+            }],
+            runners: vec!["sim-1".into(), "sim-2".into()],
+            attempt: Some(3),
+            since: Some(1_700_000_000_000),
+            gives_up_at: Some(1_700_000_600_000),
+            until: Some(-1),
+        };
+        let empty = WaitingInfo {
+            kind: "dispatching".into(),
+            sentence: String::new(),
+            need: None,
+            need_status: None,
+            class: None,
+            scope: None,
+            limit: None,
+            holders: Vec::new(),
+            runners: Vec::new(),
+            attempt: None,
+            since: None,
+            gives_up_at: None,
+            until: None,
+        };
+        let mut detail = RunDetail::from(&rich);
+        detail.steps[0].waiting = Some(full);
+        detail.steps[1].waiting = Some(empty);
+        let (a, b) = both(&detail);
+        assert_eq!(a, b, "RunDetail with waiting reasons");
+        // Not vacuous: the fields that are most likely to differ are there.
+        assert_eq!(a["steps"][0]["waiting"]["holders"][0]["given_up"], true);
+        assert_eq!(a["steps"][1]["waiting"]["need"], serde_json::Value::Null);
+        assert_eq!(a["status"], "failure");
+    }
 }

@@ -13,7 +13,7 @@ use super::model::{RunDetail, StepStatusDto};
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A request that holds a permit a waiting step needs.
-#[derive(Object, Clone, Debug, PartialEq, Eq)]
+#[derive(Object, serde::Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct HolderInfo {
     /// Commit of the holding request.
     pub commit: String,
@@ -30,7 +30,7 @@ pub struct HolderInfo {
 
 /// Why a step that has not started (or waits to be retried) waits. `kind`
 /// says which fields are set.
-#[derive(Object, Clone, Debug, PartialEq, Eq)]
+#[derive(Object, serde::Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct WaitingInfo {
     /// `needs` (a step it needs has not succeeded: `need`, `need_status`),
     /// `permit` (every runner it may use is full for its class: `class`,
