@@ -1,7 +1,7 @@
 //! The JSON shapes of the API, as poem-openapi objects.
 //!
 //! Each also derives `serde::Serialize`, with the same names, so that an
-//! answer can be encoded straight to bytes ([`super::encoded::EncodedJson`]);
+//! answer can be encoded straight to bytes (`EncodedJson`, in `encoded.rs`);
 //! a test checks that both encodings agree.
 //!
 //! They are separate from the engine's model so that the wire format is stated in
@@ -439,21 +439,8 @@ mod tests {
             gives_up_at: Some(1_700_000_600_000),
             until: Some(-1),
         };
-        let empty = WaitingInfo {
-            kind: "dispatching".into(),
-            sentence: String::new(),
-            need: None,
-            need_status: None,
-            class: None,
-            scope: None,
-            limit: None,
-            holders: Vec::new(),
-            runners: Vec::new(),
-            attempt: None,
-            since: None,
-            gives_up_at: None,
-            until: None,
-        };
+        // No field set but the kind and the sentence.
+        let empty = WaitingInfo::from(&ci_engine::Waiting::Dispatching);
         let mut detail = RunDetail::from(&rich);
         detail.steps[0].waiting = Some(full);
         detail.steps[1].waiting = Some(empty);

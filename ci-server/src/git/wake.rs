@@ -10,9 +10,11 @@
 //! scanned once. While a ref update is in progress (git holds a `*.lock` file
 //! under `refs/` or `packed-refs.lock`, as a push does for every ref it updates,
 //! all locks taken before the first is released) the scan waits for it to end,
-//! for at most [`MAX_LOCKED_GATHER`], so a transaction is seen whole. A permit
-//! that arrives while the source is scanning is kept, so a change is never slept
-//! through.
+//! for at most [`MAX_LOCKED_GATHER`], so a transaction is seen whole; and once
+//! a lock has been released and none is held, the burst ends at once: the
+//! transaction is complete, and waiting out [`QUIET`] would only add to the
+//! time from a ref update to its run. A permit that arrives while the source
+//! is scanning is kept, so a change is never slept through.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -38,8 +40,17 @@ pub(crate) const MAX_GATHER: Duration = Duration::from_millis(50);
 /// behind by a crashed git is forgotten then).
 pub(crate) const MAX_LOCKED_GATHER: Duration = Duration::from_secs(1);
 
-/// Ref lock files that exist, as far as the watcher saw them created and removed.
-type Locks = Arc<Mutex<HashSet<PathBuf>>>;
+/// Ref lock files, as far as the watcher saw them created and removed.
+#[derive(Default)]
+struct LockFiles {
+    /// The lock files that exist.
+    held: HashSet<PathBuf>,
+    /// How many lock files have gone (renamed into place or removed) so far.
+    released: u64,
+}
+
+/// The [`LockFiles`] the watcher thread keeps up to date.
+type Locks = Arc<Mutex<LockFiles>>;
 
 /// Wakes a waiting source on ref changes or when the poll interval elapses.
 pub(crate) struct Wakeup {
@@ -51,6 +62,9 @@ pub(crate) struct Wakeup {
     /// A ref change was noticed and its burst is being gathered (kept when a
     /// wait is dropped, so the next one goes on gathering).
     woken: bool,
+    /// `LockFiles::released` when the last burst ended: a higher count means
+    /// a lock was released since.
+    released_seen: u64,
 }
 
 impl Wakeup {
@@ -84,6 +98,7 @@ impl Wakeup {
             _watcher: watcher,
             poll,
             woken: false,
+            released_seen: 0,
         }
     }
 
@@ -100,7 +115,11 @@ impl Wakeup {
         let (deadline, locked_deadline) = (start + MAX_GATHER, start + MAX_LOCKED_GATHER);
         // Each turn takes an event or a pause: bounded by the deadlines.
         loop {
-            let locked = self.locked();
+            let (locked, released) = self.lock_state();
+            if !locked && released != self.released_seen {
+                // A ref transaction ended (its last lock went): it is whole.
+                break;
+            }
             let limit = if locked { locked_deadline } else { deadline };
             let now = Instant::now();
             if now >= limit {
@@ -120,43 +139,54 @@ impl Wakeup {
             }
         }
         self.woken = false;
+        self.released_seen = self.lock_state().1;
         debug!("woken by a ref change");
     }
 }
 
 impl Wakeup {
     fn locked(&self) -> bool {
-        self.locks.lock().is_ok_and(|l| !l.is_empty())
+        self.lock_state().0
+    }
+
+    /// Whether a lock file is held, and how many have been released.
+    fn lock_state(&self) -> (bool, u64) {
+        self.locks
+            .lock()
+            .map_or((false, 0), |l| (!l.held.is_empty(), l.released))
     }
 
     fn forget_locks(&self) {
         if let Ok(mut l) = self.locks.lock() {
-            l.clear();
+            l.held.clear();
         }
     }
 }
 
 /// Notes the ref lock files `event` creates or removes.
-fn track_locks(locks: &Mutex<HashSet<PathBuf>>, event: &notify::Event) {
+fn track_locks(locks: &Mutex<LockFiles>, event: &notify::Event) {
     let is_lock = |p: &&PathBuf| p.extension().is_some_and(|e| e == "lock");
-    let Ok(mut held) = locks.lock() else {
+    let Ok(mut locks) = locks.lock() else {
         return;
     };
-    match event.kind {
-        EventKind::Create(_) => held.extend(event.paths.iter().filter(is_lock).cloned()),
-        EventKind::Remove(_)
-        | EventKind::Modify(ModifyKind::Name(RenameMode::From | RenameMode::Any)) => {
-            for p in &event.paths {
-                held.remove(p);
-            }
+    let gone: &[PathBuf] = match event.kind {
+        EventKind::Create(_) => {
+            let created = event.paths.iter().filter(is_lock).cloned();
+            locks.held.extend(created);
+            &[]
         }
+        EventKind::Remove(_)
+        | EventKind::Modify(ModifyKind::Name(RenameMode::From | RenameMode::Any)) => &event.paths,
         // A rename from the lock file to the ref: paths are [from, to].
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
-            if let Some(from) = event.paths.first() {
-                held.remove(from);
-            }
+            event.paths.get(..1).unwrap_or_default()
         }
-        _ => {}
+        _ => &[],
+    };
+    for p in gone {
+        if locks.held.remove(p) {
+            locks.released += 1;
+        }
     }
 }
 
@@ -223,7 +253,7 @@ mod tests {
 
     #[test]
     fn lock_files_are_held_from_creation_to_rename_or_removal() {
-        let locks = Mutex::new(HashSet::new());
+        let locks = Mutex::new(LockFiles::default());
         let create = EventKind::Create(notify::event::CreateKind::File);
         track_locks(&locks, &event(create, "/r/.git/refs/heads/a.lock"));
         track_locks(&locks, &event(create, "/r/.git/refs/heads/b.lock"));
@@ -232,11 +262,16 @@ mod tests {
             .add_path(PathBuf::from("/r/.git/refs/heads/a.lock"))
             .add_path(PathBuf::from("/r/.git/refs/heads/a"));
         track_locks(&locks, &both);
-        let held: Vec<PathBuf> = locks.lock().expect("lock").iter().cloned().collect();
+        let held: Vec<PathBuf> = locks.lock().expect("lock").held.iter().cloned().collect();
         assert_eq!(held, vec![PathBuf::from("/r/.git/refs/heads/b.lock")]);
+        assert_eq!(locks.lock().expect("lock").released, 1);
         let remove = EventKind::Remove(notify::event::RemoveKind::File);
         track_locks(&locks, &event(remove, "/r/.git/refs/heads/b.lock"));
-        assert!(locks.lock().expect("lock").is_empty());
+        // Removing a file that was not a held lock releases nothing.
+        track_locks(&locks, &event(remove, "/r/.git/refs/heads/c"));
+        let state = locks.lock().expect("lock");
+        assert!(state.held.is_empty());
+        assert_eq!(state.released, 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -267,12 +302,12 @@ mod tests {
         let mut wakeup = Wakeup::new(dir.path(), Duration::from_secs(3600), false);
         let (notified, locks) = (Arc::clone(&wakeup.notified), Arc::clone(&wakeup.locks));
         let lock = PathBuf::from("/r/.git/refs/heads/a.lock");
-        locks.lock().expect("lock").insert(lock.clone());
+        locks.lock().expect("lock").held.insert(lock.clone());
         notified.notify_one();
         let start = Instant::now();
         let release = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            locks.lock().expect("lock").remove(&lock);
+            locks.lock().expect("lock").held.remove(&lock);
             notified.notify_one();
         });
         wakeup.wait().await;
@@ -282,6 +317,49 @@ mod tests {
             start.elapsed()
         );
         release.await.expect("the release task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_lock_released_ends_the_burst_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut wakeup = Wakeup::new(dir.path(), Duration::from_secs(3600), false);
+        let (notified, locks) = (Arc::clone(&wakeup.notified), Arc::clone(&wakeup.locks));
+        let create = EventKind::Create(notify::event::CreateKind::File);
+        let rename = |lock: &str, to: &str| {
+            notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+                .add_path(PathBuf::from(lock))
+                .add_path(PathBuf::from(to))
+        };
+        // A transaction of two refs: both locks taken, then each renamed.
+        track_locks(&locks, &event(create, "/r/.git/refs/heads/a.lock"));
+        track_locks(&locks, &event(create, "/r/.git/refs/heads/b.lock"));
+        notified.notify_one();
+        let start = Instant::now();
+        let commit = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            track_locks(
+                &locks,
+                &rename("/r/.git/refs/heads/a.lock", "/r/.git/refs/heads/a"),
+            );
+            notified.notify_one();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            track_locks(
+                &locks,
+                &rename("/r/.git/refs/heads/b.lock", "/r/.git/refs/heads/b"),
+            );
+            notified.notify_one();
+        });
+        wakeup.wait().await;
+        // Not after the first rename (a lock was still held), and without
+        // waiting QUIET after the second.
+        assert_eq!(start.elapsed(), Duration::from_millis(4));
+        commit.await.expect("the commit task");
+
+        // The next burst without locks waits for its pause, as before.
+        wakeup.notified.notify_one();
+        let start = Instant::now();
+        wakeup.wait().await;
+        assert_eq!(start.elapsed(), QUIET);
     }
 
     #[test]
