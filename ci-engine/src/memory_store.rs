@@ -112,16 +112,8 @@ fn listed(run: &Run, query: &RunQuery) -> Run {
 #[async_trait]
 impl RunStore for MemoryStore {
     async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        if inner.ids.contains_key(run.id()) {
-            return Ok(false);
-        }
-        if inner.runs.contains_key(&run.seq) {
-            return Err(duplicate_seq(run.seq));
-        }
-        inner.put(run.clone(), None);
-        Ok(true)
+        let stored = self.insert_runs(std::slice::from_ref(run)).await?;
+        Ok(stored.first().copied().unwrap_or(false))
     }
 
     async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, StoreError> {

@@ -430,10 +430,8 @@ fn sql_literal(text: &str) -> String {
 #[async_trait]
 impl RunStore for PgStore {
     async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
-        self.write("insert_run", run, |tx, run| {
-            Box::pin(rows::insert_run(tx, run))
-        })
-        .await
+        let stored = self.insert_runs(std::slice::from_ref(run)).await?;
+        Ok(stored.first().copied().unwrap_or(false))
     }
 
     async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, StoreError> {
@@ -441,13 +439,7 @@ impl RunStore for PgStore {
             return Ok(Vec::new());
         }
         self.write("insert_runs", runs, |tx, runs| {
-            Box::pin(async move {
-                let mut stored = Vec::with_capacity(runs.len());
-                for run in runs {
-                    stored.push(rows::insert_run(tx, run).await?);
-                }
-                Ok(stored)
-            })
+            Box::pin(rows::insert_runs(tx, runs))
         })
         .await
     }

@@ -172,6 +172,16 @@ impl<'a> HeadRow<'a> {
     }
 }
 
+/// Inserts each of `runs` in order as [`insert_run`] does; for each, whether
+/// it was stored.
+pub(super) async fn insert_runs<C: GenericClient>(tx: &C, runs: &[Run]) -> Result<Vec<bool>> {
+    let mut stored = Vec::with_capacity(runs.len());
+    for run in runs {
+        stored.push(insert_run(tx, run).await?);
+    }
+    Ok(stored)
+}
+
 /// Inserts `run` unless its commit has one; `false` (and no change) if it
 /// has. Any unique index is an arbiter, so two inserts racing on one commit
 /// never fail: the loser waits for the winner and does nothing. A `seq`

@@ -132,13 +132,24 @@ impl Writer {
 
 impl Shared {
     /// Marks the stored state as changed ([`RunStore::generation`]): called
-    /// on the blocking thread once a write transaction has committed or
-    /// failed, so it happens even when the caller stopped waiting.
+    /// once a write transaction has committed or failed (on the blocking
+    /// thread when the write went there, so it happens even when the caller
+    /// stopped waiting).
     fn written(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// A reading connection no one holds, locked, if there is one.
+    /// The writing connection, locked, if no one holds it.
+    fn free_writer(&self) -> Option<MutexGuard<'_, Writer>> {
+        match self.writer.try_lock() {
+            Ok(writer) => Some(writer),
+            // A panic inside a write drops its transaction, which rolls back.
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The first reading connection that is free, if any.
     fn free_reader(&self) -> Option<MutexGuard<'_, Connection>> {
         self.readers.iter().find_map(|r| r.try_lock().ok())
     }
@@ -331,14 +342,10 @@ impl SqliteStore {
     /// than handing them to a blocking thread and back. Larger batches, and
     /// any write that would wait for the writer, go to a blocking thread.
     async fn write_runs(&self, runs: Vec<Run>) -> Result<(), Fault> {
-        if runs.len() <= INLINE_WRITE {
-            match self.shared.writer.try_lock() {
-                Ok(mut writer) => return write_kept(&self.shared, &mut writer, runs),
-                Err(TryLockError::Poisoned(poisoned)) => {
-                    return write_kept(&self.shared, &mut poisoned.into_inner(), runs);
-                }
-                Err(TryLockError::WouldBlock) => {}
-            }
+        if runs.len() <= INLINE_WRITE
+            && let Some(mut writer) = self.shared.free_writer()
+        {
+            return write_kept(&self.shared, &mut writer, runs);
         }
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
@@ -444,10 +451,8 @@ fn in_transaction<T>(
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn insert_run(&self, run: &Run) -> Result<bool, StoreError> {
-        let run = run.clone();
-        self.run(Side::Write, move |c| rows::insert_run(c, &run))
-            .await
-            .map_err(|f| self.store_error(f))
+        let stored = self.insert_runs(std::slice::from_ref(run)).await?;
+        Ok(stored.first().copied().unwrap_or(false))
     }
 
     async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, StoreError> {

@@ -65,25 +65,19 @@ impl Scheduler {
     /// [`READ_AHEAD`]) more from the frontier on. `None`: the store holds no
     /// unfinished run at or past the frontier.
     async fn next_in_backlog(&mut self, want: usize) -> Result<Option<Run>, EngineError> {
-        if self.read_ahead.is_empty() && !self.read_ahead_all {
-            let ask = want.max(READ_AHEAD);
-            let page = self.store.unfinished_after(self.frontier, ask).await?;
-            self.read_ahead_all = page.len() < ask;
+        if self.read_ahead.is_empty() {
+            let page = self
+                .store
+                .unfinished_after(self.frontier, want.max(READ_AHEAD))
+                .await?;
             self.read_ahead.extend(page);
         }
         Ok(self.read_ahead.pop_front())
     }
 
-    /// A run joined the backlog in the store, past every run read ahead.
-    pub(super) fn joined_backlog(&mut self) {
-        self.backlog = true;
-        self.read_ahead_all = false;
-    }
-
     /// A run waiting in the store was written: what was read ahead is stale.
     pub(super) fn forget_read_ahead(&mut self) {
         self.read_ahead.clear();
-        self.read_ahead_all = false;
     }
 
     /// Fills the window of active runs from the store's backlog.
@@ -188,7 +182,7 @@ impl Scheduler {
                 self.admit(run, Vec::new()).await?;
             } else {
                 // It waits in the store; `refill` takes it up in its turn.
-                self.joined_backlog();
+                self.backlog = true;
             }
         }
         Ok(())

@@ -209,7 +209,7 @@ impl Scheduler {
             // Runs wait in the store ahead of it: it waits there too, in its
             // place, and is taken up in its turn.
             self.store.update_run(&run).await?;
-            self.joined_backlog();
+            self.backlog = true;
             self.emit(retried);
         }
         Ok(RetryOutcome::Retried { steps })

@@ -242,9 +242,6 @@ pub(crate) struct Scheduler {
     /// up one at a time does not cost a read each. Only this engine writes
     /// them, and a write to a run waiting in the store (a cancel) empties it.
     read_ahead: VecDeque<Run>,
-    /// Whether the read that filled `read_ahead` found every run the backlog
-    /// held then (it returned fewer than it asked for).
-    read_ahead_all: bool,
     /// Classes of the steps that need nothing: the ones a run taken up from
     /// the store can make busy at once.
     root_classes: Vec<usize>,
@@ -323,7 +320,6 @@ impl Scheduler {
             frontier: 0,
             backlog: false,
             read_ahead: VecDeque::new(),
-            read_ahead_all: false,
             root_classes,
             stopping: false,
         }
